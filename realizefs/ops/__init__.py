@@ -1,0 +1,1 @@
+"""pyfuse3 Operations (thin handlers), the errno edge, and the files of .realize/."""

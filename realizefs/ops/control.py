@@ -1,0 +1,227 @@
+"""The files of ``.realize/``: what this peer is and what it is doing, and ``consensus``.
+
+Each status file has a human-readable text form and a ``.json`` twin with the
+same facts for scripts. Contents are rendered when a file is opened, from the
+`NodeView` the daemon provides. ``consensus`` accepts the command ``now``;
+any other text is refused with EINVAL.
+
+Real file and byte counts come from a walk of each arena's backing tree in a
+worker thread, reused for `USAGE_TTL` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import trio
+
+from realizefs import __version__
+from realizefs.config import Config, format_key
+from realizefs.errors import InvalidValue
+from realizefs.real import usage
+from realizefs.vfs.namespace import Arena, Namespace
+from realizefs.vfs.virtual import VirtualFile
+
+log = logging.getLogger(__name__)
+
+USAGE_TTL = 5.0
+
+
+class NodeView(Protocol):
+    """What the daemon tells the control files about itself."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def public_key(self) -> bytes: ...
+    @property
+    def schema_version(self) -> int: ...
+    @property
+    def store_id(self) -> bytes: ...
+    @property
+    def started(self) -> float: ...  # time.time() at start
+
+
+@dataclass
+class _Counted:
+    at: float
+    usage: usage.Usage
+
+
+class Control:
+    """Builds the `VirtualFile`s of ``.realize/`` for one daemon."""
+
+    def __init__(self, node: NodeView, clock: Callable[[], float] = time.time) -> None:
+        self.node = node
+        self.clock = clock
+        self.namespace: Namespace | None = None  # set once the namespace exists
+        self._counts: dict[str, _Counted] = {}
+        self.consensus_requested: float | None = None
+
+    def files(self) -> list[VirtualFile]:
+        files = []
+        for name, make in (
+            ("identity", self.identity),
+            ("status", self.status),
+            ("peers", self.peers),
+        ):
+            files.append(VirtualFile(name.encode(), self._text(make)))
+            files.append(VirtualFile(f"{name}.json".encode(), self._json(make)))
+        files.append(VirtualFile(b"consensus", self._text(self.consensus), write=self.request_consensus))
+        files.append(VirtualFile(b"consensus.json", self._json(self.consensus)))
+        return files
+
+    @staticmethod
+    def _text(make: Callable[[], Any]) -> Callable[[], Any]:
+        async def render() -> bytes:
+            facts = await make()
+            return str(facts.pop("_text")).encode()
+
+        return render
+
+    @staticmethod
+    def _json(make: Callable[[], Any]) -> Callable[[], Any]:
+        async def render() -> bytes:
+            facts = await make()
+            facts.pop("_text")
+            return (json.dumps(facts, indent=2, sort_keys=True) + "\n").encode()
+
+        return render
+
+    # ------------------------------------------------------------ identity
+
+    async def identity(self) -> dict[str, Any]:
+        config = self.node.config
+        key = format_key(self.node.public_key)
+        listen = config.node.listen
+        lines = [
+            "# Paste into the config of every other peer of the household:",
+            "[[peer]]",
+            f'name = "{config.node.name}"',
+            f'key = "{key}"',
+        ]
+        if listen is not None:
+            lines.append(f'address = "<this machine\'s address>:{listen.port}"')
+        return {
+            "name": config.node.name,
+            "key": key,
+            "listen": str(listen) if listen else None,
+            "_text": "\n".join(lines) + "\n",
+        }
+
+    # ------------------------------------------------------------ status
+
+    async def _usage(self, arena: Arena) -> _Counted:
+        counted = self._counts.get(arena.name)
+        if counted is None or self.clock() - counted.at > USAGE_TTL:
+            result = await trio.to_thread.run_sync(usage.count, arena.backing)
+            counted = self._counts[arena.name] = _Counted(self.clock(), result)
+        return counted
+
+    async def status(self) -> dict[str, Any]:
+        config = self.node.config
+        now = self.clock()
+        arenas = []
+        for arena in self.namespace.arenas if self.namespace else []:
+            counted = await self._usage(arena)
+            arenas.append(
+                {
+                    "name": arena.name,
+                    "root": str(arena.config.root),
+                    "default_mode": arena.config.mode.value,
+                    "real": asdict(counted.usage),
+                    "counted_at": counted.at,
+                }
+            )
+        uptime = now - self.node.started
+        lines = [
+            f"realizefs {__version__}, node {config.node.name}, up {_duration(uptime)}",
+            f"store {self.node.store_id.hex()} in {config.node.data_dir}, schema {self.node.schema_version}",
+            f"mounted on {config.node.mountpoint}",
+            "",
+            f"arenas: {len(arenas)}",
+        ]
+        for a in arenas:
+            real = a["real"]
+            lines.append(f"  {a['name']}  root {a['root']}  default {a['default_mode']}")
+            line = (
+                f"    real: {real['files']} files, {_size(real['bytes'])}, {real['directories']} directories"
+            )
+            if real["unreadable"]:
+                line += f", {real['unreadable']} unreadable directories"
+            lines.append(line)
+        return {
+            "version": __version__,
+            "node": config.node.name,
+            "uptime_s": round(uptime, 3),
+            "store_id": self.node.store_id.hex(),
+            "schema_version": self.node.schema_version,
+            "data_dir": str(config.node.data_dir),
+            "mountpoint": str(config.node.mountpoint),
+            "arenas": arenas,
+            "_text": "\n".join(lines) + "\n",
+        }
+
+    # ------------------------------------------------------------ peers
+
+    async def peers(self) -> dict[str, Any]:
+        peers = [
+            {
+                "name": p.name,
+                "key": format_key(p.key),
+                "address": str(p.address) if p.address else None,
+                "state": "disconnected",
+            }
+            for p in self.node.config.peers
+        ]
+        lines = [f"peers: {len(peers)} configured, 0 connected"]
+        for p in peers:
+            lines.append(f"  {p['name']}  {p['key'][:20]}…  {p['address'] or 'deaf'}  {p['state']}")
+        return {"peers": peers, "_text": "\n".join(lines) + "\n"}
+
+    # ------------------------------------------------------------ consensus
+
+    async def consensus(self) -> dict[str, Any]:
+        connected = 0
+        requested = self.consensus_requested
+        lines = [f"connected peers: {connected}"]
+        if requested is not None:
+            lines.append(f"last request: {_when(requested)}: nothing to exchange, no peer is connected")
+        lines.append('write "now" to this file to run consensus now')
+        return {"connected_peers": connected, "last_request": requested, "_text": "\n".join(lines) + "\n"}
+
+    def request_consensus(self, data: bytes) -> None:
+        if data.strip() != b"now":
+            raise InvalidValue('expected "now"')
+        self.consensus_requested = self.clock()
+        log.info("consensus requested: no peer is connected, nothing to exchange")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))

@@ -1,0 +1,272 @@
+"""The pyfuse3 `Operations`: thin handlers over `realizefs.vfs.namespace.Namespace`.
+
+Each handler decodes the request, calls one method of the namespace and
+converts the answer; `FsError` becomes the errno it carries, anything else is
+logged and answered with ``EIO`` (an unexpected exception must never end the
+FUSE session). Reads and fsyncs run in worker threads, so a slow disk does not
+stall other requests; writes go to the page cache and run inline (a thread
+hand-off costs more than the copy).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from realizefs.errors import FsError
+from realizefs.real.backing import Owner
+from realizefs.vfs.attrs import Attr
+from realizefs.vfs.namespace import Namespace
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn domain errors into errno and unexpected ones into a logged EIO."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:  # a call outside the backing module, e.g. pread
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed unexpectedly", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def entry(attr: Attr) -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = attr.ino  # type: ignore[assignment]
+    e.st_mode = attr.mode  # type: ignore[assignment]
+    e.st_nlink = attr.nlink
+    e.st_uid = attr.uid
+    e.st_gid = attr.gid
+    e.st_rdev = attr.rdev
+    e.st_size = attr.size
+    e.st_blocks = attr.blocks
+    e.st_blksize = attr.blksize
+    e.st_atime_ns = attr.atime_ns
+    e.st_mtime_ns = attr.mtime_ns
+    e.st_ctime_ns = attr.ctime_ns
+    e.attr_timeout = attr.timeout
+    e.entry_timeout = attr.timeout
+    return e
+
+
+def owner(ctx: pyfuse3.RequestContext) -> Owner:
+    uid, gid, pid = ctx.uid, ctx.gid, ctx.pid
+    return Owner(uid, gid, lambda g: g == gid or g in pyfuse3.get_sup_groups(pid))
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, namespace: Namespace) -> None:
+        super().__init__()
+        self.ns = namespace
+
+    # ------------------------------------------------------------ names and attributes
+
+    @handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return entry(self.ns.lookup(parent_inode, name))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.ns.forget(ino, count)
+
+    @handler
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return entry(self.ns.getattr(inode))
+
+    @handler
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: Any,
+    ) -> pyfuse3.EntryAttributes:
+        return entry(
+            self.ns.setattr(
+                inode,
+                fh,
+                size=attr.st_size if fields.update_size else None,
+                mode=attr.st_mode if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else None,
+                gid=attr.st_gid if fields.update_gid else None,
+                atime_ns=attr.st_atime_ns if fields.update_atime else None,
+                mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            )
+        )
+
+    @handler
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return self.ns.readlink(inode)
+
+    # ------------------------------------------------------------ creating and removing
+
+    @handler
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        return entry(self.ns.mknod(parent_inode, name, mode, owner(ctx)))
+
+    @handler
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return entry(self.ns.mkdir(parent_inode, name, mode, owner(ctx)))
+
+    @handler
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        return entry(self.ns.symlink(parent_inode, name, target, owner(ctx)))
+
+    @handler
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)  # hard links are not synced: see docs/design.md
+
+    @handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.ns.unlink(parent_inode, name)
+
+    @handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.ns.rmdir(parent_inode, name)
+
+    @handler
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any,
+    ) -> None:
+        self.ns.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    # ------------------------------------------------------------ files
+
+    @handler
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        fh, attr = self.ns.create(parent_inode, name, mode, flags, owner(ctx))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry(attr)  # type: ignore[arg-type]
+
+    @handler
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if self.ns.is_virtual(inode):
+            fh = await self.ns.open_virtual(inode, flags)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)  # type: ignore[arg-type]
+        fh, keep = self.ns.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)  # type: ignore[arg-type]
+
+    @handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self.ns.file(fh)
+        if handle.fd < 0:
+            return handle.content[off : off + size]
+        return await trio.to_thread.run_sync(os.pread, handle.fd, size, off)
+
+    @handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self.ns.file(fh)
+        if handle.fd < 0:
+            self.ns.write_virtual(handle, buf)
+            return len(buf)
+        return os.pwrite(handle.fd, buf, off)
+
+    @handler
+    async def flush(self, fh: int) -> None:
+        self.ns.file(fh)
+
+    @handler
+    async def release(self, fh: int) -> None:
+        self.ns.release(fh)
+
+    @handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self.ns.file(fh)
+        if handle.fd >= 0:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, handle.fd)
+
+    # ------------------------------------------------------------ directories
+
+    @handler
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        return self.ns.opendir(inode)  # type: ignore[return-value]
+
+    @handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self.ns.dir_entries(fh)
+        for index in range(start_id, len(entries)):
+            name, attr = entries[index]
+            if not pyfuse3.readdir_reply(token, name, entry(attr), index + 1):
+                break
+            if name not in (b".", b".."):
+                self.ns.inodes.looked_up(attr.ino)
+
+    @handler
+    async def releasedir(self, fh: int) -> None:
+        self.ns.releasedir(fh)
+
+    @handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self.ns.fsyncdir(fh)
+
+    @handler
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        stats = self.ns.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = stats.bsize
+        out.f_frsize = stats.frsize
+        out.f_blocks = stats.blocks
+        out.f_bfree = stats.bfree
+        out.f_bavail = stats.bavail
+        out.f_files = stats.files
+        out.f_ffree = stats.ffree
+        out.f_favail = stats.favail
+        out.f_namemax = stats.namemax
+        return out
+
+    # ------------------------------------------------------------ extended attributes
+
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        return self.ns.getxattr(inode, name)
+
+    @handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        self.ns.setxattr(inode, name, value)
+
+    @handler
+    async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
+        return self.ns.listxattr(inode)
+
+    @handler
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self.ns.removexattr(inode, name)

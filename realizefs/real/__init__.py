@@ -1,0 +1,1 @@
+"""The Real: arenas' backing directories (the only package calling os/pyxattr on them)."""

@@ -1,0 +1,294 @@
+"""One arena's backing directory (the Real), accessed only beneath its root.
+
+Every path is resolved with ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)``
+relative to a descriptor of the arena root held open for the life of the
+object, and the last component is never followed. The daemon runs as root
+and serves every local user: a user who swaps a directory of the backing tree
+for a symlink to ``/etc`` must not make it write there.
+
+Paths are ``bytes`` relative to the root, components joined by ``b"/"``, the
+root itself ``b""``. Names are arbitrary bytes (no ``/`` or NUL).
+
+Objects created on behalf of a user are created with exactly the requested
+mode (the process umask is 0; the kernel already applied the caller's umask)
+and then given to the user (`Owner`), following the directory's setgid rule.
+
+Every `OSError` leaves this module as a `FsError` with the same errno.
+All calls are blocking and short, except `fsync`/`read` style calls that the
+caller runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from realizefs.errors import NotPermitted, NotSupported, from_oserror
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+SYS_OPENAT2 = 437  # the same number on every Linux architecture
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+def _openat2(dir_fd: int, path: bytes, flags: int, mode: int = 0) -> int:
+    how = _OpenHow(flags, mode, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+    fd = _syscall(
+        ctypes.c_long(SYS_OPENAT2),
+        ctypes.c_int(dir_fd),
+        ctypes.c_char_p(path),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
+
+
+def check_kernel_support() -> None:
+    """Raise OSError if this kernel lacks openat2 (Linux < 5.6)."""
+    os.close(_openat2(os.open("/", _DIR), b".", _DIR))
+
+
+def proc_path(fd: int) -> str:
+    """A path naming the object open as *fd* (works for O_PATH descriptors)."""
+    return f"/proc/self/fd/{fd}"
+
+
+def split(rel: bytes) -> tuple[bytes, bytes]:
+    """``b"a/b/c"`` -> ``(b"a/b", b"c")``."""
+    parent, _, name = rel.rpartition(b"/")
+    return parent, name
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The user on whose behalf an object is created."""
+
+    uid: int
+    gid: int
+    in_group: Callable[[int], bool]  # whether the user belongs to a group (supplementary too)
+
+
+class Backing:
+    """The backing directory of one arena."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            self._root_fd = os.open(root, _DIR)
+        except OSError as exc:
+            raise from_oserror(exc) from None
+        self._is_root = os.geteuid() == 0
+
+    def close(self) -> None:
+        os.close(self._root_fd)
+
+    # ------------------------------------------------------------ resolving
+
+    @contextmanager
+    def _open(self, rel: bytes, flags: int = _PATH, mode: int = 0) -> Iterator[int]:
+        try:
+            fd = _openat2(self._root_fd, rel or b".", flags | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            raise from_oserror(exc) from None
+        try:
+            yield fd
+        except OSError as exc:
+            raise from_oserror(exc) from None
+        finally:
+            os.close(fd)
+
+    def _parent(self, parent: bytes) -> AbstractContextManager[int]:
+        return self._open(parent, _DIR)
+
+    # ------------------------------------------------------------ reading
+
+    def stat(self, rel: bytes) -> os.stat_result:
+        if not rel:
+            return os.fstat(self._root_fd)
+        parent, name = split(rel)
+        with self._parent(parent) as pfd:
+            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+
+    def listdir(self, rel: bytes) -> list[tuple[bytes, os.stat_result]]:
+        """Every entry of a directory with its attributes (vanished entries skipped)."""
+        entries = []
+        with self._open(rel, os.O_RDONLY | os.O_DIRECTORY) as fd, os.scandir(fd) as it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                entries.append((os.fsencode(entry.name), st))
+        return entries
+
+    def readlink(self, rel: bytes) -> bytes:
+        parent, name = split(rel)
+        with self._parent(parent) as pfd:
+            return os.readlink(name, dir_fd=pfd)
+
+    def open(self, rel: bytes, flags: int) -> int:
+        """A descriptor for an existing file (the caller closes it)."""
+        try:
+            return _openat2(self._root_fd, rel, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise from_oserror(exc) from None
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.fstatvfs(self._root_fd)
+
+    # ------------------------------------------------------------ creating
+
+    def _initial(self, pfd: int, mode: int, owner: Owner, is_dir: bool) -> tuple[int, int]:
+        """(mode, gid) a new object gets in the directory *pfd*, as the kernel would give them."""
+        pst = os.fstat(pfd)
+        mode &= 0o7777
+        if pst.st_mode & stat.S_ISGID:
+            gid = pst.st_gid
+            if is_dir:
+                mode |= stat.S_ISGID
+        else:
+            gid = owner.gid
+        if not is_dir and mode & stat.S_ISGID and owner.uid != 0 and not owner.in_group(gid):
+            mode &= ~stat.S_ISGID
+        return mode, gid
+
+    def _give(self, fd: int, owner: Owner, gid: int, mode: int, *, chmod: bool = True) -> os.stat_result:
+        """Hand the new object open as *fd* to its owner and fix its mode; its attributes."""
+        if self._is_root:
+            os.chown(proc_path(fd), owner.uid, gid, follow_symlinks=False)
+        st = os.fstat(fd)
+        if chmod and stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(proc_path(fd), mode)
+            st = os.fstat(fd)
+        return st
+
+    def create(
+        self, parent: bytes, name: bytes, flags: int, mode: int, owner: Owner
+    ) -> tuple[int, os.stat_result]:
+        """Create and open a regular file; (descriptor, attributes)."""
+        with self._parent(parent) as pfd:
+            mode, gid = self._initial(pfd, mode, owner, is_dir=False)
+            flags = (flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC) & ~(os.O_APPEND | os.O_DIRECT)
+            fd = os.open(name, flags, mode, dir_fd=pfd)
+            try:
+                return fd, self._give(fd, owner, gid, mode)
+            except BaseException:
+                os.close(fd)
+                raise
+
+    def mkdir(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> os.stat_result:
+        with self._parent(parent) as pfd:
+            mode, gid = self._initial(pfd, mode, owner, is_dir=True)
+            os.mkdir(name, mode, dir_fd=pfd)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                return self._give(fd, owner, gid, mode)
+            finally:
+                os.close(fd)
+
+    def mkfifo(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> os.stat_result:
+        if not stat.S_ISFIFO(mode):
+            raise NotPermitted("only FIFOs can be created here")
+        with self._parent(parent) as pfd:
+            mode, gid = self._initial(pfd, mode, owner, is_dir=False)
+            os.mkfifo(name, mode, dir_fd=pfd)
+            fd = os.open(name, _PATH, dir_fd=pfd)
+            try:
+                return self._give(fd, owner, gid, mode)
+            finally:
+                os.close(fd)
+
+    def symlink(self, parent: bytes, name: bytes, target: bytes, owner: Owner) -> os.stat_result:
+        with self._parent(parent) as pfd:
+            _, gid = self._initial(pfd, 0o777, owner, is_dir=False)
+            os.symlink(target, name, dir_fd=pfd)
+            if self._is_root:
+                os.chown(name, owner.uid, gid, dir_fd=pfd, follow_symlinks=False)
+            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+
+    # ------------------------------------------------------------ removing, renaming
+
+    def unlink(self, parent: bytes, name: bytes) -> None:
+        with self._parent(parent) as pfd:
+            os.unlink(name, dir_fd=pfd)
+
+    def rmdir(self, parent: bytes, name: bytes) -> None:
+        with self._parent(parent) as pfd:
+            os.rmdir(name, dir_fd=pfd)
+
+    def rename(self, old: bytes, new: bytes, flags: int = 0) -> None:
+        """Rename *old* to *new* (``RENAME_NOREPLACE``/``RENAME_EXCHANGE`` in *flags*)."""
+        old_parent, old_name = split(old)
+        new_parent, new_name = split(new)
+        with self._parent(old_parent) as ofd, self._parent(new_parent) as nfd:
+            if _renameat2(ofd, old_name, nfd, new_name, flags) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+
+    # ------------------------------------------------------------ attributes
+
+    def chmod(self, rel: bytes, mode: int) -> None:
+        with self._open(rel) as fd:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise NotSupported("symbolic links have no mode")
+            os.chmod(proc_path(fd), mode & 0o7777)
+
+    def chown(self, rel: bytes, uid: int, gid: int) -> None:
+        with self._open(rel) as fd:
+            os.chown(proc_path(fd), uid, gid, follow_symlinks=False)
+
+    def utime(self, rel: bytes, atime_ns: int | None, mtime_ns: int | None) -> None:
+        """Set times; None keeps the current value."""
+        parent, name = split(rel)
+        with self._parent(parent) as pfd:
+            if atime_ns is None or mtime_ns is None:
+                st = os.stat(name or ".", dir_fd=pfd, follow_symlinks=False)
+                atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
+                mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
+            os.utime(name or ".", ns=(atime_ns, mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+    def truncate(self, rel: bytes, size: int) -> None:
+        fd = self.open(rel, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc:
+            raise from_oserror(exc) from None
+        finally:
+            os.close(fd)
+
+    def fsync_dir(self, rel: bytes) -> None:
+        with self._open(rel, os.O_RDONLY | os.O_DIRECTORY) as fd:
+            os.fsync(fd)
+
+    @contextmanager
+    def object_path(self, rel: bytes) -> Iterator[tuple[str, os.stat_result]]:
+        """A /proc path naming the object (not followed if a symlink) and its attributes."""
+        with self._open(rel) as fd:
+            yield proc_path(fd), os.fstat(fd)

@@ -1,0 +1,108 @@
+"""Extended attributes on the Real: users' ``user.*`` attributes and realize modes.
+
+A path's realize mode is stored on the backing file or directory as the
+attribute ``user.realize.mode`` (``real`` or ``unreal``). It is local to this
+peer. The *effective* mode of a path is the nearest setting on the path or an
+ancestor, else the arena's configured default.
+
+``user.realize.*`` names are reserved: they are never listed, read or written
+as ordinary user attributes (the mount answers them itself); every other
+``user.*`` name passes through to the backing object. Only the ``user``
+namespace is exposed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+import xattr
+
+from realizefs.errors import NoData, NotPermitted, NotSupported, from_oserror
+from realizefs.real.backing import Backing, split
+from realizefs.types import Mode
+
+log = logging.getLogger(__name__)
+
+USER_PREFIX = b"user."
+RESERVED_PREFIX = b"user.realize."
+MODE_NAME = b"user.realize.mode"
+
+
+def is_passthrough(name: bytes) -> bool:
+    """Whether *name* is an ordinary user attribute stored on the backing object."""
+    return name.startswith(USER_PREFIX) and not name.startswith(RESERVED_PREFIX)
+
+
+def get(backing: Backing, rel: bytes, name: bytes) -> bytes:
+    with backing.object_path(rel) as (path, _):
+        try:
+            return bytes(xattr.get(path, name))
+        except OSError as exc:
+            raise from_oserror(exc) from None
+
+
+def set(backing: Backing, rel: bytes, name: bytes, value: bytes) -> None:
+    with backing.object_path(rel) as (path, _):
+        try:
+            xattr.set(path, name, value)
+        except OSError as exc:
+            raise from_oserror(exc) from None
+
+
+def remove(backing: Backing, rel: bytes, name: bytes) -> None:
+    with backing.object_path(rel) as (path, _):
+        try:
+            xattr.remove(path, name)
+        except OSError as exc:
+            raise from_oserror(exc) from None
+
+
+def names(backing: Backing, rel: bytes) -> list[bytes]:
+    """Pass-through user attribute names on the object (reserved names left out)."""
+    with backing.object_path(rel) as (path, _):
+        try:
+            return [n for n in xattr.list(path) if is_passthrough(n)]
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EPERM):  # symlinks, special files
+                return []
+            raise from_oserror(exc) from None
+
+
+def stored_mode(backing: Backing, rel: bytes) -> Mode | None:
+    """The mode set on exactly this path, or None."""
+    try:
+        raw = get(backing, rel, MODE_NAME)
+    except (NoData, NotSupported, NotPermitted):  # unset, or a symlink
+        return None
+    mode = Mode.parse(raw.decode("utf-8", "replace"))
+    if mode is None:
+        log.warning(
+            "%s: ignoring invalid %s value %r",
+            backing.root / rel.decode(errors="replace"),
+            MODE_NAME.decode(),
+            raw,
+        )
+    return mode
+
+
+def effective_mode(backing: Backing, rel: bytes, default: Mode) -> Mode:
+    """The nearest mode set on *rel* or an ancestor, else *default*."""
+    while True:
+        mode = stored_mode(backing, rel)
+        if mode is not None:
+            return mode
+        if not rel:
+            return default
+        rel = split(rel)[0]
+
+
+def set_mode(backing: Backing, rel: bytes, mode: Mode | None) -> None:
+    """Set (or with None, remove) the mode stored on *rel*."""
+    if mode is None:
+        try:
+            remove(backing, rel, MODE_NAME)
+        except NoData:
+            pass
+    else:
+        set(backing, rel, MODE_NAME, mode.value.encode())

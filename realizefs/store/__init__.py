@@ -1,0 +1,1 @@
+"""LMDB storage: the only package that imports `lmdb` (see `schema` for the layout)."""

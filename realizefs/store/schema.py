@@ -1,0 +1,134 @@
+"""The LMDB environment in ``data_dir/store/`` and its schema.
+
+This module owns every named database, its key layout and value format, and
+the schema version checked at start. Keep this docstring the reference.
+
+Schema version 1:
+
+``meta``
+    Small facts about the store, keys are ASCII names:
+
+    - ``schema_version``: 4-byte big-endian unsigned int, the layout in force.
+    - ``store_id``: 16 random bytes, created once; a new store id tells peers
+      that this store was recreated and needs a full index.
+    - ``created_ns``: 8-byte big-endian unsigned int, creation time (ns since epoch).
+
+A data_dir written by a newer schema is refused with a clear message (never
+downgraded). Migrations from an older schema run in one write transaction in
+`_MIGRATIONS`, keyed by the version they upgrade from.
+
+Concurrency: the environment is opened once per daemon; a second daemon on
+the same data_dir is refused by an exclusive ``flock`` on ``data_dir/lock``
+taken before LMDB is opened. Write transactions are short and never span an
+``await``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import lmdb
+
+from realizefs.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DATABASES = (b"meta",)
+MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+# from-version -> function upgrading a write transaction by one version
+_MIGRATIONS: dict[int, Callable[[Any, dict[bytes, Any]], None]] = {}
+
+
+class Store:
+    """An open LMDB environment with its named databases."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock_fd = _lock(data_dir)
+        try:
+            self.env = lmdb.open(
+                str(data_dir / "store"),
+                map_size=MAP_SIZE,
+                max_dbs=16,
+                subdir=True,
+                mode=0o700,
+            )
+            self.dbs = {name: self.env.open_db(name) for name in DATABASES}
+            self.schema_version, self.store_id, self.created_ns = self._check_schema()
+        except lmdb.Error as exc:
+            os.close(self._lock_fd)
+            raise StoreError(f"{data_dir}/store: cannot open the database: {exc}") from None
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _check_schema(self) -> tuple[int, bytes, int]:
+        meta = self.dbs[b"meta"]
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"schema_version", db=meta)
+            if raw is None:
+                store_id = os.urandom(16)
+                created = time.time_ns()
+                txn.put(b"schema_version", _U32.pack(SCHEMA_VERSION), db=meta)
+                txn.put(b"store_id", store_id, db=meta)
+                txn.put(b"created_ns", _U64.pack(created), db=meta)
+                log.info("created store %s in %s", store_id.hex(), self.data_dir)
+                return SCHEMA_VERSION, store_id, created
+            version = _U32.unpack(raw)[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.data_dir}: written by a newer realizefs (schema {version}; "
+                    f"this version understands up to {SCHEMA_VERSION}); upgrade realizefs"
+                )
+            while version < SCHEMA_VERSION:
+                _MIGRATIONS[version](txn, self.dbs)
+                version += 1
+                txn.put(b"schema_version", _U32.pack(version), db=meta)
+                log.info("migrated store in %s to schema %d", self.data_dir, version)
+            return (
+                version,
+                bytes(txn.get(b"store_id", db=meta)),
+                _U64.unpack(txn.get(b"created_ns", db=meta))[0],
+            )
+
+    def close(self) -> None:
+        self.env.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _lock(data_dir: Path) -> int:
+    path = data_dir / "lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(f"{data_dir}: in use by another realizefs (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

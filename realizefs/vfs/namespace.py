@@ -1,0 +1,563 @@
+"""The namespace behind the mount: arenas, virtual directories and open handles.
+
+Maps inodes (see `inodes`) to either a virtual node (the root, the parents of
+arena names with a ``/``, ``.realize/`` and its files) or a path inside an
+arena, which it serves from the arena's Real through `realizefs.real`.
+Operations take and return inodes, names and `Attr`; they raise `FsError`.
+
+Kernel caching: attributes and entries of arena paths may be cached by the
+kernel for `ATTR_TTL` seconds, which bounds how long a change made directly in
+the backing directory can go unseen. Virtual files are never cached. An
+open file keeps the kernel's page cache (``keep_cache``) only while the
+backing file's (size, mtime, inode) are what they were at the last open or
+close through the mount.
+
+Concurrency: every method runs on the event loop thread and does short
+blocking system calls; reads, writes and fsyncs of file contents are done by
+the caller (`realizefs.ops`) on the descriptor this module hands out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from realizefs.config import ArenaConfig
+from realizefs.errors import (
+    AccessDenied,
+    FsError,
+    InvalidValue,
+    NoData,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    from_oserror,
+)
+from realizefs.real import xattrs
+from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join
+from realizefs.types import Mode
+from realizefs.vfs.attrs import Attr, FsStats
+from realizefs.vfs.inodes import ROOT_INODE, InodeTable
+from realizefs.vfs.virtual import VirtualDir, VirtualFile
+
+log = logging.getLogger(__name__)
+
+ATTR_TTL = 1.0
+CONTROL_DIR = b".realize"
+MODE_XATTR = xattrs.MODE_NAME
+STATUS_XATTR = b"user.realize.status"
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+# The kernel orders appends and handles O_DIRECT alignment itself: the backing
+# descriptor is written at the offsets the kernel gives.
+_NOT_PASSED = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_DIRECT
+
+
+@dataclass
+class Arena:
+    config: ArenaConfig
+    backing: Backing
+    ino: int
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass
+class FileHandle:
+    ino: int
+    fd: int = -1  # a Real file
+    content: bytes = b""  # a virtual file's snapshot
+    virtual: VirtualFile | None = None
+
+
+@dataclass
+class DirHandle:
+    ino: int
+    entries: list[tuple[bytes, Attr]] = field(default_factory=list)
+
+
+Stamp = tuple[int, int, int]  # size, mtime_ns, backing inode
+
+
+class Namespace:
+    def __init__(self, arenas: Iterable[ArenaConfig], control: Iterable[VirtualFile]) -> None:
+        self.inodes = InodeTable()
+        self._virtual_dirs: dict[int, VirtualDir] = {ROOT_INODE: VirtualDir()}
+        self._virtual_files: dict[int, VirtualFile] = {}
+        self._arenas: dict[int, Arena] = {}
+        self._handles: dict[int, FileHandle | DirHandle] = {}
+        self._next_fh = 1
+        self._fds_by_ino: dict[int, list[int]] = {}
+        self._stamps: dict[int, Stamp] = {}
+        self._born_ns = time.time_ns()
+        control_ino = self._add_virtual_dir(ROOT_INODE, CONTROL_DIR)
+        for vfile in control:
+            ino = self.inodes.add(control_ino, vfile.name, stat.S_IFREG)
+            self._virtual_files[ino] = vfile
+            self._virtual_dirs[control_ino].children[vfile.name] = ino
+        self.set_arenas(arenas)
+
+    # ------------------------------------------------------------ arenas
+
+    @property
+    def arenas(self) -> list[Arena]:
+        return list(self._arenas.values())
+
+    def set_arenas(self, configs: Iterable[ArenaConfig]) -> list[bytes]:
+        """Serve exactly *configs*; the names of root entries that changed."""
+        wanted = {c.name: c for c in configs}
+        changed: list[bytes] = []
+        for ino, arena in list(self._arenas.items()):
+            config = wanted.get(arena.name)
+            if config is not None and config.root == arena.config.root:
+                arena.config = config  # a new default mode: nothing else changes
+            else:
+                del self._arenas[ino]
+                arena.backing.close()
+                changed.append(self._unlink_virtual_path(arena.name))
+        present = {a.name for a in self._arenas.values()}
+        for name, config in wanted.items():
+            if name in present:
+                continue
+            backing = Backing(config.root)
+            *parents, last = name.encode().split(b"/")
+            parent = ROOT_INODE
+            for part in parents:
+                parent = self._add_virtual_dir(parent, part)
+            ino = self.inodes.add(parent, last, stat.S_IFDIR)
+            self._virtual_dirs[parent].children[last] = ino
+            self._arenas[ino] = Arena(config, backing, ino)
+            changed.append(name.encode().split(b"/")[0])
+        return sorted(set(changed))
+
+    def _add_virtual_dir(self, parent: int, name: bytes) -> int:
+        existing = self._virtual_dirs[parent].children.get(name)
+        if existing is not None:
+            return existing
+        ino = self.inodes.add(parent, name, stat.S_IFDIR)
+        self._virtual_dirs[parent].children[name] = ino
+        self._virtual_dirs[ino] = VirtualDir()
+        return ino
+
+    def _unlink_virtual_path(self, arena_name: str) -> bytes:
+        """Remove an arena's entry and its now empty virtual parents; the top name."""
+        parts = arena_name.encode().split(b"/")
+        chain = [ROOT_INODE]
+        for part in parts[:-1]:
+            chain.append(self._virtual_dirs[chain[-1]].children[part])
+        for depth in range(len(parts) - 1, -1, -1):
+            parent = chain[depth]
+            children = self._virtual_dirs[parent].children
+            ino = children.pop(parts[depth])
+            self.inodes.detach(parent, parts[depth])
+            self._virtual_dirs.pop(ino, None)
+            if children or parent == ROOT_INODE:
+                break
+        return parts[0]
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            if isinstance(handle, FileHandle) and handle.fd >= 0:
+                os.close(handle.fd)
+        self._handles.clear()
+        for arena in self._arenas.values():
+            arena.backing.close()
+
+    # ------------------------------------------------------------ resolving
+
+    def _locate(self, ino: int) -> tuple[Arena, bytes]:
+        """The arena and relative path of an arena inode; FsError otherwise."""
+        names: list[bytes] = []
+        cur = ino
+        while (arena := self._arenas.get(cur)) is None:
+            node = self.inodes.node(cur)
+            if node is None or node.parent == 0 or cur in self._virtual_dirs or cur in self._virtual_files:
+                raise NotFound() if cur not in self._virtual_dirs else NotPermitted()
+            names.append(node.name)
+            cur = node.parent
+        names.reverse()
+        return arena, b"/".join(names)
+
+    def is_virtual(self, ino: int) -> bool:
+        return ino in self._virtual_dirs or ino in self._virtual_files
+
+    def _virtual_attr(self, ino: int) -> Attr:
+        vfile = self._virtual_files.get(ino)
+        if vfile is not None:
+            mode, nlink, size = vfile.mode, 1, vfile.last_size
+        else:
+            mode, nlink, size = 0o40555 if ino != ROOT_INODE else 0o40755, 2, 0
+        t = self._born_ns
+        return Attr(ino, mode, nlink, 0, 0, size, t, t, t, timeout=0.0 if vfile else ATTR_TTL)
+
+    def _attr(self, ino: int, st: os.stat_result) -> Attr:
+        return Attr.from_stat(ino, st, ATTR_TTL)
+
+    # ------------------------------------------------------------ lookups
+
+    def lookup(self, parent: int, name: bytes) -> Attr:
+        """Attributes of *name* in *parent*; counts one kernel reference on success."""
+        attr = self._peek(parent, name)
+        self.inodes.looked_up(attr.ino)
+        return attr
+
+    def _peek(self, parent: int, name: bytes) -> Attr:
+        vdir = self._virtual_dirs.get(parent)
+        if vdir is not None:
+            ino = vdir.children.get(name)
+            if ino is None:
+                raise NotFound()
+            return self.getattr(ino)
+        arena, rel = self._locate(parent)
+        path = join(rel, name)
+        try:
+            st = arena.backing.stat(path)
+        except NotFound:
+            self.inodes.detach(parent, name)
+            raise
+        return self._attr(self.inodes.add(parent, name, stat.S_IFMT(st.st_mode)), st)
+
+    def forget(self, ino: int, count: int) -> None:
+        self.inodes.forget(ino, count)
+
+    def getattr(self, ino: int) -> Attr:
+        if self.is_virtual(ino):
+            return self._virtual_attr(ino)
+        fds = self._fds_by_ino.get(ino)
+        if fds:  # answers for open files that were unlinked or renamed away too
+            return self._attr(ino, _fstat(fds[0]))
+        arena, rel = self._locate(ino)
+        return self._attr(ino, arena.backing.stat(rel))
+
+    def readlink(self, ino: int) -> bytes:
+        arena, rel = self._locate(ino)
+        return arena.backing.readlink(rel)
+
+    # ------------------------------------------------------------ changing attributes
+
+    def setattr(
+        self,
+        ino: int,
+        fh: int | None,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Attr:
+        vfile = self._virtual_files.get(ino)
+        if vfile is not None:
+            if size == 0 and vfile.write is not None and mode is uid is gid is None:
+                return self._virtual_attr(ino)  # O_TRUNC before a command is written
+            raise NotPermitted()
+        if ino in self._virtual_dirs:
+            raise NotPermitted()
+        fd = self._fd_for(ino, fh)
+        try:
+            if fd is not None:
+                _set_by_fd(fd, size, mode, uid, gid, atime_ns, mtime_ns)
+                return self._attr(ino, os.fstat(fd))
+        except OSError as exc:
+            raise from_oserror(exc) from None
+        arena, rel = self._locate(ino)
+        backing = arena.backing
+        if size is not None:
+            backing.truncate(rel, size)
+        if uid is not None or gid is not None:
+            backing.chown(rel, -1 if uid is None else uid, -1 if gid is None else gid)
+        if mode is not None:
+            backing.chmod(rel, mode)
+        if atime_ns is not None or mtime_ns is not None:
+            backing.utime(rel, atime_ns, mtime_ns)
+        return self._attr(ino, backing.stat(rel))
+
+    def _fd_for(self, ino: int, fh: int | None) -> int | None:
+        handle = self._handles.get(fh) if fh is not None else None
+        if isinstance(handle, FileHandle) and handle.fd >= 0:
+            return handle.fd
+        node = self.inodes.node(ino)
+        fds = self._fds_by_ino.get(ino)
+        if fds and node is not None and node.parent == 0:  # orphan: only its open files remain
+            return fds[0]
+        return None
+
+    # ------------------------------------------------------------ creating and removing
+
+    def _arena_dir(self, parent: int) -> tuple[Arena, bytes]:
+        if parent in self._virtual_dirs:
+            raise NotPermitted("only arenas hold files")
+        return self._locate(parent)
+
+    def _created(self, parent: int, name: bytes, st: os.stat_result) -> Attr:
+        ino = self.inodes.add(parent, name, stat.S_IFMT(st.st_mode))
+        self.inodes.looked_up(ino)
+        return self._attr(ino, st)
+
+    def mkdir(self, parent: int, name: bytes, mode: int, owner: Owner) -> Attr:
+        arena, rel = self._arena_dir(parent)
+        return self._created(parent, name, arena.backing.mkdir(rel, name, mode, owner))
+
+    def mknod(self, parent: int, name: bytes, mode: int, owner: Owner) -> Attr:
+        arena, rel = self._arena_dir(parent)
+        return self._created(parent, name, arena.backing.mkfifo(rel, name, mode, owner))
+
+    def symlink(self, parent: int, name: bytes, target: bytes, owner: Owner) -> Attr:
+        arena, rel = self._arena_dir(parent)
+        return self._created(parent, name, arena.backing.symlink(rel, name, target, owner))
+
+    def create(self, parent: int, name: bytes, mode: int, flags: int, owner: Owner) -> tuple[int, Attr]:
+        arena, rel = self._arena_dir(parent)
+        fd, st = arena.backing.create(rel, name, flags, mode, owner)
+        attr = self._created(parent, name, st)
+        return self._open_fd(attr.ino, fd), attr
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        arena, rel = self._arena_dir(parent)
+        arena.backing.unlink(rel, name)
+        self.inodes.detach(parent, name)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        if self._virtual_dirs.get(parent, VirtualDir()).children.get(name):
+            raise NotPermitted("arenas are removed in the config")
+        arena, rel = self._arena_dir(parent)
+        arena.backing.rmdir(rel, name)
+        self.inodes.detach(parent, name)
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
+        arena_a, rel_a = self._arena_dir(old_parent)
+        arena_b, rel_b = self._arena_dir(new_parent)
+        if arena_a is not arena_b:
+            raise FsError("across arenas", errno=18)  # EXDEV: mv copies, as across filesystems
+        arena_a.backing.rename(join(rel_a, old_name), join(rel_b, new_name), flags)
+        if flags & RENAME_EXCHANGE:
+            self.inodes.exchange(old_parent, old_name, new_parent, new_name)
+        else:
+            self.inodes.move(old_parent, old_name, new_parent, new_name)
+
+    # ------------------------------------------------------------ files
+
+    def _open_fd(self, ino: int, fd: int) -> int:
+        fh = self._new_fh(FileHandle(ino, fd=fd))
+        self._fds_by_ino.setdefault(ino, []).append(fd)
+        self.inodes.opened(ino)
+        return fh
+
+    def _new_fh(self, handle: FileHandle | DirHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Open a Real file: (handle, whether the kernel may keep its cached pages)."""
+        arena, rel = self._locate(ino)
+        fd = arena.backing.open(rel, flags & ~_NOT_PASSED)
+        st = os.fstat(fd)
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        keep = self._stamps.get(ino) == stamp
+        self._stamps[ino] = stamp
+        return self._open_fd(ino, fd), keep
+
+    async def open_virtual(self, ino: int, flags: int) -> int:
+        vfile = self._virtual_files[ino]
+        if flags & _WRITE_FLAGS and vfile.write is None:
+            raise AccessDenied("read-only")
+        content = b""
+        if flags & os.O_ACCMODE != os.O_WRONLY:
+            content = await vfile.render()
+            vfile.last_size = len(content)
+        return self._new_fh(FileHandle(ino, content=content, virtual=vfile))
+
+    def file(self, fh: int) -> FileHandle:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, FileHandle):
+            raise FsError("bad file handle", errno=9)
+        return handle
+
+    def write_virtual(self, handle: FileHandle, data: bytes) -> None:
+        assert handle.virtual is not None
+        if handle.virtual.write is None:
+            raise AccessDenied()
+        handle.virtual.write(data)
+
+    def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, FileHandle) and handle.fd >= 0:
+            try:
+                st = os.fstat(handle.fd)
+                if self._stamps.get(handle.ino) is not None:
+                    self._stamps[handle.ino] = (st.st_size, st.st_mtime_ns, st.st_ino)
+            finally:
+                os.close(handle.fd)
+                fds = self._fds_by_ino.get(handle.ino, [])
+                fds.remove(handle.fd)
+                if not fds:
+                    self._fds_by_ino.pop(handle.ino, None)
+                self.inodes.closed(handle.ino)
+
+    # ------------------------------------------------------------ directories
+
+    def opendir(self, ino: int) -> int:
+        """Snapshot the directory: offsets stay valid for the life of the handle."""
+        entries: list[tuple[bytes, Attr]] = [(b".", self.getattr(ino))]
+        node = self.inodes.node(ino)
+        parent = node.parent if node is not None and node.parent else ROOT_INODE
+        entries.append((b"..", self.getattr(parent) if parent in self._virtual_dirs else self._dotdot(ino)))
+        vdir = self._virtual_dirs.get(ino)
+        if vdir is not None:
+            entries.extend((name, self.getattr(child)) for name, child in sorted(vdir.children.items()))
+        else:
+            arena, rel = self._locate(ino)
+            for name, st in arena.backing.listdir(rel):
+                entries.append((name, self._attr(self.inodes.add(ino, name, stat.S_IFMT(st.st_mode)), st)))
+        return self._new_fh(DirHandle(ino, entries))
+
+    def _dotdot(self, ino: int) -> Attr:
+        node = self.inodes.node(ino)
+        parent = node.parent if node is not None and node.parent else ROOT_INODE
+        try:
+            return self.getattr(parent)
+        except FsError:
+            return self.getattr(ino)
+
+    def dir_entries(self, fh: int) -> list[tuple[bytes, Attr]]:
+        """The snapshot taken by `opendir`; an entry's offset is its index plus one."""
+        handle = self._handles.get(fh)
+        if not isinstance(handle, DirHandle):
+            raise FsError("bad directory handle", errno=9)
+        return handle.entries
+
+    def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    def fsyncdir(self, fh: int) -> None:
+        handle = self._handles.get(fh)
+        if isinstance(handle, DirHandle) and not self.is_virtual(handle.ino):
+            arena, rel = self._locate(handle.ino)
+            arena.backing.fsync_dir(rel)
+
+    def statfs(self) -> FsStats:
+        """The backing filesystems' numbers, summed over distinct filesystems."""
+        seen: dict[int, os.statvfs_result] = {}
+        for arena in self._arenas.values():
+            seen.setdefault(arena.backing.stat(b"").st_dev, arena.backing.statvfs())
+        if not seen:
+            return FsStats(4096, 4096, 0, 0, 0, 0, 0, 0, 255)
+        frsize = min(v.f_frsize for v in seen.values())
+
+        def total(attr: str) -> int:
+            return sum(getattr(v, attr) * v.f_frsize // frsize for v in seen.values())
+
+        def count(attr: str) -> int:
+            return sum(int(getattr(v, attr)) for v in seen.values())
+
+        first = next(iter(seen.values()))
+        return FsStats(
+            bsize=first.f_bsize,
+            frsize=frsize,
+            blocks=total("f_blocks"),
+            bfree=total("f_bfree"),
+            bavail=total("f_bavail"),
+            files=count("f_files"),
+            ffree=count("f_ffree"),
+            favail=count("f_favail"),
+            namemax=min(v.f_namemax for v in seen.values()),
+        )
+
+    # ------------------------------------------------------------ extended attributes
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        if not name.startswith(xattrs.USER_PREFIX) or self.is_virtual(ino):
+            raise NoData()
+        arena, rel = self._locate(ino)
+        if name == MODE_XATTR:
+            return xattrs.effective_mode(arena.backing, rel, arena.config.mode).value.encode()
+        if name == STATUS_XATTR:
+            return b"real"
+        if not xattrs.is_passthrough(name):
+            raise NoData()
+        return xattrs.get(arena.backing, rel, name)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        if self.is_virtual(ino):
+            return []
+        arena, rel = self._locate(ino)
+        kind = self.getattr(ino).kind
+        if kind not in (stat.S_IFREG, stat.S_IFDIR):
+            return []
+        return [MODE_XATTR, STATUS_XATTR, *xattrs.names(arena.backing, rel)]
+
+    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        if self.is_virtual(ino):
+            raise NotPermitted("realizefs's own files and directories have no attributes to set")
+        if not name.startswith(xattrs.USER_PREFIX):
+            raise NotSupported()
+        arena, rel = self._locate(ino)
+        if name == MODE_XATTR:
+            mode = Mode.parse(value.decode("utf-8", "replace").strip())
+            if mode is None:
+                raise InvalidValue('expected "real" or "unreal"')
+            xattrs.set_mode(arena.backing, rel, mode)
+            log.info("%s/%s: mode set to %s", arena.name, rel.decode(errors="replace"), mode.value)
+        elif name == STATUS_XATTR:
+            raise NotPermitted("user.realize.status is read-only")
+        elif not xattrs.is_passthrough(name):
+            raise NotSupported()
+        else:
+            xattrs.set(arena.backing, rel, name, value)
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        if self.is_virtual(ino):
+            raise NotPermitted()
+        if not name.startswith(xattrs.USER_PREFIX):
+            raise NoData()
+        arena, rel = self._locate(ino)
+        if name == MODE_XATTR:
+            if xattrs.stored_mode(arena.backing, rel) is None:
+                raise NoData()
+            xattrs.set_mode(arena.backing, rel, None)
+            log.info("%s/%s: mode setting removed", arena.name, rel.decode(errors="replace"))
+        elif not xattrs.is_passthrough(name):
+            raise NotPermitted() if name == STATUS_XATTR else NoData()
+        else:
+            xattrs.remove(arena.backing, rel, name)
+
+
+def _fstat(fd: int) -> os.stat_result:
+    try:
+        return os.fstat(fd)
+    except OSError as exc:
+        raise from_oserror(exc) from None
+
+
+def _set_by_fd(
+    fd: int,
+    size: int | None,
+    mode: int | None,
+    uid: int | None,
+    gid: int | None,
+    atime_ns: int | None,
+    mtime_ns: int | None,
+) -> None:
+    if size is not None:
+        os.ftruncate(fd, size)
+    if uid is not None or gid is not None:
+        os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+    if mode is not None:
+        os.fchmod(fd, mode & 0o7777)
+    if atime_ns is not None or mtime_ns is not None:
+        st = os.fstat(fd)
+        os.utime(
+            fd,
+            ns=(
+                st.st_atime_ns if atime_ns is None else atime_ns,
+                st.st_mtime_ns if mtime_ns is None else mtime_ns,
+            ),
+        )
