@@ -190,6 +190,10 @@ def run(config_path: Path) -> int:
         _check_own_key(config, identity.public_key)
         _clear_dead_mount(config.node.mountpoint)
         daemon = Daemon(config, store, identity)
+        # A second SIGTERM/SIGINT while unmounting must not kill the daemon half-way:
+        # _serve receives them while it runs, and they are ignored afterwards.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         trio.run(_serve, daemon)
     except ConfigError as exc:
         print(f"realizefs: {exc}", file=sys.stderr)

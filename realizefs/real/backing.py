@@ -182,7 +182,7 @@ class Backing:
     def _give(self, fd: int, owner: Owner, gid: int, mode: int, *, chmod: bool = True) -> os.stat_result:
         """Hand the new object open as *fd* to its owner and fix its mode; its attributes."""
         if self._is_root:
-            os.chown(proc_path(fd), owner.uid, gid, follow_symlinks=False)
+            os.chown(proc_path(fd), owner.uid, gid)  # follows the /proc link to the object
         st = os.fstat(fd)
         if chmod and stat.S_IMODE(st.st_mode) != mode:
             os.chmod(proc_path(fd), mode)
@@ -261,8 +261,9 @@ class Backing:
             os.chmod(proc_path(fd), mode & 0o7777)
 
     def chown(self, rel: bytes, uid: int, gid: int) -> None:
-        with self._open(rel) as fd:
-            os.chown(proc_path(fd), uid, gid, follow_symlinks=False)
+        parent, name = split(rel)
+        with self._parent(parent) as pfd:
+            os.chown(name or ".", uid, gid, dir_fd=pfd, follow_symlinks=False)
 
     def utime(self, rel: bytes, atime_ns: int | None, mtime_ns: int | None) -> None:
         """Set times; None keeps the current value."""

@@ -1,0 +1,88 @@
+"""The files of ``.realize/``."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import Daemon
+
+
+def read(d: Daemon, name: str) -> str:
+    return (d.mountpoint / ".realize" / name).read_text()
+
+
+def test_identity_is_ready_to_paste(daemon: Daemon) -> None:
+    text = read(daemon, "identity")
+    data = json.loads(read(daemon, "identity.json"))
+    assert data["name"] == "test"
+    assert data["key"].startswith("ed25519:")
+    assert len(base64.b64decode(data["key"].removeprefix("ed25519:"))) == 32
+    assert "[[peer]]" in text and f'key = "{data["key"]}"' in text and 'name = "test"' in text
+    key_file = daemon.data_dir / "identity.key"
+    assert os.stat(key_file).st_mode & 0o777 == 0o600
+
+
+def test_status_counts_the_real(daemon: Daemon) -> None:
+    root = daemon.root()
+    (root / "d").mkdir()
+    (root / "d" / "one").write_bytes(b"x" * 1000)
+    (root / "two").write_bytes(b"y" * 24)
+    os.symlink("two", root / "link")
+    status = json.loads(read(daemon, "status.json"))
+    [arena] = status["arenas"]
+    assert arena["name"] == "a" and arena["root"] == str(root)
+    assert arena["real"]["files"] == 2 and arena["real"]["bytes"] == 1024
+    assert arena["real"]["directories"] == 1
+    assert status["schema_version"] >= 1 and len(status["store_id"]) == 32
+    assert status["uptime_s"] >= 0
+    text = read(daemon, "status")
+    assert "2 files" in text and "1.0 KiB" in text and str(root) in text
+
+
+def test_peers_lists_configured_peers_disconnected(base: Path) -> None:
+    key = "ed25519:" + base64.b64encode(bytes(range(32))).decode()
+    extra = f'\n[[peer]]\nname = "server"\nkey = "{key}"\naddress = "192.0.2.1:7733"\n' \
+            f'\n[[peer]]\nname = "phone"\nkey = "ed25519:{base64.b64encode(bytes(32)).decode()}"\n'
+    d = Daemon(base, extra=extra)
+    d.start()
+    try:
+        peers = json.loads(read(d, "peers.json"))["peers"]
+        assert [(p["name"], p["address"], p["state"]) for p in peers] == [
+            ("server", "192.0.2.1:7733", "disconnected"),
+            ("phone", None, "disconnected"),
+        ]
+        text = read(d, "peers")
+        assert "server" in text and "deaf" in text and "disconnected" in text
+        d.stop()
+    finally:
+        d.kill()
+
+
+def test_consensus_accepts_now_and_refuses_anything_else(daemon: Daemon) -> None:
+    path = daemon.mountpoint / ".realize" / "consensus"
+    subprocess.run(["sh", "-c", f"echo now > {path}"], check=True)
+    assert "no peer is connected" in path.read_text()
+    assert json.loads(read(daemon, "consensus.json"))["last_request"] is not None
+    for bad in (b"later\n", b"nownow", b"\x00"):
+        with pytest.raises(OSError) as info, open(path, "wb") as f:
+            f.write(bad)
+        assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("name", ["status", "identity", "peers.json", "consensus.json"])
+def test_status_files_are_read_only(daemon: Daemon, name: str) -> None:
+    path = daemon.mountpoint / ".realize" / name
+    with pytest.raises(OSError) as info:
+        path.write_text("x")
+    assert info.value.errno in (errno.EACCES, errno.EPERM)
+    with pytest.raises(OSError):
+        path.unlink()
+    with pytest.raises(OSError):
+        (daemon.mountpoint / ".realize" / "new").write_text("x")

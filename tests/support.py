@@ -1,0 +1,185 @@
+"""Test helpers: a real realizefs daemon in a subprocess on temporary directories.
+
+`Daemon` writes a config, starts ``python -m realizefs`` on it, waits until the
+mount answers, and on `stop` asserts the daemon exited 0, unmounted, and
+logged no unexpected WARNING or ERROR line. `wait_for` polls a condition
+with a deadline instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+FUSE_AVAILABLE = os.path.exists("/dev/fuse") and os.geteuid() == 0
+NOBODY = 65534
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll *condition* until it returns something truthy; fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def make_base() -> Path:
+    """A fresh directory every local user can traverse (pytest's tmp_path is 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="realizefs-test-", dir="/tmp"))
+    base.chmod(0o755)
+    return base
+
+
+def toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Daemon:
+    """One realizefs daemon on its own directories below *base*."""
+
+    def __init__(
+        self,
+        base: Path,
+        arenas: Iterable[tuple[str, str]] = (("a", "real"),),
+        extra: str = "",
+        name: str = "test",
+    ) -> None:
+        self.base = base
+        self.mountpoint = base / "mnt"
+        self.data_dir = base / "data"
+        self.roots: dict[str, Path] = {}
+        lines = [
+            "[node]",
+            f"name = {toml_string(name)}",
+            f"data_dir = {toml_string(str(self.data_dir))}",
+            f"mountpoint = {toml_string(str(self.mountpoint))}",
+            "",
+        ]
+        for arena, mode in arenas:
+            root = base / "real" / arena.replace("/", "_")
+            root.mkdir(parents=True, exist_ok=True)
+            root.chmod(0o755)
+            self.roots[arena] = root
+            lines += [
+                "[[arena]]",
+                f"name = {toml_string(arena)}",
+                f"root = {toml_string(str(root))}",
+                f"mode = {toml_string(mode)}",
+                "",
+            ]
+        self.config_path = base / "realizefs.toml"
+        self.config_path.write_text("\n".join(lines) + extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_path = base / "daemon.log"
+        self.allowed_log: list[str] = []
+
+    def root(self, arena: str = "a") -> Path:
+        return self.roots[arena]
+
+    def mnt(self, arena: str = "a") -> Path:
+        return self.mountpoint / arena
+
+    def start(self, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "realizefs", "--config", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+        )
+        stderr.close()
+        if wait:
+            self.wait_mounted()
+
+    def wait_mounted(self, timeout: float = 20.0) -> None:
+        def mounted() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            try:  # a dead mount left by a killed daemon is a mount too: make it answer
+                return ".realize" in os.listdir(self.mountpoint)
+            except OSError:
+                return False
+
+        wait_for(mounted, timeout, "the mount")
+
+    def log(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, check_log: bool = True) -> int:
+        """SIGTERM, wait, and check a clean exit; the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+            raise AssertionError(f"daemon did not stop on SIGTERM:\n{self.log()}") from None
+        assert not os.path.ismount(self.mountpoint), "still mounted after the daemon exited"
+        if check_log:
+            self.check_log()
+        return code
+
+    def check_log(self) -> None:
+        bad = [
+            line
+            for line in self.log().splitlines()
+            if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
+            and not any(allowed in line for allowed in self.allowed_log)
+        ]
+        assert not bad, "unexpected warnings or errors in the daemon's log:\n" + "\n".join(bad)
+
+    def kill(self) -> None:
+        """Cleanup after a failure: no checks, leave no mount behind."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if os.path.ismount(self.mountpoint) or _dead_mount(self.mountpoint):
+            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False, capture_output=True)
+
+
+def _dead_mount(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == 107  # ENOTCONN
+    return False
+
+
+def cleanup_base(base: Path) -> None:
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def run_as(
+    args: list[str], uid: int = NOBODY, gid: int = NOBODY, umask: int = 0o022, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run a command as another user (no supplementary groups)."""
+    return subprocess.run(
+        args, user=uid, group=gid, extra_groups=[], umask=umask, capture_output=True, text=True, check=check
+    )
