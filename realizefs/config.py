@@ -24,7 +24,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from realizefs.errors import ConfigError
 from realizefs.types import Address, Mode
@@ -248,7 +248,7 @@ class _Section:
     def key_name(self, key: str | None) -> str:
         return self.where if key is None else f"{self.where}.{key}" if self.where else key
 
-    def fail(self, key: str | None, message: str) -> Any:
+    def fail(self, key: str | None, message: str) -> NoReturn:
         raise ConfigError(f"{self.file}: {self.key_name(key)}: {message}")
 
     def get(self, key: str, parse: Callable[[object], T], default: T | None = None) -> T:
@@ -260,7 +260,7 @@ class _Section:
         try:
             return parse(self.table[key])
         except ValueError as exc:
-            return self.fail(key, str(exc))  # type: ignore[no-any-return]
+            self.fail(key, str(exc))
 
     def optional(self, key: str, parse: Callable[[object], T]) -> T | None:
         return self.get(key, parse) if key in self.table else None
@@ -271,7 +271,7 @@ class _Section:
                 raise ValueError(f"expected a path, got {_short(value)}")
             return self.file.parent / Path(value).expanduser()
 
-        return Path(os.path.abspath(self.get(key, parse, default and parse(default))))
+        return Path(os.path.abspath(self.get(key, parse, None if default is None else parse(default))))
 
 
 def _string(value: object) -> str:
@@ -376,9 +376,9 @@ def _check_arenas(top: _Section, config: Config) -> None:
     node = config.node
     for i, arena in enumerate(config.arenas, 1):
         key = f"arena[{i}].root"
-        for j, other in enumerate(config.arenas[: i - 1], 1):
-            if _inside(arena.root, other.root) or _inside(other.root, arena.root):
-                top.fail(key, f"{arena.root} overlaps arena[{j}].root {other.root}")
+        for j, earlier in enumerate(config.arenas[: i - 1], 1):
+            if _inside(arena.root, earlier.root) or _inside(earlier.root, arena.root):
+                top.fail(key, f"{arena.root} overlaps arena[{j}].root {earlier.root}")
         if _inside(node.mountpoint, arena.root):
             top.fail("node.mountpoint", f"{node.mountpoint} is inside arena[{i}].root {arena.root}")
         if _inside(arena.root, node.mountpoint):

@@ -31,7 +31,6 @@ from realizefs.ops.fs import Operations
 from realizefs.peers import identity as identity_mod
 from realizefs.real.backing import check_kernel_support
 from realizefs.store.schema import Store
-from realizefs.vfs.inodes import ROOT_INODE
 from realizefs.vfs.namespace import Namespace
 
 log = logging.getLogger(__name__)
@@ -76,9 +75,8 @@ class Daemon:
         for key in ("name", "data_dir", "mountpoint", "listen"):
             if getattr(new.node, key) != getattr(self.config.node, key):
                 log.warning("node.%s changed: restart realizefs to apply it", key)
-        changed = self.namespace.set_arenas(new.arenas)
-        for name in changed:
-            pyfuse3.invalidate_entry_async(ROOT_INODE, name, ignore_enoent=True)  # type: ignore[arg-type]
+        for parent, name in self.namespace.set_arenas(new.arenas):
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
         self.config = replace(new, node=self.config.node)
         log.info("config reloaded: %d arenas, %d peers", len(new.arenas), len(new.peers))
         _status(self)

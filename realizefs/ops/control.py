@@ -126,7 +126,7 @@ class Control:
     async def status(self) -> dict[str, Any]:
         config = self.node.config
         now = self.clock()
-        arenas = []
+        arenas: list[dict[str, Any]] = []
         for arena in self.namespace.arenas if self.namespace else []:
             counted = await self._usage(arena)
             arenas.append(
@@ -170,7 +170,7 @@ class Control:
     # ------------------------------------------------------------ peers
 
     async def peers(self) -> dict[str, Any]:
-        peers = [
+        peers: list[dict[str, Any]] = [
             {
                 "name": p.name,
                 "key": format_key(p.key),

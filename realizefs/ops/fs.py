@@ -14,7 +14,7 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -31,7 +31,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn domain errors into errno and unexpected ones into a logged EIO."""
 
     @functools.wraps(fn)
@@ -53,8 +53,8 @@ def handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 def entry(attr: Attr) -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
-    e.st_ino = attr.ino  # type: ignore[assignment]
-    e.st_mode = attr.mode  # type: ignore[assignment]
+    e.st_ino = attr.ino
+    e.st_mode = attr.mode
     e.st_nlink = attr.nlink
     e.st_uid = attr.uid
     e.st_gid = attr.gid
@@ -66,7 +66,7 @@ def entry(attr: Attr) -> pyfuse3.EntryAttributes:
     e.st_mtime_ns = attr.mtime_ns
     e.st_ctime_ns = attr.ctime_ns
     e.attr_timeout = attr.timeout
-    e.entry_timeout = attr.timeout
+    e.entry_timeout = attr.entry_timeout
     return e
 
 
@@ -175,15 +175,15 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         fh, attr = self.ns.create(parent_inode, name, mode, flags, owner(ctx))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry(attr)  # type: ignore[arg-type]
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry(attr)
 
     @handler
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if self.ns.is_virtual(inode):
             fh = await self.ns.open_virtual(inode, flags)
-            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)  # type: ignore[arg-type]
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         fh, keep = self.ns.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)  # type: ignore[arg-type]
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -218,7 +218,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def opendir(self, inode: int, ctx: Any) -> int:
-        return self.ns.opendir(inode)  # type: ignore[return-value]
+        return self.ns.opendir(inode)
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:

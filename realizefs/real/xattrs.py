@@ -13,6 +13,7 @@ namespace is exposed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 
@@ -100,9 +101,7 @@ def effective_mode(backing: Backing, rel: bytes, default: Mode) -> Mode:
 def set_mode(backing: Backing, rel: bytes, mode: Mode | None) -> None:
     """Set (or with None, remove) the mode stored on *rel*."""
     if mode is None:
-        try:
+        with contextlib.suppress(NoData):
             remove(backing, rel, MODE_NAME)
-        except NoData:
-            pass
     else:
         set(backing, rel, MODE_NAME, mode.value.encode())

@@ -98,11 +98,14 @@ class Store:
                 version += 1
                 txn.put(b"schema_version", _U32.pack(version), db=meta)
                 log.info("migrated store in %s to schema %d", self.data_dir, version)
-            return (
-                version,
-                bytes(txn.get(b"store_id", db=meta)),
-                _U64.unpack(txn.get(b"created_ns", db=meta))[0],
-            )
+            created = _U64.unpack(self._required(txn, b"created_ns"))[0]
+            return version, self._required(txn, b"store_id"), created
+
+    def _required(self, txn: Any, key: bytes) -> bytes:
+        value = txn.get(key, db=self.dbs[b"meta"])
+        if value is None:
+            raise StoreError(f"{self.data_dir}/store: damaged, meta key {key.decode()} is missing")
+        return bytes(value)
 
     def close(self) -> None:
         self.env.close()

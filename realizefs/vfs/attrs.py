@@ -21,10 +21,11 @@ class Attr:
     rdev: int = 0
     blocks: int = 0
     blksize: int = 4096
-    timeout: float = 1.0  # how long the kernel may cache it, seconds
+    timeout: float = 1.0  # how long the kernel may cache the attributes, seconds
+    entry_timeout: float = 1.0  # how long it may cache the name -> inode mapping
 
     @classmethod
-    def from_stat(cls, ino: int, st: os.stat_result, timeout: float) -> Attr:
+    def from_stat(cls, ino: int, st: os.stat_result, timeout: float, entry_timeout: float) -> Attr:
         return cls(
             ino=ino,
             mode=st.st_mode,
@@ -39,6 +40,7 @@ class Attr:
             blocks=st.st_blocks,
             blksize=st.st_blksize,
             timeout=timeout,
+            entry_timeout=entry_timeout,
         )
 
     @property

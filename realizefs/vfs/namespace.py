@@ -47,6 +47,8 @@ from realizefs.vfs.virtual import VirtualDir, VirtualFile
 log = logging.getLogger(__name__)
 
 ATTR_TTL = 1.0
+# Virtual directories and arena roots change only on reload, which invalidates them.
+VIRTUAL_TTL = 3600.0
 CONTROL_DIR = b".realize"
 MODE_XATTR = xattrs.MODE_NAME
 STATUS_XATTR = b"user.realize.status"
@@ -108,10 +110,10 @@ class Namespace:
     def arenas(self) -> list[Arena]:
         return list(self._arenas.values())
 
-    def set_arenas(self, configs: Iterable[ArenaConfig]) -> list[bytes]:
-        """Serve exactly *configs*; the names of root entries that changed."""
+    def set_arenas(self, configs: Iterable[ArenaConfig]) -> list[tuple[int, bytes]]:
+        """Serve exactly *configs*; the (parent inode, name) entries the kernel must forget."""
         wanted = {c.name: c for c in configs}
-        changed: list[bytes] = []
+        removed: list[tuple[int, bytes]] = []
         for ino, arena in list(self._arenas.items()):
             config = wanted.get(arena.name)
             if config is not None and config.root == arena.config.root:
@@ -119,7 +121,7 @@ class Namespace:
             else:
                 del self._arenas[ino]
                 arena.backing.close()
-                changed.append(self._unlink_virtual_path(arena.name))
+                removed.append(self._unlink_virtual_path(arena.name))
         present = {a.name for a in self._arenas.values()}
         for name, config in wanted.items():
             if name in present:
@@ -132,8 +134,7 @@ class Namespace:
             ino = self.inodes.add(parent, last, stat.S_IFDIR)
             self._virtual_dirs[parent].children[last] = ino
             self._arenas[ino] = Arena(config, backing, ino)
-            changed.append(name.encode().split(b"/")[0])
-        return sorted(set(changed))
+        return removed
 
     def _add_virtual_dir(self, parent: int, name: bytes) -> int:
         existing = self._virtual_dirs[parent].children.get(name)
@@ -144,8 +145,8 @@ class Namespace:
         self._virtual_dirs[ino] = VirtualDir()
         return ino
 
-    def _unlink_virtual_path(self, arena_name: str) -> bytes:
-        """Remove an arena's entry and its now empty virtual parents; the top name."""
+    def _unlink_virtual_path(self, arena_name: str) -> tuple[int, bytes]:
+        """Remove an arena's entry and its emptied virtual parents; the topmost entry removed."""
         parts = arena_name.encode().split(b"/")
         chain = [ROOT_INODE]
         for part in parts[:-1]:
@@ -157,8 +158,8 @@ class Namespace:
             self.inodes.detach(parent, parts[depth])
             self._virtual_dirs.pop(ino, None)
             if children or parent == ROOT_INODE:
-                break
-        return parts[0]
+                return parent, parts[depth]
+        raise AssertionError("unreachable: the root always stops the walk")
 
     def close(self) -> None:
         for handle in self._handles.values():
@@ -193,10 +194,11 @@ class Namespace:
         else:
             mode, nlink, size = 0o40555 if ino != ROOT_INODE else 0o40755, 2, 0
         t = self._born_ns
-        return Attr(ino, mode, nlink, 0, 0, size, t, t, t, timeout=0.0 if vfile else ATTR_TTL)
+        ttl = 0.0 if vfile else VIRTUAL_TTL
+        return Attr(ino, mode, nlink, 0, 0, size, t, t, t, timeout=ttl, entry_timeout=ttl)
 
     def _attr(self, ino: int, st: os.stat_result) -> Attr:
-        return Attr.from_stat(ino, st, ATTR_TTL)
+        return Attr.from_stat(ino, st, ATTR_TTL, VIRTUAL_TTL if ino in self._arenas else ATTR_TTL)
 
     # ------------------------------------------------------------ lookups
 
