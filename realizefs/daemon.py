@@ -28,8 +28,10 @@ from realizefs.config import Config
 from realizefs.errors import ConfigError, IdentityError, StoreError
 from realizefs.ops.control import Control
 from realizefs.ops.fs import Operations
+from realizefs.ops.invalidate import KernelCacheSync
 from realizefs.peers import identity as identity_mod
 from realizefs.real.backing import check_kernel_support
+from realizefs.real.watcher import Watcher
 from realizefs.store.schema import Store
 from realizefs.vfs.namespace import Namespace
 
@@ -51,6 +53,9 @@ class Daemon:
         self.control = Control(self)
         self.namespace = Namespace(config.arenas, self.control.files())
         self.control.namespace = self.namespace
+        self.watcher = Watcher()
+        self.cache_sync = KernelCacheSync(self.namespace, self.watcher)
+        self.cache_sync.watch_arenas()
 
     @property
     def public_key(self) -> bytes:
@@ -77,6 +82,7 @@ class Daemon:
                 log.warning("node.%s changed: restart realizefs to apply it", key)
         for parent, name in self.namespace.set_arenas(new.arenas):
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        self.cache_sync.watch_arenas()
         self.config = replace(new, node=self.config.node)
         log.info("config reloaded: %d arenas, %d peers", len(new.arenas), len(new.peers))
         _status(self)
@@ -148,6 +154,7 @@ async def _serve(daemon: Daemon) -> None:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(fuse_main)
+                nursery.start_soon(daemon.cache_sync.run)
                 with trio.fail_after(MOUNT_TIMEOUT):
                     await trio.to_thread.run_sync(os.stat, mountpoint)
                 _raise_read_ahead(mountpoint)
@@ -165,6 +172,7 @@ async def _serve(daemon: Daemon) -> None:
         finally:
             pyfuse3.close(unmount=True)
             daemon.namespace.close()
+            daemon.watcher.close()
             log.info("unmounted %s", mountpoint)
 
 

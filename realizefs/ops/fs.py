@@ -198,7 +198,9 @@ class Operations(pyfuse3.Operations):
         if handle.fd < 0:
             self.ns.write_virtual(handle, buf)
             return len(buf)
-        return os.pwrite(handle.fd, buf, off)
+        written = os.pwrite(handle.fd, buf, off)
+        self.ns.wrote(handle)
+        return written
 
     @handler
     async def flush(self, fh: int) -> None:
@@ -225,9 +227,12 @@ class Operations(pyfuse3.Operations):
         entries = self.ns.dir_entries(fh)
         for index in range(start_id, len(entries)):
             name, attr = entries[index]
+            dots = name in (b".", b"..")
+            if not dots and attr.ino not in self.ns.inodes:
+                continue  # deleted since the snapshot (and forgotten)
             if not pyfuse3.readdir_reply(token, name, entry(attr), index + 1):
                 break
-            if name not in (b".", b".."):
+            if not dots:
                 self.ns.inodes.looked_up(attr.ino)
 
     @handler

@@ -39,6 +39,7 @@ from realizefs.errors import (
 )
 from realizefs.real import xattrs
 from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join
+from realizefs.real.watcher import Change
 from realizefs.types import Mode
 from realizefs.vfs.attrs import Attr, FsStats
 from realizefs.vfs.inodes import ROOT_INODE, InodeTable
@@ -46,6 +47,12 @@ from realizefs.vfs.virtual import VirtualDir, VirtualFile
 
 log = logging.getLogger(__name__)
 
+# How long the kernel may cache attributes and entries of arena paths. Changes
+# made directly in a backing directory are pushed to the kernel as soon as the
+# watcher sees them, so the timeout is only a safety net (for hard links
+# changed from outside an arena, say); where not every directory could be
+# watched it falls back to a second.
+WATCHED_TTL = 30.0
 ATTR_TTL = 1.0
 # Virtual directories and arena roots change only on reload, which invalidates them.
 VIRTUAL_TTL = 3600.0
@@ -87,8 +94,14 @@ Stamp = tuple[int, int, int]  # size, mtime_ns, backing inode
 
 
 class Namespace:
-    def __init__(self, arenas: Iterable[ArenaConfig], control: Iterable[VirtualFile]) -> None:
+    def __init__(
+        self,
+        arenas: Iterable[ArenaConfig],
+        control: Iterable[VirtualFile],
+    ) -> None:
         self.inodes = InodeTable()
+        self.ttl = ATTR_TTL  # raised to WATCHED_TTL once every arena is watched
+        self._told: dict[int, int] = {}  # inode -> the ctime the kernel was last given
         self._virtual_dirs: dict[int, VirtualDir] = {ROOT_INODE: VirtualDir()}
         self._virtual_files: dict[int, VirtualFile] = {}
         self._arenas: dict[int, Arena] = {}
@@ -198,7 +211,8 @@ class Namespace:
         return Attr(ino, mode, nlink, 0, 0, size, t, t, t, timeout=ttl, entry_timeout=ttl)
 
     def _attr(self, ino: int, st: os.stat_result) -> Attr:
-        return Attr.from_stat(ino, st, ATTR_TTL, VIRTUAL_TTL if ino in self._arenas else ATTR_TTL)
+        self._told[ino] = st.st_ctime_ns
+        return Attr.from_stat(ino, st, self.ttl, VIRTUAL_TTL if ino in self._arenas else self.ttl)
 
     # ------------------------------------------------------------ lookups
 
@@ -296,6 +310,10 @@ class Namespace:
         if parent in self._virtual_dirs:
             raise NotPermitted("only arenas hold files")
         return self._locate(parent)
+
+    def wrote(self, handle: FileHandle) -> None:
+        """After a write through the mount: the kernel knows, no invalidation needed."""
+        self._told[handle.ino] = os.fstat(handle.fd).st_ctime_ns
 
     def _created(self, parent: int, name: bytes, st: os.stat_result) -> Attr:
         ino = self.inodes.add(parent, name, stat.S_IFMT(st.st_mode))
@@ -530,6 +548,85 @@ class Namespace:
             raise NotPermitted() if name == STATUS_XATTR else NoData()
         else:
             xattrs.remove(arena.backing, rel, name)
+
+    # ------------------------------------------------------------ changes seen in the Real
+
+    def backing_changed(self, arena_ino: int, changes: Iterable[Change]) -> Invalidation:
+        """What the kernel must forget after *changes* in an arena's backing tree.
+
+        Each changed path the kernel may hold (one with an inode) is compared with
+        what the kernel was last told: an entry that is gone or changed kind is
+        dropped, an object whose ctime moved has its attributes dropped (the kernel
+        then drops cached pages itself if size or mtime changed). Changes made
+        through the mount were already told, so they cost nothing more.
+        """
+        arena = self._arenas.get(arena_ino)
+        out = Invalidation()
+        if arena is None:
+            return out
+        dirs: dict[int, bytes] = {}
+        names: set[tuple[int, bytes]] = set()
+        for change in changes:
+            dir_ino = self._known(arena_ino, change.directory)
+            if dir_ino is not None:
+                dirs[dir_ino] = change.directory
+                if change.name:
+                    names.add((dir_ino, change.name))
+        for dir_ino, name in names:
+            child = self.inodes.child(dir_ino, name)
+            node = self.inodes.node(child) if child is not None else None
+            if child is None or node is None:
+                continue  # the kernel holds nothing there
+            st = self._lstat(arena, join(dirs[dir_ino], name))
+            if st is None or stat.S_IFMT(st.st_mode) != node.kind:
+                out.entries.add((dir_ino, name))
+                self.inodes.detach(dir_ino, name)
+                self._stamps.pop(child, None)
+                self._told.pop(child, None)
+            elif self._told.get(child) != st.st_ctime_ns:
+                out.attrs.add(child)
+        for dir_ino, rel in dirs.items():
+            st = self._lstat(arena, rel)
+            if st is not None and self._told.get(dir_ino) != st.st_ctime_ns:
+                out.attrs.add(dir_ino)
+        return out
+
+    def everything(self) -> Invalidation:
+        """Invalidate every arena entry the kernel may hold (events were lost)."""
+        out = Invalidation()
+        for arena_ino in self._arenas:
+            pending = [arena_ino]
+            while pending:
+                parent = pending.pop()
+                out.attrs.add(parent)
+                for name, child in self.inodes.children(parent):
+                    out.entries.add((parent, name))
+                    pending.append(child)
+        return out
+
+    def _known(self, arena_ino: int, rel: bytes) -> int | None:
+        ino: int | None = arena_ino
+        for part in rel.split(b"/") if rel else ():
+            ino = self.inodes.child(ino, part) if ino is not None else None
+        return ino
+
+    @staticmethod
+    def _lstat(arena: Arena, rel: bytes) -> os.stat_result | None:
+        try:
+            return arena.backing.stat(rel)
+        except FsError:
+            return None
+
+
+@dataclass
+class Invalidation:
+    """Kernel caches to drop: directory entries (parent, name) and attributes (inode)."""
+
+    entries: set[tuple[int, bytes]] = field(default_factory=set)
+    attrs: set[int] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.attrs)
 
 
 def _fstat(fd: int) -> os.stat_result:

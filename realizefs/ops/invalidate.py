@@ -1,0 +1,83 @@
+"""Keeps the kernel's caches true to the Real: watcher events become invalidations.
+
+The kernel caches attributes and directory entries of arena paths for
+`WATCHED_TTL` seconds (see `realizefs.vfs.namespace`); when something changes
+in a backing directory without going through the mount, this task tells the
+kernel to forget what it cached about it, so the change shows at once.
+Invalidation calls can block on a directory lock held by a request in
+progress, which this event loop must answer: they run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Hashable
+
+import pyfuse3
+import trio
+
+from realizefs.real.watcher import Change, Watcher
+from realizefs.vfs.namespace import ATTR_TTL, WATCHED_TTL, Invalidation, Namespace
+
+log = logging.getLogger(__name__)
+
+
+class KernelCacheSync:
+    def __init__(self, namespace: Namespace, watcher: Watcher) -> None:
+        self.namespace = namespace
+        self.watcher = watcher
+        self._watched: set[Hashable] = set()
+
+    def watch_arenas(self) -> None:
+        """Watch the arenas being served (and only those); set the cache lifetime."""
+        current = {arena.ino: arena for arena in self.namespace.arenas}
+        for gone in self._watched - current.keys():
+            self.watcher.remove_tree(gone)
+        for ino in current.keys() - self._watched:
+            self.watcher.add_tree(ino, current[ino].backing)
+        self._watched = set(current)
+        complete = all(self.watcher.complete.get(ino, False) for ino in current)
+        self.namespace.ttl = WATCHED_TTL if complete else ATTR_TTL
+        log.debug("watching %d arenas; kernel cache lifetime %.0fs", len(current), self.namespace.ttl)
+
+    async def run(self) -> None:
+        while True:
+            changes = await self.watcher.changes()
+            if changes is None:
+                self.watch_arenas()  # the watch limit may have been hit meanwhile
+                todo = self.namespace.everything()
+            else:
+                todo = self._gather(changes)
+            if todo:
+                await trio.to_thread.run_sync(_invalidate, todo, abandon_on_cancel=True)
+
+    def _gather(self, changes: list[Change]) -> Invalidation:
+        by_tree: dict[Hashable, list[Change]] = defaultdict(list)
+        for change in changes:
+            by_tree[change.tree].append(change)
+        total = Invalidation()
+        for tree, items in by_tree.items():
+            if not isinstance(tree, int):
+                continue
+            part = self.namespace.backing_changed(tree, items)
+            total.entries |= part.entries
+            total.attrs |= part.attrs
+        return total
+
+
+def _invalidate(todo: Invalidation) -> None:
+    """Tell the kernel (from a worker thread); what it does not hold is no error."""
+    for parent, name in todo.entries:
+        _quietly(pyfuse3.invalidate_entry, parent, name)
+    for ino in todo.attrs:
+        _quietly(pyfuse3.invalidate_inode, ino, True)
+
+
+def _quietly(call: object, *args: object) -> None:
+    """Failures are not worth a warning: the cache lifetime bounds the staleness anyway
+    (ENOENT: the kernel holds nothing; EINVAL and ENOTCONN: the mount is going away)."""
+    try:
+        call(*args)  # type: ignore[operator]
+    except OSError as exc:
+        log.debug("cannot invalidate the kernel's cache for %r: %s", args, exc)

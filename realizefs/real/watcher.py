@@ -1,0 +1,192 @@
+"""inotify over every directory of the arenas' Real: what changed in the backing trees.
+
+One inotify instance for all trees, integrated into trio by waiting on its
+descriptor. Each directory is watched through a descriptor opened beneath its
+arena root (never through a symlink); the watch is added *before* the
+directory is listed, so nothing created meanwhile is missed. New directories
+(created, or moved in) are watched as they appear; a directory moved within a
+tree keeps its watches under its new path; one moved out or deleted drops them.
+
+`changes()` returns batches of `Change`, or `None` when the kernel's queue
+overflowed and events were lost (the watches are then set up anew, and the
+caller must assume anything changed). When the watch limit (``fs.inotify.max_user_watches``) is reached
+the tree is reported as incompletely watched and a warning names the sysctl.
+
+Concurrency: used from the event loop thread only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import trio
+from inotify_simple import Event, INotify
+from inotify_simple import flags as F  # noqa: N812
+
+from realizefs.errors import FsError
+from realizefs.real.backing import Backing, join
+
+log = logging.getLogger(__name__)
+
+MASK = (
+    F.CREATE
+    | F.DELETE
+    | F.MOVED_FROM
+    | F.MOVED_TO
+    | F.ATTRIB
+    | F.MODIFY
+    | F.CLOSE_WRITE
+    | F.DELETE_SELF
+    | F.ONLYDIR
+    | F.EXCL_UNLINK
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    tree: Hashable
+    directory: bytes  # path of the directory holding *name*, relative to the tree's root
+    name: bytes  # b"" when the event is about the directory itself
+    mask: int
+
+
+class Watcher:
+    def __init__(self) -> None:
+        self._inotify = INotify(nonblocking=True)
+        self._dirs: dict[int, tuple[Hashable, bytes]] = {}  # watch descriptor -> (tree, path)
+        self._trees: dict[Hashable, Backing] = {}
+        self.complete: dict[Hashable, bool] = {}
+        self._limit_logged = False
+
+    def close(self) -> None:
+        self._inotify.close()
+
+    def add_tree(self, tree: Hashable, backing: Backing) -> bool:
+        """Watch every directory of *backing*; whether all of them are watched."""
+        self._trees[tree] = backing
+        self.complete[tree] = True
+        self._watch_below(tree, b"")
+        return self.complete[tree]
+
+    def remove_tree(self, tree: Hashable) -> None:
+        for wd, (owner, _) in list(self._dirs.items()):
+            if owner == tree:
+                self._unwatch(wd)
+        self._trees.pop(tree, None)
+        self.complete.pop(tree, None)
+
+    def _watch_below(self, tree: Hashable, top: bytes) -> None:
+        backing = self._trees[tree]
+        pending = [top]
+        while pending:
+            rel = pending.pop()
+            if not self._watch(tree, backing, rel):
+                continue
+            try:
+                entries = backing.listdir(rel)
+            except FsError:
+                continue  # vanished or unreadable: its own events will tell
+            pending.extend(join(rel, name) for name, st in entries if stat.S_ISDIR(st.st_mode))
+
+    def _watch(self, tree: Hashable, backing: Backing, rel: bytes) -> bool:
+        try:
+            with backing.object_path(rel) as (path, _):
+                wd = self._inotify.add_watch(path, MASK)
+        except FsError:
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self.complete[tree] = False
+                if not self._limit_logged:
+                    self._limit_logged = True
+                    log.warning(
+                        "inotify watch limit reached (%d watches): raise the sysctl "
+                        "fs.inotify.max_user_watches; until then changes made directly in "
+                        "%s are seen after at most a second",
+                        len(self._dirs),
+                        backing.root,
+                    )
+                return False
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                return False
+            raise
+        self._dirs[wd] = (tree, rel)
+        return True
+
+    def _unwatch(self, wd: int) -> None:
+        self._dirs.pop(wd, None)
+        with contextlib.suppress(OSError):  # already gone with its directory
+            self._inotify.rm_watch(wd)
+
+    def _forget_below(self, tree: Hashable, top: bytes) -> None:
+        for wd, (owner, rel) in list(self._dirs.items()):
+            if owner == tree and _under(rel, top):
+                self._unwatch(wd)
+
+    def _rename_below(self, tree: Hashable, old: bytes, new: bytes) -> None:
+        for wd, (owner, rel) in list(self._dirs.items()):
+            if owner == tree and _under(rel, old):
+                self._dirs[wd] = (tree, new + rel[len(old) :])
+
+    async def changes(self) -> list[Change] | None:
+        """The next batch of changes; None if events were lost."""
+        while True:
+            await trio.lowlevel.wait_readable(self._inotify.fileno())
+            try:
+                events = self._inotify.read(timeout=0)
+            except BlockingIOError:
+                continue
+            if events:
+                return self._interpret(events)
+
+    def _interpret(self, events: list[Event]) -> list[Change] | None:
+        batch: list[Change] = []
+        moved_from: dict[int, tuple[Hashable, bytes]] = {}
+        overflow = False
+        for event in events:
+            wd, mask, cookie, name = event.wd, event.mask, event.cookie, event.name
+            if mask & F.Q_OVERFLOW:
+                overflow = True
+                continue
+            if mask & F.IGNORED:
+                self._dirs.pop(wd, None)
+                continue
+            where = self._dirs.get(wd)
+            if where is None:
+                continue
+            tree, directory = where
+            raw = os.fsencode(name)
+            path = join(directory, raw) if raw else directory
+            if mask & F.ISDIR and raw:
+                if mask & F.MOVED_FROM:
+                    moved_from[cookie] = (tree, path)
+                elif mask & F.MOVED_TO:
+                    source = moved_from.pop(cookie, None)
+                    if source is not None and source[0] == tree:
+                        self._rename_below(tree, source[1], path)
+                    else:
+                        self._watch_below(tree, path)
+                elif mask & F.CREATE:
+                    self._watch_below(tree, path)
+            if mask & F.DELETE_SELF:
+                continue
+            batch.append(Change(tree, directory, raw, mask))
+        for tree, path in moved_from.values():  # moved out of the tree, or paired in a later batch
+            self._forget_below(tree, path)
+        if overflow:  # directories may have come and gone unseen: watch everything anew
+            log.info("inotify queue overflowed: re-watching every arena")
+            for tree in self._trees:
+                self._forget_below(tree, b"")
+                self._watch_below(tree, b"")
+            return None
+        return batch
+
+
+def _under(rel: bytes, top: bytes) -> bool:
+    return not top or rel == top or rel.startswith(top + b"/")
