@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ T = TypeVar("T")
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and os.geteuid() == 0
 NOBODY = 65534
+WATCHDOG_SECONDS = 240.0  # below pytest's 300 s timeout
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
@@ -88,6 +90,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = base / "daemon.log"
         self.allowed_log: list[str] = []
+        self._watchdog: threading.Timer | None = None
 
     def root(self, arena: str = "a") -> Path:
         return self.roots[arena]
@@ -105,8 +108,18 @@ class Daemon:
             env={**os.environ, **(env or {})},
         )
         stderr.close()
+        # A hung daemon leaves the test blocked in the kernel where no signal reaches it
+        # (pytest-timeout included); killing the daemon aborts its requests.
+        self._watchdog = threading.Timer(WATCHDOG_SECONDS, self._abort)
+        self._watchdog.daemon = True
+        self._watchdog.start()
         if wait:
             self.wait_mounted()
+
+    def _abort(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            print(f"watchdog: killing daemon {self.proc.pid} after {WATCHDOG_SECONDS}s", file=sys.stderr)
+            self.proc.kill()
 
     def wait_mounted(self, timeout: float = 20.0) -> None:
         def mounted() -> bool:
@@ -141,6 +154,9 @@ class Daemon:
             self.proc.kill()
             code = self.proc.wait()
             raise AssertionError(f"daemon did not stop on SIGTERM:\n{self.log()}") from None
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
         assert not os.path.ismount(self.mountpoint), "still mounted after the daemon exited"
         if check_log:
             self.check_log()
@@ -157,6 +173,8 @@ class Daemon:
 
     def kill(self) -> None:
         """Cleanup after a failure: no checks, leave no mount behind."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
