@@ -99,7 +99,7 @@ class Daemon:
         return self.mountpoint / arena
 
     def start(self, env: dict[str, str] | None = None, wait: bool = True) -> None:
-        stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - owned by the process
+        stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "realizefs", "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL,

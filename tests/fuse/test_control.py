@@ -48,8 +48,10 @@ def test_status_counts_the_real(daemon: Daemon) -> None:
 
 def test_peers_lists_configured_peers_disconnected(base: Path) -> None:
     key = "ed25519:" + base64.b64encode(bytes(range(32))).decode()
-    extra = f'\n[[peer]]\nname = "server"\nkey = "{key}"\naddress = "192.0.2.1:7733"\n' \
-            f'\n[[peer]]\nname = "phone"\nkey = "ed25519:{base64.b64encode(bytes(32)).decode()}"\n'
+    extra = (
+        f'\n[[peer]]\nname = "server"\nkey = "{key}"\naddress = "192.0.2.1:7733"\n'
+        f'\n[[peer]]\nname = "phone"\nkey = "ed25519:{base64.b64encode(bytes(32)).decode()}"\n'
+    )
     d = Daemon(base, extra=extra)
     d.start()
     try:

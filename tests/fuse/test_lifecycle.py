@@ -17,7 +17,10 @@ from tests.support import Daemon, wait_for
 def run_daemon(d: Daemon) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "realizefs", "--config", str(d.config_path)],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -113,7 +116,7 @@ def test_a_key_readable_by_others_is_refused(base: Path) -> None:
 
 def test_a_config_mistake_exits_2_before_mounting(base: Path) -> None:
     d = Daemon(base)
-    d.config_path.write_text(d.config_path.read_text() + "\n[cache]\nmax_size = \"lots\"\n")
+    d.config_path.write_text(d.config_path.read_text() + '\n[cache]\nmax_size = "lots"\n')
     result = run_daemon(d)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1

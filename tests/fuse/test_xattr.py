@@ -60,8 +60,12 @@ def test_mode_on_root_and_control_dir_is_eperm(base: Path) -> None:
     d = Daemon(base, arenas=[("family/photos", "real")])
     d.start()
     try:
-        for path in (d.mountpoint, d.mountpoint / ".realize", d.mountpoint / ".realize" / "status",
-                     d.mountpoint / "family"):
+        for path in (
+            d.mountpoint,
+            d.mountpoint / ".realize",
+            d.mountpoint / ".realize" / "status",
+            d.mountpoint / "family",
+        ):
             with pytest.raises(OSError) as info:
                 os.setxattr(path, MODE, b"real")
             assert info.value.errno == errno.EPERM, path
@@ -81,8 +85,12 @@ def test_getfattr_dump_lists_realize_attributes_and_user_ones(daemon: Daemon) ->
     os.setxattr(root / "f", "user.direct", b"1")
     out = subprocess.run(["getfattr", "-d", str(mnt / "f")], capture_output=True, text=True, check=True)
     lines = set(out.stdout.splitlines())
-    assert {'user.realize.mode="real"', 'user.realize.status="real"', 'user.color="blue"',
-            'user.direct="1"'} <= lines
+    assert {
+        'user.realize.mode="real"',
+        'user.realize.status="real"',
+        'user.color="blue"',
+        'user.direct="1"',
+    } <= lines
     assert getfattr(mnt / "f", "user.realize.status") == "real"
     os.removexattr(mnt / "f", "user.color")
     assert "user.color" not in os.listxattr(root / "f")

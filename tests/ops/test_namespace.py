@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,9 @@ def arena(ns: Namespace) -> int:
     return ns.lookup(ROOT_INODE, b"a").ino
 
 
-def test_a_directory_swapped_for_a_symlink_is_never_followed(ns: Namespace, root: Path, tmp_path: Path) -> None:
+def test_a_directory_swapped_for_a_symlink_is_never_followed(
+    ns: Namespace, root: Path, tmp_path: Path
+) -> None:
     """A user who can write the backing tree must not make the root daemon act elsewhere."""
     a = arena(ns)
     d = ns.mkdir(a, b"d", 0o755, ROOT).ino
@@ -48,7 +50,7 @@ def test_a_directory_swapped_for_a_symlink_is_never_followed(ns: Namespace, root
     (outside / "f").write_text("secret")
     os.rename(root / "d", root / "d.orig")
     os.symlink(outside, root / "d")  # the kernel may still hold "d" as the directory inode
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: ns.lookup(d, b"f"),
         lambda: ns.create(d, b"new", 0o644, os.O_WRONLY, ROOT),
         lambda: ns.mkdir(d, b"newdir", 0o755, ROOT),

@@ -1,0 +1,29 @@
+"""The code's shape is part of the build: ruff, mypy strict and the import contracts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ruff", "check", "realizefs", "tests", "bench"],
+        ["ruff", "format", "--check", "realizefs", "tests", "bench"],
+        ["mypy"],
+        ["lint-imports"],
+    ],
+    ids=["ruff-check", "ruff-format", "mypy-strict", "import-contracts"],
+)
+def test_clean(command: list[str]) -> None:
+    result = subprocess.run(
+        [str(BIN / command[0]), *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
