@@ -414,6 +414,7 @@ def check_filesystem(config: Config) -> None:
             raise ConfigError(f"{file}: arena[{i}].root: {arena.root} does not exist (expected a directory)")
         if not arena.root.is_dir():
             raise ConfigError(f"{file}: arena[{i}].root: {arena.root} is not a directory")
+    _check_resolved(config)
     for key, directory, mode in (
         ("node.data_dir", config.node.data_dir, 0o700),
         ("node.mountpoint", config.node.mountpoint, 0o755),
@@ -432,3 +433,26 @@ def check_filesystem(config: Config) -> None:
             directory.mkdir(mode=mode, parents=True)
         except OSError as exc:
             raise ConfigError(f"{file}: {key}: cannot create {directory}: {exc.strerror}") from None
+
+
+def _check_resolved(config: Config) -> None:
+    """The overlap checks of `parse` again, with symlinks resolved.
+
+    A root that is a symlink into the mountpoint would make the daemon serve
+    its own mount, and wait on itself.
+    """
+    file = config.path
+    mountpoint = Path(os.path.realpath(config.node.mountpoint))
+    data_dir = Path(os.path.realpath(config.node.data_dir))
+    roots: list[Path] = []
+    for i, arena in enumerate(config.arenas, 1):
+        root = Path(os.path.realpath(arena.root))
+        key = f"{file}: arena[{i}].root: {arena.root} (resolved: {root})"
+        if _inside(root, mountpoint) or _inside(mountpoint, root):
+            raise ConfigError(f"{key} overlaps node.mountpoint {mountpoint}")
+        if _inside(data_dir, root):
+            raise ConfigError(f"{key} holds node.data_dir {data_dir}")
+        for j, other in enumerate(roots, 1):
+            if _inside(root, other) or _inside(other, root):
+                raise ConfigError(f"{key} overlaps arena[{j}].root")
+        roots.append(root)

@@ -66,13 +66,16 @@ class Store:
                 subdir=True,
                 mode=0o700,
             )
-            self.dbs = {name: self.env.open_db(name) for name in DATABASES}
-            self.schema_version, self.store_id, self.created_ns = self._check_schema()
         except lmdb.Error as exc:
             os.close(self._lock_fd)
             raise StoreError(f"{data_dir}/store: cannot open the database: {exc}") from None
-        except BaseException:
-            os.close(self._lock_fd)
+        try:
+            self.dbs = {name: self.env.open_db(name) for name in DATABASES}
+            self.schema_version, self.store_id, self.created_ns = self._check_schema()
+        except BaseException as exc:
+            self.close()  # an environment left open would make a later open in this process hang
+            if isinstance(exc, lmdb.Error):
+                raise StoreError(f"{data_dir}/store: cannot use the database: {exc}") from None
             raise
 
     def _check_schema(self) -> tuple[int, bytes, int]:

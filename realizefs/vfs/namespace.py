@@ -101,7 +101,8 @@ class Namespace:
     ) -> None:
         self.inodes = InodeTable()
         self.ttl = ATTR_TTL  # raised to WATCHED_TTL once every arena is watched
-        self._told: dict[int, int] = {}  # inode -> the ctime the kernel was last given
+        # inode -> (ctime, backing inode) of what the kernel was last given
+        self._told: dict[int, tuple[int, int]] = {}
         self._virtual_dirs: dict[int, VirtualDir] = {ROOT_INODE: VirtualDir()}
         self._virtual_files: dict[int, VirtualFile] = {}
         self._arenas: dict[int, Arena] = {}
@@ -207,11 +208,11 @@ class Namespace:
         else:
             mode, nlink, size = 0o40555 if ino != ROOT_INODE else 0o40755, 2, 0
         t = self._born_ns
-        ttl = 0.0 if vfile else VIRTUAL_TTL
-        return Attr(ino, mode, nlink, 0, 0, size, t, t, t, timeout=ttl, entry_timeout=ttl)
+        attr_ttl = 0.0 if vfile else VIRTUAL_TTL  # a status file's size changes with each rendering
+        return Attr(ino, mode, nlink, 0, 0, size, t, t, t, timeout=attr_ttl, entry_timeout=VIRTUAL_TTL)
 
     def _attr(self, ino: int, st: os.stat_result) -> Attr:
-        self._told[ino] = st.st_ctime_ns
+        self._told[ino] = (st.st_ctime_ns, st.st_ino)
         return Attr.from_stat(ino, st, self.ttl, VIRTUAL_TTL if ino in self._arenas else self.ttl)
 
     # ------------------------------------------------------------ lookups
@@ -313,7 +314,8 @@ class Namespace:
 
     def wrote(self, handle: FileHandle) -> None:
         """After a write through the mount: the kernel knows, no invalidation needed."""
-        self._told[handle.ino] = os.fstat(handle.fd).st_ctime_ns
+        st = os.fstat(handle.fd)
+        self._told[handle.ino] = (st.st_ctime_ns, st.st_ino)
 
     def _created(self, parent: int, name: bytes, st: os.stat_result) -> Attr:
         ino = self.inodes.add(parent, name, stat.S_IFMT(st.st_mode))
@@ -555,8 +557,10 @@ class Namespace:
         """What the kernel must forget after *changes* in an arena's backing tree.
 
         Each changed path the kernel may hold (one with an inode) is compared with
-        what the kernel was last told: an entry that is gone or changed kind is
-        dropped, an object whose ctime moved has its attributes dropped (the kernel
+        what the kernel was last told: an entry that is gone, changed kind or now
+        names another backing object is dropped (the path gets a new inode; files
+        open through the mount keep the old one), an object whose ctime moved has
+        its attributes dropped (the kernel
         then drops cached pages itself if size or mtime changed). Changes made
         through the mount were already told, so they cost nothing more.
         """
@@ -578,16 +582,18 @@ class Namespace:
             if child is None or node is None:
                 continue  # the kernel holds nothing there
             st = self._lstat(arena, join(dirs[dir_ino], name))
-            if st is None or stat.S_IFMT(st.st_mode) != node.kind:
+            told = self._told.get(child)
+            if st is None or stat.S_IFMT(st.st_mode) != node.kind or (told and told[1] != st.st_ino):
+                # gone, or another object now: files open through the mount keep the old one
                 out.entries.add((dir_ino, name))
                 self.inodes.detach(dir_ino, name)
                 self._stamps.pop(child, None)
                 self._told.pop(child, None)
-            elif self._told.get(child) != st.st_ctime_ns:
+            elif told is None or told[0] != st.st_ctime_ns:
                 out.attrs.add(child)
         for dir_ino, rel in dirs.items():
             st = self._lstat(arena, rel)
-            if st is not None and self._told.get(dir_ino) != st.st_ctime_ns:
+            if st is not None and self._told.get(dir_ino) != (st.st_ctime_ns, st.st_ino):
                 out.attrs.add(dir_ino)
         return out
 

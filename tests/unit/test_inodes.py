@@ -1,0 +1,95 @@
+"""The inode table, in both directions of every rule."""
+
+from __future__ import annotations
+
+import stat
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from realizefs.vfs.inodes import ROOT_INODE, InodeTable
+
+F, D = stat.S_IFREG, stat.S_IFDIR
+
+
+def test_same_path_same_number_and_rename_keeps_it() -> None:
+    t = InodeTable()
+    d = t.add(ROOT_INODE, b"d", D)
+    f = t.add(d, b"f", F)
+    assert t.add(d, b"f", F) == f
+    assert t.path(f) == [b"d", b"f"]
+    t.move(ROOT_INODE, b"d", ROOT_INODE, b"e")
+    assert t.path(f) == [b"e", b"f"]  # everything below a moved directory follows
+    assert t.child(ROOT_INODE, b"d") is None and t.child(ROOT_INODE, b"e") == d
+
+
+def test_a_kind_change_gets_a_new_number() -> None:
+    t = InodeTable()
+    f = t.add(ROOT_INODE, b"x", F)
+    d = t.add(ROOT_INODE, b"x", D)
+    assert d != f and t.child(ROOT_INODE, b"x") == d
+
+
+def test_orphans_live_while_referenced() -> None:
+    t = InodeTable()
+    f = t.add(ROOT_INODE, b"f", F)
+    t.looked_up(f)
+    t.opened(f)
+    assert t.detach(ROOT_INODE, b"f") == f
+    assert f in t and t.path(f) is None
+    t.forget(f, 1)
+    assert f in t  # still open
+    t.closed(f)
+    assert f not in t
+    g = t.add(ROOT_INODE, b"g", F)
+    t.detach(ROOT_INODE, b"g")
+    assert g not in t  # nobody held it
+
+
+def test_a_replaced_rename_target_is_detached_and_exchange_swaps() -> None:
+    t = InodeTable()
+    a, b = t.add(ROOT_INODE, b"a", F), t.add(ROOT_INODE, b"b", F)
+    t.looked_up(b)
+    t.move(ROOT_INODE, b"a", ROOT_INODE, b"b")
+    assert t.child(ROOT_INODE, b"b") == a and t.path(b) is None and b in t
+    c = t.add(ROOT_INODE, b"c", F)
+    t.exchange(ROOT_INODE, b"b", ROOT_INODE, b"c")
+    assert t.child(ROOT_INODE, b"b") == c and t.child(ROOT_INODE, b"c") == a
+
+
+def test_the_root_is_never_dropped() -> None:
+    t = InodeTable()
+    t.forget(ROOT_INODE, 100)
+    assert ROOT_INODE in t and t.path(ROOT_INODE) == []
+
+
+names = st.sampled_from([b"a", b"b", b"c"])
+ops = st.lists(
+    st.tuples(st.sampled_from(["add_f", "add_d", "move", "detach"]), names, names, st.integers(0, 5)),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops)
+def test_paths_stay_consistent(operations: list[tuple[str, bytes, bytes, int]]) -> None:
+    t = InodeTable()
+    dirs = [ROOT_INODE]
+    for op, name, other, pick in operations:
+        parent = dirs[pick % len(dirs)]
+        if op == "add_f":
+            t.add(parent, name, F)
+        elif op == "add_d":
+            ino = t.add(parent, name, D)
+            if ino not in dirs:
+                dirs.append(ino)
+        elif op == "move":
+            moving = t.child(parent, name)
+            if moving is not None and moving not in dirs:  # files only: no cycles
+                t.move(parent, name, dirs[0], other)
+        else:
+            t.detach(parent, name)
+        dirs = [d for d in dirs if d == ROOT_INODE or t.path(d) is not None]
+        for d in dirs:
+            for child_name, child in t.children(d):
+                assert t.path(child) == [*(t.path(d) or []), child_name]
