@@ -3,7 +3,8 @@
 This module owns every named database, its key layout and value format, and
 the schema version checked at start. Keep this docstring the reference.
 
-Schema version 1:
+Schema version 2 (version 1 had ``meta`` only; the upgrade adds the empty
+databases of the content index):
 
 ``meta``
     Small facts about the store, keys are ASCII names:
@@ -12,6 +13,10 @@ Schema version 1:
     - ``store_id``: 16 random bytes, created once; a new store id tells peers
       that this store was recreated and needs a full index.
     - ``created_ns``: 8-byte big-endian unsigned int, creation time (ns since epoch).
+    - ``arena:<name>``, ``next_id``: see `realizefs.store.index`.
+
+``nodes``, ``parents``, ``manifests``
+    The content index, documented in `realizefs.store.index`.
 
 A data_dir written by a newer schema is refused with a clear message (never
 downgraded). Migrations from an older schema run in one write transaction in
@@ -41,15 +46,20 @@ from realizefs.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-DATABASES = (b"meta",)
+SCHEMA_VERSION = 2
+DATABASES = (b"meta", b"nodes", b"parents", b"manifests")
 MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
+
+def _add_index(txn: Any, dbs: dict[bytes, Any]) -> None:
+    """1 -> 2: the content index's databases, created empty when the store opens."""
+
+
 # from-version -> function upgrading a write transaction by one version
-_MIGRATIONS: dict[int, Callable[[Any, dict[bytes, Any]], None]] = {}
+_MIGRATIONS: dict[int, Callable[[Any, dict[bytes, Any]], None]] = {1: _add_index}
 
 
 class Store:

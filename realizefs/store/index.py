@@ -1,0 +1,252 @@
+"""The content index: what each arena's Real holds, as a tree of nodes in LMDB.
+
+Layout (schema version 2, see `realizefs.store.schema`):
+
+``nodes``
+    key: parent node id (8 bytes, big-endian) + entry name (bytes, at most 255)
+    value: msgpack array ``[id, kind, size, mtime_ns, mode, hash, target]`` where
+    *kind* is ``KIND_FILE``, ``KIND_DIR`` or ``KIND_LINK``; *hash* is the 32-byte
+    BLAKE3 of a file's content, or nil while it is not yet hashed (modified, or
+    resting); *target* is a symlink's target, nil otherwise.
+``parents``
+    key: node id (8 bytes) -> value: parent id (8 bytes) + name. The way back
+    from a node to its path.
+``manifests``
+    key: a content hash (32 bytes) -> value: msgpack array of
+    ``[offset, length, chunk hash]`` triples. Shared by every file with that
+    content; kept when the last such file goes (pruning comes with peers'
+    acknowledgements).
+``meta`` keys ``arena:<name>`` -> the arena root's node id; ``next_id`` -> the
+    next node id to hand out (8 bytes).
+
+Keys are per directory entry, not per path, so path length is unbounded (LMDB
+keys are at most 511 bytes; a name at most 255) and renaming a directory is
+one update, whatever it holds.
+
+Every method is one short transaction and never awaits.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from realizefs.store.schema import Store
+
+KIND_FILE, KIND_DIR, KIND_LINK = 1, 2, 3
+_ID = struct.Struct(">Q")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: int
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0
+    hash: bytes | None = None
+    target: bytes | None = None
+
+    @property
+    def pending(self) -> bool:
+        """A file whose content is not hashed yet."""
+        return self.kind == KIND_FILE and self.hash is None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    files: int = 0
+    bytes: int = 0
+    directories: int = 0
+    links: int = 0
+    pending: int = 0
+
+
+class Index:
+    def __init__(self, store: Store) -> None:
+        self.env = store.env
+        self._nodes = store.dbs[b"nodes"]
+        self._parents = store.dbs[b"parents"]
+        self._manifests = store.dbs[b"manifests"]
+        self._meta = store.dbs[b"meta"]
+
+    # ------------------------------------------------------------ arenas and paths
+
+    def arena_root(self, arena: str) -> int:
+        """The node id of an arena's root, created on first use."""
+        key = b"arena:" + arena.encode()
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(key, db=self._meta)
+            if raw is not None:
+                return int(_ID.unpack(raw)[0])
+            root = self._new_id(txn)
+            txn.put(key, _ID.pack(root), db=self._meta)
+            return root
+
+    def _new_id(self, txn: Any) -> int:
+        raw = txn.get(b"next_id", db=self._meta)
+        node = _ID.unpack(raw)[0] if raw is not None else 1
+        txn.put(b"next_id", _ID.pack(node + 1), db=self._meta)
+        return int(node)
+
+    def _walk(self, txn: Any, root: int, path: Sequence[bytes]) -> int | None:
+        node: int | None = root
+        for name in path:
+            raw = txn.get(_ID.pack(node) + name, db=self._nodes) if node is not None else None
+            node = _unpack(raw)[0] if raw is not None else None
+        return node
+
+    # ------------------------------------------------------------ reading
+
+    def get(self, root: int, path: Sequence[bytes]) -> Record | None:
+        """The record of *path* (its names from the arena root), or None."""
+        if not path:
+            return Record(KIND_DIR)
+        with self.env.begin() as txn:
+            parent = self._walk(txn, root, path[:-1])
+            if parent is None:
+                return None
+            raw = txn.get(_ID.pack(parent) + path[-1], db=self._nodes)
+            return _record(_unpack(raw)) if raw is not None else None
+
+    def children(self, root: int, path: Sequence[bytes]) -> dict[bytes, Record]:
+        """The entries of a directory."""
+        with self.env.begin() as txn:
+            node = self._walk(txn, root, path)
+            return dict(self._children(txn, node)) if node is not None else {}
+
+    def _children(self, txn: Any, node: int) -> Iterator[tuple[bytes, Record]]:
+        for name, value in self._child_items(txn, node):
+            yield name, _record(value)
+
+    def _child_items(self, txn: Any, node: int) -> Iterator[tuple[bytes, list[Any]]]:
+        prefix = _ID.pack(node)
+        cursor = txn.cursor(db=self._nodes)
+        if not cursor.set_range(prefix):
+            return
+        for key, raw in cursor:
+            if not key.startswith(prefix):
+                return
+            yield bytes(key[8:]), _unpack(raw)
+
+    def manifest(self, content_hash: bytes) -> list[tuple[int, int, bytes]] | None:
+        with self.env.begin() as txn:
+            raw = txn.get(content_hash, db=self._manifests)
+        if raw is None:
+            return None
+        flat = msgpack.unpackb(raw)
+        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+    def counts(self, root: int) -> Counts:
+        """What the arena's index holds (a walk of its records)."""
+        files = size = dirs = links = pending = 0
+        with self.env.begin() as txn:
+            todo = [root]
+            while todo:
+                for _, value in self._child_items(txn, todo.pop()):
+                    record = _record(value)
+                    if record.kind == KIND_DIR:
+                        dirs += 1
+                        todo.append(value[0])
+                    elif record.kind == KIND_LINK:
+                        links += 1
+                    else:
+                        files += 1
+                        size += record.size
+                        pending += record.hash is None
+        return Counts(files, size, dirs, links, pending)
+
+    # ------------------------------------------------------------ writing
+
+    def put(
+        self,
+        root: int,
+        path: Sequence[bytes],
+        record: Record,
+        chunks: Sequence[tuple[int, int, bytes]] | None = None,
+    ) -> bool:
+        """Record *path* (its directories must be indexed); False if its parent is not."""
+        with self.env.begin(write=True) as txn:
+            parent = self._walk(txn, root, path[:-1])
+            if parent is None:
+                return False
+            key = _ID.pack(parent) + path[-1]
+            raw = txn.get(key, db=self._nodes)
+            old = _unpack(raw) if raw is not None else None
+            if old is not None and old[1] == KIND_DIR and record.kind != KIND_DIR:
+                self._drop_below(txn, old[0])
+            if old is not None and (old[1] == KIND_DIR) == (record.kind == KIND_DIR):
+                node = old[0]
+            else:
+                node = self._new_id(txn)
+                txn.put(_ID.pack(node), key, db=self._parents)
+            txn.put(key, _pack(node, record), db=self._nodes)
+            if record.hash is not None and chunks is not None:
+                flat = [x for chunk in chunks for x in chunk]
+                txn.put(record.hash, msgpack.packb(flat), db=self._manifests, overwrite=False)
+            return True
+
+    def delete(self, root: int, path: Sequence[bytes]) -> bool:
+        """Forget *path* and, for a directory, everything below it; whether it was known."""
+        with self.env.begin(write=True) as txn:
+            parent = self._walk(txn, root, path[:-1])
+            if parent is None:
+                return False
+            key = _ID.pack(parent) + path[-1]
+            raw = txn.get(key, db=self._nodes)
+            if raw is None:
+                return False
+            node = _unpack(raw)[0]
+            self._drop_below(txn, node)
+            txn.delete(key, db=self._nodes)
+            txn.delete(_ID.pack(node), db=self._parents)
+            return True
+
+    def rename(self, root: int, old: Sequence[bytes], new: Sequence[bytes]) -> bool:
+        """Move *old* (with all below it) to *new*, replacing what was there: one update."""
+        with self.env.begin(write=True) as txn:
+            old_parent = self._walk(txn, root, old[:-1])
+            new_parent = self._walk(txn, root, new[:-1])
+            if old_parent is None or new_parent is None:
+                return False
+            old_key = _ID.pack(old_parent) + old[-1]
+            new_key = _ID.pack(new_parent) + new[-1]
+            raw = txn.get(old_key, db=self._nodes)
+            if raw is None:
+                return False
+            replaced = txn.get(new_key, db=self._nodes)
+            if replaced is not None:
+                gone = _unpack(replaced)[0]
+                self._drop_below(txn, gone)
+                txn.delete(_ID.pack(gone), db=self._parents)
+            node = _unpack(raw)[0]
+            txn.delete(old_key, db=self._nodes)
+            txn.put(new_key, raw, db=self._nodes)
+            txn.put(_ID.pack(node), new_key, db=self._parents)
+            return True
+
+    def _drop_below(self, txn: Any, node: int) -> None:
+        todo = [node]
+        while todo:
+            current = todo.pop()
+            for name, value in list(self._child_items(txn, current)):
+                if value[1] == KIND_DIR:
+                    todo.append(value[0])
+                txn.delete(_ID.pack(current) + name, db=self._nodes)
+                txn.delete(_ID.pack(value[0]), db=self._parents)
+
+
+def _pack(node: int, r: Record) -> bytes:
+    return msgpack.packb([node, r.kind, r.size, r.mtime_ns, r.mode, r.hash, r.target])  # type: ignore[no-any-return]
+
+
+def _unpack(raw: bytes) -> list[Any]:
+    return msgpack.unpackb(raw)  # type: ignore[no-any-return]
+
+
+def _record(value: list[Any]) -> Record:
+    _, kind, size, mtime_ns, mode, content_hash, target = value
+    return Record(kind, size, mtime_ns, mode, content_hash, target)

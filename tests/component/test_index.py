@@ -1,0 +1,105 @@
+"""The content index on a real LMDB environment."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
+from realizefs.store.schema import SCHEMA_VERSION, Store
+
+H1, H2 = bytes(range(32)), bytes(32)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path) as s:
+        yield s
+
+
+def p(path: str) -> list[bytes]:
+    return [part.encode() for part in path.split("/")] if path else []
+
+
+def test_records_live_under_their_directories(store: Store) -> None:
+    index = Index(store)
+    root = index.arena_root("photos")
+    assert index.arena_root("photos") == root and index.arena_root("docs") != root
+    assert index.put(root, p("2024"), Record(KIND_DIR))
+    assert index.put(root, p("2024/a.jpg"), Record(KIND_FILE, 3, 7, 0o644, H1), [(0, 3, H2)])
+    assert index.put(root, p("link"), Record(KIND_LINK, target=b"2024/a.jpg"))
+    assert not index.put(root, p("missing/b.jpg"), Record(KIND_FILE))  # parent not indexed
+    assert index.get(root, p("2024/a.jpg")) == Record(KIND_FILE, 3, 7, 0o644, H1)
+    assert index.get(root, p("link")) == Record(KIND_LINK, target=b"2024/a.jpg")
+    assert index.manifest(H1) == [(0, 3, H2)]
+    assert set(index.children(root, [])) == {b"2024", b"link"}
+    assert index.get(index.arena_root("docs"), p("2024")) is None  # arenas are apart
+    assert index.counts(root) == Counts(files=1, bytes=3, directories=1, links=1, pending=0)
+
+
+def test_a_directory_rename_is_one_update_and_keeps_everything(store: Store) -> None:
+    index = Index(store)
+    root = index.arena_root("a")
+    index.put(root, p("d"), Record(KIND_DIR))
+    index.put(root, p("d/e"), Record(KIND_DIR))
+    index.put(root, p("d/e/f"), Record(KIND_FILE, 1, hash=H1))
+    index.put(root, p("x"), Record(KIND_FILE, 2))
+    assert index.rename(root, p("d"), p("x"))  # over a file
+    assert index.get(root, p("x/e/f")) == Record(KIND_FILE, 1, hash=H1)
+    assert index.get(root, p("d")) is None
+    assert index.counts(root) == Counts(files=1, bytes=1, directories=2)
+    assert not index.rename(root, p("nothing"), p("y"))
+
+
+def test_delete_forgets_everything_below(store: Store) -> None:
+    index = Index(store)
+    root = index.arena_root("a")
+    index.put(root, p("d"), Record(KIND_DIR))
+    for i in range(50):
+        index.put(root, p(f"d/f{i}"), Record(KIND_FILE, 1))
+    index.put(root, p("dd"), Record(KIND_FILE, 5))  # a sibling whose key shares the prefix
+    assert index.delete(root, p("d"))
+    assert index.get(root, p("d/f1")) is None
+    assert index.counts(root) == Counts(files=1, bytes=5, pending=1)
+    assert not index.delete(root, p("d"))
+
+
+def test_a_file_replaced_by_a_directory_loses_nothing_else(store: Store) -> None:
+    index = Index(store)
+    root = index.arena_root("a")
+    index.put(root, p("d"), Record(KIND_DIR))
+    index.put(root, p("d/f"), Record(KIND_FILE, 1))
+    index.put(root, p("d"), Record(KIND_FILE, 9))  # the directory became a file
+    assert index.children(root, p("d")) == {}
+    index.put(root, p("d"), Record(KIND_DIR))
+    assert index.get(root, p("d/f")) is None
+
+
+def test_long_paths_and_odd_names(store: Store) -> None:
+    index = Index(store)
+    root = index.arena_root("a")
+    path: list[bytes] = []
+    for depth in range(40):  # about 10 KiB of path, far above LMDB's key limit
+        path.append(b"\xff\n" + bytes([65 + depth % 26]) * 250)
+        assert index.put(root, path, Record(KIND_DIR))
+    path.append(b"f")
+    index.put(root, path, Record(KIND_FILE, 1))
+    assert index.get(root, path) == Record(KIND_FILE, 1)
+
+
+def test_a_version_1_store_is_upgraded(tmp_path: Path) -> None:
+    Store(tmp_path).close()
+    env = lmdb.open(str(tmp_path / "store"), max_dbs=16)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        txn.put(b"schema_version", struct.pack(">I", 1), db=meta)
+    env.close()
+    with Store(tmp_path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        index = Index(store)
+        root = index.arena_root("a")
+        assert index.put(root, p("f"), Record(KIND_FILE))
