@@ -31,7 +31,9 @@ from realizefs.ops.fs import Operations
 from realizefs.ops.invalidate import KernelCacheSync
 from realizefs.peers import identity as identity_mod
 from realizefs.real.backing import check_kernel_support
+from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Watcher
+from realizefs.store.index import Index
 from realizefs.store.schema import Store
 from realizefs.vfs.namespace import Namespace
 
@@ -50,12 +52,18 @@ class Daemon:
         self.store = store
         self.identity = identity
         self.started = time.time()
-        self.control = Control(self)
-        self.namespace = Namespace(config.arenas, self.control.files())
+        self.indexer = Indexer(Index(store), config.consensus.rest)
+        self.control = Control(self, self.indexer)
+        self.namespace = Namespace(config.arenas, self.control.files(), self.indexer.hash_of)
         self.control.namespace = self.namespace
         self.watcher = Watcher()
-        self.cache_sync = KernelCacheSync(self.namespace, self.watcher)
+        self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
+        self._serve_arenas()
+
+    def _serve_arenas(self) -> None:
+        """Watch and index the arenas the namespace serves."""
         self.cache_sync.watch_arenas()
+        self.indexer.set_arenas({arena.name: arena.backing for arena in self.namespace.arenas})
 
     @property
     def public_key(self) -> bytes:
@@ -83,7 +91,8 @@ class Daemon:
                 log.warning("node.%s changed: restart realizefs to apply it", key)
         for parent, name in self.namespace.set_arenas(new.arenas):
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-        self.cache_sync.watch_arenas()
+        self.indexer.rest = new.consensus.rest
+        self._serve_arenas()
         self.config = replace(new, node=self.config.node)
         log.info("config reloaded: %d arenas, %d peers", len(new.arenas), len(new.peers))
         _status(self)
@@ -155,6 +164,7 @@ async def _serve(daemon: Daemon) -> None:
 
                 nursery.start_soon(fuse_main)
                 nursery.start_soon(daemon.cache_sync.run)
+                nursery.start_soon(daemon.indexer.run)
                 # Never touch the mount from this thread: it is the one that answers.
                 with trio.fail_after(MOUNT_TIMEOUT):
                     st = await trio.to_thread.run_sync(os.stat, mountpoint)

@@ -5,8 +5,9 @@ same facts for scripts. Contents are rendered when a file is opened, from the
 `NodeView` the daemon provides. ``consensus`` accepts the command ``now``;
 any other text is refused with EINVAL.
 
-Real file and byte counts come from a walk of each arena's backing tree in a
-worker thread, reused for `USAGE_TTL` seconds.
+Real file and byte counts come from the content index (counted in a worker
+thread), with the files still waiting to be hashed and those that could not be
+read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Protocol
 
 import trio
@@ -23,13 +24,11 @@ import trio
 from realizefs import __version__
 from realizefs.config import Config, format_key
 from realizefs.errors import InvalidValue
-from realizefs.real import usage
-from realizefs.vfs.namespace import Arena, Namespace
+from realizefs.real.indexer import Indexer
+from realizefs.vfs.namespace import Namespace
 from realizefs.vfs.virtual import VirtualFile
 
 log = logging.getLogger(__name__)
-
-USAGE_TTL = 5.0
 
 
 class NodeView(Protocol):
@@ -47,20 +46,14 @@ class NodeView(Protocol):
     def started(self) -> float: ...  # time.time() at start
 
 
-@dataclass
-class _Counted:
-    at: float
-    usage: usage.Usage
-
-
 class Control:
     """Builds the `VirtualFile`s of ``.realize/`` for one daemon."""
 
-    def __init__(self, node: NodeView, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, node: NodeView, indexer: Indexer, clock: Callable[[], float] = time.time) -> None:
         self.node = node
+        self.indexer = indexer
         self.clock = clock
         self.namespace: Namespace | None = None  # set once the namespace exists
-        self._counts: dict[str, _Counted] = {}
         self.consensus_requested: float | None = None
 
     def files(self) -> list[VirtualFile]:
@@ -116,26 +109,22 @@ class Control:
 
     # ------------------------------------------------------------ status
 
-    async def _usage(self, arena: Arena) -> _Counted:
-        counted = self._counts.get(arena.name)
-        if counted is None or self.clock() - counted.at > USAGE_TTL:
-            result = await trio.to_thread.run_sync(usage.count, arena.backing)
-            counted = self._counts[arena.name] = _Counted(self.clock(), result)
-        return counted
-
     async def status(self) -> dict[str, Any]:
         config = self.node.config
         now = self.clock()
         arenas: list[dict[str, Any]] = []
         for arena in self.namespace.arenas if self.namespace else []:
-            counted = await self._usage(arena)
+            counts = await trio.to_thread.run_sync(self.indexer.counts, arena.name)
+            real = asdict(counts) | {
+                "unreadable": sum(1 for name, _ in self.indexer.stats.unreadable if name == arena.name),
+                "scanned": self.indexer.scanned(arena.name),
+            }
             arenas.append(
                 {
                     "name": arena.name,
                     "root": str(arena.config.root),
                     "default_mode": arena.config.mode.value,
-                    "real": asdict(counted.usage),
-                    "counted_at": counted.at,
+                    "real": real,
                 }
             )
         uptime = now - self.node.started
@@ -150,10 +139,15 @@ class Control:
             real = a["real"]
             lines.append(f"  {a['name']}  root {a['root']}  default {a['default_mode']}")
             line = (
-                f"    real: {real['files']} files, {_size(real['bytes'])}, {real['directories']} directories"
+                f"    real: {real['files']} files, {_size(real['bytes'])}, "
+                f"{real['directories']} directories, {real['links']} symlinks"
             )
+            if real["pending"]:
+                line += f"; {real['pending']} files waiting to be hashed"
             if real["unreadable"]:
-                line += f", {real['unreadable']} unreadable directories"
+                line += f"; {real['unreadable']} files that cannot be read"
+            if not real["scanned"]:
+                line += " (still scanning)"
             lines.append(line)
         return {
             "version": __version__,

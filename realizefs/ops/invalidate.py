@@ -1,5 +1,7 @@
 """Keeps the kernel's caches true to the Real: watcher events become invalidations.
 
+The same events go on to the indexer, which keeps the content index true.
+
 The kernel caches attributes and directory entries of arena paths for
 `WATCHED_TTL` seconds (see `realizefs.vfs.namespace`); when something changes
 in a backing directory without going through the mount, this task tells the
@@ -17,6 +19,7 @@ from collections.abc import Hashable
 import pyfuse3
 import trio
 
+from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Change, Watcher
 from realizefs.vfs.namespace import ATTR_TTL, WATCHED_TTL, Invalidation, Namespace
 
@@ -24,9 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class KernelCacheSync:
-    def __init__(self, namespace: Namespace, watcher: Watcher) -> None:
+    def __init__(self, namespace: Namespace, watcher: Watcher, indexer: Indexer) -> None:
         self.namespace = namespace
         self.watcher = watcher
+        self.indexer = indexer  # told of the same changes, after the kernel
         self._watched: set[Hashable] = set()
 
     def watch_arenas(self) -> None:
@@ -47,6 +51,7 @@ class KernelCacheSync:
             if changes is None:
                 self.watch_arenas()  # the watch limit may have been hit meanwhile
                 todo = self.namespace.everything()
+                self.indexer.rescan_all()
             else:
                 todo = self._gather(changes)
             if todo:
@@ -57,9 +62,11 @@ class KernelCacheSync:
         for change in changes:
             by_tree[change.tree].append(change)
         total = Invalidation()
+        names = {arena.ino: arena.name for arena in self.namespace.arenas}
         for tree, items in by_tree.items():
-            if not isinstance(tree, int):
+            if not isinstance(tree, int) or tree not in names:
                 continue
+            self.indexer.changed(names[tree], items)
             part = self.namespace.backing_changed(tree, items)
             total.entries |= part.entries
             total.attrs |= part.attrs

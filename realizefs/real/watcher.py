@@ -54,6 +54,7 @@ class Change:
     directory: bytes  # path of the directory holding *name*, relative to the tree's root
     name: bytes  # b"" when the event is about the directory itself
     mask: int
+    moved_from: bytes | None = None  # a rename within the tree: the old path (with MOVED_TO)
 
 
 class Watcher:
@@ -147,7 +148,7 @@ class Watcher:
 
     def _interpret(self, events: list[Event]) -> list[Change] | None:
         batch: list[Change] = []
-        moved_from: dict[int, tuple[Hashable, bytes]] = {}
+        moved_from: dict[int, tuple[Hashable, bytes, bool]] = {}  # cookie -> (tree, path, is dir)
         overflow = False
         for event in events:
             wd, mask, cookie, name = event.wd, event.mask, event.cookie, event.name
@@ -158,27 +159,29 @@ class Watcher:
                 self._dirs.pop(wd, None)
                 continue
             where = self._dirs.get(wd)
-            if where is None:
+            if where is None or mask & F.DELETE_SELF:
                 continue
             tree, directory = where
             raw = os.fsencode(name)
             path = join(directory, raw) if raw else directory
-            if mask & F.ISDIR and raw:
-                if mask & F.MOVED_FROM:
-                    moved_from[cookie] = (tree, path)
-                elif mask & F.MOVED_TO:
-                    source = moved_from.pop(cookie, None)
-                    if source is not None and source[0] == tree:
-                        self._rename_below(tree, source[1], path)
-                    else:
-                        self._watch_below(tree, path)
-                elif mask & F.CREATE:
+            is_dir = bool(mask & F.ISDIR) and bool(raw)
+            origin = None
+            if mask & F.MOVED_FROM:
+                moved_from[cookie] = (tree, path, is_dir)
+            elif mask & F.MOVED_TO:
+                source = moved_from.pop(cookie, None)
+                if source is not None and source[0] == tree:
+                    origin = source[1]
+                if is_dir and origin is not None:
+                    self._rename_below(tree, origin, path)
+                elif is_dir:
                     self._watch_below(tree, path)
-            if mask & F.DELETE_SELF:
-                continue
-            batch.append(Change(tree, directory, raw, mask))
-        for tree, path in moved_from.values():  # moved out of the tree, or paired in a later batch
-            self._forget_below(tree, path)
+            elif is_dir and mask & F.CREATE:
+                self._watch_below(tree, path)
+            batch.append(Change(tree, directory, raw, mask, origin))
+        for tree, path, is_dir in moved_from.values():  # moved out, or paired in a later batch
+            if is_dir:
+                self._forget_below(tree, path)
         if overflow:  # directories may have come and gone unseen: watch everything anew
             log.info("inotify queue overflowed: re-watching every arena")
             for tree in self._trees:

@@ -169,6 +169,8 @@ class Index:
         chunks: Sequence[tuple[int, int, bytes]] | None = None,
     ) -> bool:
         """Record *path* (its directories must be indexed); False if its parent is not."""
+        if not path:
+            return False  # the arena root has no record
         with self.env.begin(write=True) as txn:
             parent = self._walk(txn, root, path[:-1])
             if parent is None:
@@ -191,6 +193,8 @@ class Index:
 
     def delete(self, root: int, path: Sequence[bytes]) -> bool:
         """Forget *path* and, for a directory, everything below it; whether it was known."""
+        if not path:
+            return False
         with self.env.begin(write=True) as txn:
             parent = self._walk(txn, root, path[:-1])
             if parent is None:
@@ -207,6 +211,8 @@ class Index:
 
     def rename(self, root: int, old: Sequence[bytes], new: Sequence[bytes]) -> bool:
         """Move *old* (with all below it) to *new*, replacing what was there: one update."""
+        if not old or not new:
+            return False
         with self.env.begin(write=True) as txn:
             old_parent = self._walk(txn, root, old[:-1])
             new_parent = self._walk(txn, root, new[:-1])

@@ -23,7 +23,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from realizefs.config import ArenaConfig
@@ -59,6 +59,7 @@ VIRTUAL_TTL = 3600.0
 CONTROL_DIR = b".realize"
 MODE_XATTR = xattrs.MODE_NAME
 STATUS_XATTR = b"user.realize.status"
+HASH_XATTR = b"user.realize.hash"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # The kernel orders appends and handles O_DIRECT alignment itself: the backing
 # descriptor is written at the offsets the kernel gives.
@@ -98,8 +99,10 @@ class Namespace:
         self,
         arenas: Iterable[ArenaConfig],
         control: Iterable[VirtualFile],
+        content_hash: Callable[[str, bytes], bytes | None] = lambda arena, rel: None,
     ) -> None:
         self.inodes = InodeTable()
+        self._content_hash = content_hash  # the indexed hash of a rested Real file
         self.ttl = ATTR_TTL  # raised to WATCHED_TTL once every arena is watched
         # inode -> (ctime, backing inode) of what the kernel was last given
         self._told: dict[int, tuple[int, int]] = {}
@@ -503,6 +506,11 @@ class Namespace:
             return xattrs.effective_mode(arena.backing, rel, arena.config.mode).value.encode()
         if name == STATUS_XATTR:
             return b"real"
+        if name == HASH_XATTR:
+            content_hash = self._content_hash(arena.name, rel)
+            if content_hash is None:
+                raise NoData("not hashed yet")  # being written, resting, or not a file
+            return content_hash.hex().encode()
         if not xattrs.is_passthrough(name):
             raise NoData()
         return xattrs.get(arena.backing, rel, name)
@@ -514,7 +522,8 @@ class Namespace:
         kind = self.getattr(ino).kind
         if kind not in (stat.S_IFREG, stat.S_IFDIR):
             return []
-        return [MODE_XATTR, STATUS_XATTR, *xattrs.names(arena.backing, rel)]
+        hashed = [HASH_XATTR] if kind == stat.S_IFREG and self._content_hash(arena.name, rel) else []
+        return [MODE_XATTR, STATUS_XATTR, *hashed, *xattrs.names(arena.backing, rel)]
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         if self.is_virtual(ino):
@@ -528,8 +537,8 @@ class Namespace:
                 raise InvalidValue('expected "real" or "unreal"')
             xattrs.set_mode(arena.backing, rel, mode)
             log.info("%s/%s: mode set to %s", arena.name, rel.decode(errors="replace"), mode.value)
-        elif name == STATUS_XATTR:
-            raise NotPermitted("user.realize.status is read-only")
+        elif name in (STATUS_XATTR, HASH_XATTR):
+            raise NotPermitted(f"{name.decode()} is read-only")
         elif not xattrs.is_passthrough(name):
             raise NotSupported()
         else:
@@ -547,7 +556,7 @@ class Namespace:
             xattrs.set_mode(arena.backing, rel, None)
             log.info("%s/%s: mode setting removed", arena.name, rel.decode(errors="replace"))
         elif not xattrs.is_passthrough(name):
-            raise NotPermitted() if name == STATUS_XATTR else NoData()
+            raise NotPermitted() if name in (STATUS_XATTR, HASH_XATTR) else NoData()
         else:
             xattrs.remove(arena.backing, rel, name)
 

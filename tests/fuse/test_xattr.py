@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
-from tests.support import Daemon
+from tests.support import Daemon, wait_for
 
 MODE = "user.realize.mode"
 
@@ -119,3 +120,35 @@ def test_a_stored_mode_is_not_a_user_attribute(daemon: Daemon) -> None:
         os.setxattr(mnt / "d", "user.realize.other", b"x")
     assert info.value.errno == errno.EOPNOTSUPP
     assert os.getxattr(root / "d", MODE) == b"unreal"
+
+
+def test_hash_appears_once_a_file_has_rested(base: Path) -> None:
+    d = Daemon(base, extra='\n[consensus]\nrest = "300ms"\n')
+    d.start()
+    try:
+        mnt = d.mnt()
+        with open(mnt / "f", "wb") as f:
+            f.write(b"some content")
+        with pytest.raises(OSError) as info:  # just written: not rested, not hashed
+            os.getxattr(mnt / "f", "user.realize.hash")
+        assert info.value.errno == errno.ENODATA
+        expected = blake3(b"some content").hexdigest()
+        wait_for(lambda: hash_or_none(mnt / "f") == expected, 10, "the hash")
+        assert "user.realize.hash" in os.listxattr(mnt / "f")
+        os.rename(mnt / "f", mnt / "g")  # a rename keeps the indexed content
+        wait_for(lambda: hash_or_none(mnt / "g") == expected, 10, "the hash after a rename")
+        (d.root() / "g").write_bytes(b"changed directly")
+        wait_for(lambda: hash_or_none(mnt / "g") == blake3(b"changed directly").hexdigest(), 10, "a new hash")
+        with pytest.raises(OSError) as info:
+            os.setxattr(mnt / "g", "user.realize.hash", b"00")
+        assert info.value.errno == errno.EPERM
+        d.stop()
+    finally:
+        d.kill()
+
+
+def hash_or_none(path: Path) -> str | None:
+    try:
+        return os.getxattr(path, "user.realize.hash").decode()
+    except OSError:
+        return None

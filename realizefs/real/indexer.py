@@ -1,0 +1,314 @@
+"""Keeps the content index (`realizefs.store.index`) true to each arena's Real.
+
+At start, `reconcile` walks the backing tree against the index: what vanished
+is forgotten, what is new or whose size or mtime changed is indexed as
+*pending* (no hash) and queued for hashing, and a file whose size and mtime
+are unchanged is not read again. Afterwards the watcher's changes arrive
+through `changed`: a renamed file or directory is renamed in the index (no
+re-hash), anything else touched is looked at again.
+
+A file is hashed once it has rested: no change seen for the configured rest
+period and the same size and mtime at two looks that far apart. A file that
+changes while it is read is queued again; a file that cannot be read is
+reported (log and `unreadable`) and stays pending, never treated as deleted.
+FIFOs, sockets and devices are not indexed.
+
+Concurrency: `run` is one task; walking and hashing happen in worker threads,
+each index update is one short LMDB transaction (safe from any thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from realizefs.errors import FsError, NotFound
+from realizefs.real.backing import Backing, join
+from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
+from realizefs.real.watcher import Change
+from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, bytes]  # (arena name, path)
+
+
+@dataclass
+class _Arena:
+    name: str
+    backing: Backing
+    root: int  # the arena root's node id in the index
+    scanned: bool = False
+
+
+@dataclass
+class _Pending:
+    due: float
+    seen: tuple[int, int] | None = None  # (size, mtime) at the last look
+
+
+@dataclass
+class Stats:
+    hashed: int = 0
+    bytes_hashed: int = 0
+    unreadable: set[Key] = field(default_factory=set)
+
+
+def parts(rel: bytes) -> list[bytes]:
+    return rel.split(b"/") if rel else []
+
+
+class Indexer:
+    def __init__(
+        self,
+        index: Index,
+        rest: float,
+        clock: Callable[[], float] = time.monotonic,
+        hasher: Callable[[int], Content] = hash_fd,
+    ) -> None:
+        self.index = index
+        self.rest = rest
+        self.clock = clock
+        self.hasher = hasher
+        self.stats = Stats()
+        self._arenas: dict[str, _Arena] = {}
+        self._pending: dict[Key, _Pending] = {}
+        self._wake = trio.Event()
+
+    # ------------------------------------------------------------ arenas
+
+    def set_arenas(self, backings: Mapping[str, Backing]) -> None:
+        """Index exactly these arenas; a new one (or a new root) is walked first."""
+        for name, a in list(self._arenas.items()):
+            if backings.get(name) is not a.backing:
+                del self._arenas[name]
+                self._pending = {k: v for k, v in self._pending.items() if k[0] != name}
+        for name, backing in backings.items():
+            if name not in self._arenas:
+                self._arenas[name] = _Arena(name, backing, self.index.arena_root(name))
+        self._wake.set()
+
+    # ------------------------------------------------------------ questions
+
+    def hash_of(self, arena: str, rel: bytes) -> bytes | None:
+        """The content hash of an indexed, rested file; None while pending or unknown."""
+        a = self._arenas.get(arena)
+        record = self.index.get(a.root, parts(rel)) if a is not None else None
+        return record.hash if record is not None and record.kind == KIND_FILE else None
+
+    def counts(self, arena: str) -> Counts:
+        a = self._arenas.get(arena)
+        return self.index.counts(a.root) if a is not None else Counts()
+
+    def scanned(self, arena: str) -> bool:
+        a = self._arenas.get(arena)
+        return a is not None and a.scanned
+
+    # ------------------------------------------------------------ the startup walk
+
+    async def reconcile(self, arena: str) -> None:
+        a = self._arenas[arena]
+        started = time.monotonic()
+        queued = await trio.to_thread.run_sync(self._walk, a, b"")
+        a.scanned = True
+        for rel in queued:
+            self._queue(arena, rel, self.clock())
+        log.info(
+            "%s: index reconciled with the Real in %.1fs, %d files to hash",
+            arena,
+            time.monotonic() - started,
+            len(queued),
+        )
+
+    def _walk(self, a: _Arena, top: bytes) -> list[bytes]:
+        """Bring the index of *top*'s subtree in line with the disk (worker thread).
+
+        Returns the files whose content must be hashed."""
+        queued: list[bytes] = []
+        todo = [top]
+        while todo:
+            rel = todo.pop()
+            try:
+                entries = a.backing.listdir(rel)
+            except FsError as exc:
+                if not isinstance(exc, NotFound):
+                    log.warning("%s/%s: cannot list: %s", a.name, _show(rel), exc)
+                continue
+            on_disk = dict(entries)
+            indexed = self.index.children(a.root, parts(rel))
+            for name in indexed.keys() - on_disk.keys():
+                self.index.delete(a.root, [*parts(rel), name])
+            for name, st in on_disk.items():
+                path = join(rel, name)
+                outcome = self._record(a, path, st, indexed.get(name))
+                if outcome == "dir":
+                    todo.append(path)
+                elif outcome == "hash":
+                    queued.append(path)
+        return queued
+
+    def _record(self, a: _Arena, rel: bytes, st: os.stat_result, old: Record | None) -> str:
+        """Index what *rel* is now: "dir" (look inside), "hash" (queue it) or ""."""
+        path = parts(rel)
+        mode = stat.S_IMODE(st.st_mode)
+        if not path:
+            return ""  # the arena root: always there, never a record of its own
+        if stat.S_ISDIR(st.st_mode):
+            if old is None or old.kind != KIND_DIR or old.mode != mode:
+                self.index.put(a.root, path, Record(KIND_DIR, mode=mode))
+            return "dir"
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = a.backing.readlink(rel)
+            except FsError:
+                return ""
+            record = Record(KIND_LINK, len(target), st.st_mtime_ns, mode, target=target)
+            if old != record:
+                self.index.put(a.root, path, record)
+            return ""
+        if not stat.S_ISREG(st.st_mode):
+            if old is not None:
+                self.index.delete(a.root, path)
+            return ""
+        unchanged = (
+            old is not None
+            and old.kind == KIND_FILE
+            and old.hash is not None
+            and (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns)
+        )
+        if unchanged and old is not None:
+            if old.mode != mode:
+                self.index.put(a.root, path, Record(KIND_FILE, old.size, old.mtime_ns, mode, old.hash))
+            return ""
+        self.index.put(a.root, path, Record(KIND_FILE, st.st_size, st.st_mtime_ns, mode))
+        return "hash"
+
+    # ------------------------------------------------------------ changes
+
+    def changed(self, arena: str, changes: Iterable[Change]) -> None:
+        """Watcher changes in an arena's tree: renames now, the rest once rested."""
+        a = self._arenas.get(arena)
+        if a is None:
+            return
+        now = self.clock()
+        for change in changes:
+            path = join(change.directory, change.name) if change.name else change.directory
+            if change.moved_from is not None:
+                self.index.rename(a.root, parts(change.moved_from), parts(path))
+                moved = self._pending.pop((arena, change.moved_from), None)
+                if moved is not None:
+                    self._pending[(arena, path)] = moved
+            self._queue(arena, path, now)  # looked at now; hashed once it has rested
+
+    def rescan_all(self) -> None:
+        """Events were lost: walk every arena again."""
+        for a in self._arenas.values():
+            a.scanned = False
+        self._wake.set()
+
+    def _queue(self, arena: str, rel: bytes, due: float) -> None:
+        pending = self._pending.get((arena, rel))
+        if pending is None:
+            self._pending[(arena, rel)] = _Pending(due)
+        else:  # already waiting to rest: the look after the rest sees whether it changed
+            pending.due = max(pending.due, due)
+        self._wake.set()
+
+    # ------------------------------------------------------------ the task
+
+    async def run(self) -> None:
+        while True:
+            self._wake = trio.Event()  # before looking at the state: no wake-up is lost
+            for a in list(self._arenas.values()):
+                if not a.scanned:
+                    await self._guarded(a.name, b"", self.reconcile(a.name))
+                    a.scanned = True
+            now = self.clock()
+            due = [k for k, p in self._pending.items() if p.due <= now]
+            for key in due:
+                await self._guarded(key[0], key[1], self._look(key))
+            if due:
+                continue
+            nearest = min((p.due for p in self._pending.values()), default=None)
+            with trio.move_on_after(nearest - now if nearest is not None else 3600.0):
+                await self._wake.wait()
+
+    async def _guarded(self, arena: str, rel: bytes, work: Coroutine[Any, Any, None]) -> None:
+        """One path's trouble must not stop the indexing of the others, nor the daemon."""
+        try:
+            await work
+        except Exception:
+            log.exception("%s/%s: indexing failed", arena, _show(rel))
+            self._pending.pop((arena, rel), None)
+
+    async def _look(self, key: Key) -> None:
+        arena, rel = key
+        a = self._arenas.get(arena)
+        pending = self._pending.get(key)
+        if a is None or pending is None:
+            return
+        try:
+            st = a.backing.stat(rel)
+        except FsError:
+            st = None
+        if st is None:
+            self.index.delete(a.root, parts(rel))
+            self._pending.pop(key, None)
+            return
+        old = self.index.get(a.root, parts(rel))
+        outcome = self._record(a, rel, st, old)
+        if outcome != "hash":
+            self._pending.pop(key, None)
+            if outcome == "dir":  # a directory may arrive with content inside (moved in, unpacked)
+                later = self.clock() + self.rest
+                for path in await trio.to_thread.run_sync(self._walk, a, rel):
+                    self._queue(arena, path, later)
+            return
+        seen = (st.st_size, st.st_mtime_ns)
+        rested = time.time_ns() - st.st_mtime_ns >= self.rest * 1e9
+        if not rested and pending.seen != seen:  # written to lately: look again after a rest
+            pending.seen = seen
+            pending.due = self.clock() + self.rest
+            return
+        self._pending.pop(key, None)
+        await self._hash(a, rel, st)
+
+    async def _hash(self, a: _Arena, rel: bytes, st: os.stat_result) -> None:
+        try:
+            fd = a.backing.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+        except FsError as exc:
+            self._unreadable(a, rel, exc)
+            return
+        try:
+            content = await trio.to_thread.run_sync(self.hasher, fd)
+        except ChangedWhileHashingError:
+            self._queue(a.name, rel, self.clock() + self.rest)
+            return
+        except OSError as exc:
+            self._unreadable(a, rel, exc)
+            return
+        finally:
+            os.close(fd)
+        self.stats.unreadable.discard((a.name, rel))
+        record = Record(KIND_FILE, content.size, content.mtime_ns, stat.S_IMODE(st.st_mode), content.hash)
+        chunks = [(c.offset, c.length, c.hash) for c in content.chunks]
+        if self.index.put(a.root, parts(rel), record, chunks):
+            self.stats.hashed += 1
+            self.stats.bytes_hashed += content.size
+
+    def _unreadable(self, a: _Arena, rel: bytes, exc: Exception) -> None:
+        key = (a.name, rel)
+        if key not in self.stats.unreadable:
+            log.warning("%s/%s: cannot read to index it: %s", a.name, _show(rel), exc)
+        self.stats.unreadable.add(key)
+
+
+def _show(rel: bytes) -> str:
+    return rel.decode("utf-8", "backslashreplace")
