@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import random
 from collections.abc import Iterator
@@ -70,25 +69,28 @@ def test_a_file_changed_while_read_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
     path = tmp_path / "f"
-    path.write_bytes(random_bytes(2 << 20))
+    path.write_bytes(random_bytes(9 << 20))  # more than one read block
 
     class ChangingChunker:
-        """The real chunker; the file changes under it after the first chunk."""
+        """The real chunker; the file changes under it after the first block."""
 
-        def cut_stream(self, reader: io.FileIO) -> Iterator[object]:
-            real = FastCDC(hashing.AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
-            for i, chunk in enumerate(real.cut_stream(reader)):
-                yield chunk
-                if i == 0:
-                    with open(path, "r+b") as f:
-                        if change == "append":
-                            f.seek(0, os.SEEK_END)
-                            f.write(b"more")
-                        elif change == "truncate":
-                            f.truncate(100_000)
-                        else:
-                            os.utime(path, ns=(1, 1))  # same size, content rewritten in place
-                            f.write(b"x" * 10)
+        def __init__(self) -> None:
+            self.real = FastCDC(hashing.AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
+            self.calls = 0
+
+        def cut_buf(self, buf: bytes) -> Iterator[object]:
+            self.calls += 1
+            if self.calls == 1:
+                with open(path, "r+b") as f:
+                    if change == "append":
+                        f.seek(0, os.SEEK_END)
+                        f.write(b"more")
+                    elif change == "truncate":
+                        f.truncate(100_000)
+                    else:
+                        os.utime(path, ns=(1, 1))  # same size, content rewritten in place
+                        f.write(b"x" * 10)
+            return self.real.cut_buf(buf)
 
     monkeypatch.setattr(hashing, "_chunker", ChangingChunker)
     with pytest.raises(ChangedWhileHashingError):
