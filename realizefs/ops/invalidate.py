@@ -21,7 +21,8 @@ import trio
 
 from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Change, Watcher
-from realizefs.vfs.namespace import ATTR_TTL, WATCHED_TTL, Invalidation, Namespace
+from realizefs.vfs.changes import Invalidation, backing_changed, everything
+from realizefs.vfs.namespace import ATTR_TTL, WATCHED_TTL, Namespace
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class KernelCacheSync:
             changes = await self.watcher.changes()
             if changes is None:
                 self.watch_arenas()  # the watch limit may have been hit meanwhile
-                todo = self.namespace.everything()
+                todo = everything(self.namespace)
                 self.indexer.rescan_all()
             else:
                 todo = self._gather(changes)
@@ -67,7 +68,7 @@ class KernelCacheSync:
             if not isinstance(tree, int) or tree not in names:
                 continue
             self.indexer.changed(names[tree], items)
-            part = self.namespace.backing_changed(tree, items)
+            part = backing_changed(self.namespace, tree, items)
             total.entries |= part.entries
             total.attrs |= part.attrs
         return total

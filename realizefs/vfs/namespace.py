@@ -30,17 +30,13 @@ from realizefs.config import ArenaConfig
 from realizefs.errors import (
     AccessDenied,
     FsError,
-    InvalidValue,
     NoData,
     NotFound,
     NotPermitted,
-    NotSupported,
     from_oserror,
 )
-from realizefs.real import xattrs
 from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join
-from realizefs.real.watcher import Change
-from realizefs.types import Mode
+from realizefs.vfs import attributes
 from realizefs.vfs.attrs import Attr, FsStats
 from realizefs.vfs.inodes import ROOT_INODE, InodeTable
 from realizefs.vfs.virtual import VirtualDir, VirtualFile
@@ -57,9 +53,6 @@ ATTR_TTL = 1.0
 # Virtual directories and arena roots change only on reload, which invalidates them.
 VIRTUAL_TTL = 3600.0
 CONTROL_DIR = b".realize"
-MODE_XATTR = xattrs.MODE_NAME
-STATUS_XATTR = b"user.realize.status"
-HASH_XATTR = b"user.realize.hash"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # The kernel orders appends and handles O_DIRECT alignment itself: the backing
 # descriptor is written at the offsets the kernel gives.
@@ -499,149 +492,52 @@ class Namespace:
     # ------------------------------------------------------------ extended attributes
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        if not name.startswith(xattrs.USER_PREFIX) or self.is_virtual(ino):
+        if self.is_virtual(ino):
             raise NoData()
         arena, rel = self._locate(ino)
-        if name == MODE_XATTR:
-            return xattrs.effective_mode(arena.backing, rel, arena.config.mode).value.encode()
-        if name == STATUS_XATTR:
-            return b"real"
-        if name == HASH_XATTR:
-            content_hash = self._content_hash(arena.name, rel)
-            if content_hash is None:
-                raise NoData("not hashed yet")  # being written, resting, or not a file
-            return content_hash.hex().encode()
-        if not xattrs.is_passthrough(name):
-            raise NoData()
-        return xattrs.get(arena.backing, rel, name)
+        return attributes.get(arena.backing, rel, name, arena.config.mode, self._hash_of(arena, rel))
 
     def listxattr(self, ino: int) -> list[bytes]:
         if self.is_virtual(ino):
             return []
         arena, rel = self._locate(ino)
-        kind = self.getattr(ino).kind
-        if kind not in (stat.S_IFREG, stat.S_IFDIR):
-            return []
-        hashed = [HASH_XATTR] if kind == stat.S_IFREG and self._content_hash(arena.name, rel) else []
-        return [MODE_XATTR, STATUS_XATTR, *hashed, *xattrs.names(arena.backing, rel)]
+        return attributes.names(arena.backing, rel, self.getattr(ino).kind, self._hash_of(arena, rel))
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         if self.is_virtual(ino):
             raise NotPermitted("realizefs's own files and directories have no attributes to set")
-        if not name.startswith(xattrs.USER_PREFIX):
-            raise NotSupported()
         arena, rel = self._locate(ino)
-        if name == MODE_XATTR:
-            mode = Mode.parse(value.decode("utf-8", "replace").strip())
-            if mode is None:
-                raise InvalidValue('expected "real" or "unreal"')
-            xattrs.set_mode(arena.backing, rel, mode)
-            log.info("%s/%s: mode set to %s", arena.name, rel.decode(errors="replace"), mode.value)
-        elif name in (STATUS_XATTR, HASH_XATTR):
-            raise NotPermitted(f"{name.decode()} is read-only")
-        elif not xattrs.is_passthrough(name):
-            raise NotSupported()
-        else:
-            xattrs.set(arena.backing, rel, name, value)
+        attributes.put(arena.backing, rel, name, value, _where(arena, rel))
 
     def removexattr(self, ino: int, name: bytes) -> None:
         if self.is_virtual(ino):
             raise NotPermitted()
-        if not name.startswith(xattrs.USER_PREFIX):
-            raise NoData()
         arena, rel = self._locate(ino)
-        if name == MODE_XATTR:
-            if xattrs.stored_mode(arena.backing, rel) is None:
-                raise NoData()
-            xattrs.set_mode(arena.backing, rel, None)
-            log.info("%s/%s: mode setting removed", arena.name, rel.decode(errors="replace"))
-        elif not xattrs.is_passthrough(name):
-            raise NotPermitted() if name in (STATUS_XATTR, HASH_XATTR) else NoData()
-        else:
-            xattrs.remove(arena.backing, rel, name)
+        attributes.remove(arena.backing, rel, name, _where(arena, rel))
 
-    # ------------------------------------------------------------ changes seen in the Real
+    def _hash_of(self, arena: Arena, rel: bytes) -> Callable[[], bytes | None]:
+        return lambda: self._content_hash(arena.name, rel)
 
-    def backing_changed(self, arena_ino: int, changes: Iterable[Change]) -> Invalidation:
-        """What the kernel must forget after *changes* in an arena's backing tree.
+    # ------------------------------------------------------------ for realizefs.vfs.changes
 
-        Each changed path the kernel may hold (one with an inode) is compared with
-        what the kernel was last told: an entry that is gone, changed kind or now
-        names another backing object is dropped (the path gets a new inode; files
-        open through the mount keep the old one), an object whose ctime moved has
-        its attributes dropped (the kernel
-        then drops cached pages itself if size or mtime changed). Changes made
-        through the mount were already told, so they cost nothing more.
-        """
-        arena = self._arenas.get(arena_ino)
-        out = Invalidation()
-        if arena is None:
-            return out
-        dirs: dict[int, bytes] = {}
-        names: set[tuple[int, bytes]] = set()
-        for change in changes:
-            dir_ino = self._known(arena_ino, change.directory)
-            if dir_ino is not None:
-                dirs[dir_ino] = change.directory
-                if change.name:
-                    names.add((dir_ino, change.name))
-        for dir_ino, name in names:
-            child = self.inodes.child(dir_ino, name)
-            node = self.inodes.node(child) if child is not None else None
-            if child is None or node is None:
-                continue  # the kernel holds nothing there
-            st = self._lstat(arena, join(dirs[dir_ino], name))
-            told = self._told.get(child)
-            if st is None or stat.S_IFMT(st.st_mode) != node.kind or (told and told[1] != st.st_ino):
-                # gone, or another object now: files open through the mount keep the old one
-                out.entries.add((dir_ino, name))
-                self.inodes.detach(dir_ino, name)
-                self._stamps.pop(child, None)
-                self._told.pop(child, None)
-            elif told is None or told[0] != st.st_ctime_ns:
-                out.attrs.add(child)
-        for dir_ino, rel in dirs.items():
-            st = self._lstat(arena, rel)
-            if st is not None and self._told.get(dir_ino) != (st.st_ctime_ns, st.st_ino):
-                out.attrs.add(dir_ino)
-        return out
+    def arena(self, ino: int) -> Arena | None:
+        """The arena whose root is *ino*."""
+        return self._arenas.get(ino)
 
-    def everything(self) -> Invalidation:
-        """Invalidate every arena entry the kernel may hold (events were lost)."""
-        out = Invalidation()
-        for arena_ino in self._arenas:
-            pending = [arena_ino]
-            while pending:
-                parent = pending.pop()
-                out.attrs.add(parent)
-                for name, child in self.inodes.children(parent):
-                    out.entries.add((parent, name))
-                    pending.append(child)
-        return out
+    def told(self, ino: int) -> tuple[int, int] | None:
+        """(ctime, backing inode) of what the kernel was last given for *ino*."""
+        return self._told.get(ino)
 
-    def _known(self, arena_ino: int, rel: bytes) -> int | None:
-        ino: int | None = arena_ino
-        for part in rel.split(b"/") if rel else ():
-            ino = self.inodes.child(ino, part) if ino is not None else None
-        return ino
-
-    @staticmethod
-    def _lstat(arena: Arena, rel: bytes) -> os.stat_result | None:
-        try:
-            return arena.backing.stat(rel)
-        except FsError:
-            return None
+    def forget_entry(self, parent: int, name: bytes) -> None:
+        """The backing object at *name* went away or was replaced behind our back."""
+        gone = self.inodes.detach(parent, name)
+        if gone is not None:
+            self._stamps.pop(gone, None)
+            self._told.pop(gone, None)
 
 
-@dataclass
-class Invalidation:
-    """Kernel caches to drop: directory entries (parent, name) and attributes (inode)."""
-
-    entries: set[tuple[int, bytes]] = field(default_factory=set)
-    attrs: set[int] = field(default_factory=set)
-
-    def __bool__(self) -> bool:
-        return bool(self.entries or self.attrs)
+def _where(arena: Arena, rel: bytes) -> str:
+    return f"{arena.name}/{rel.decode('utf-8', 'backslashreplace')}"
 
 
 def _fstat(fd: int) -> os.stat_result:

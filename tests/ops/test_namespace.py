@@ -14,6 +14,7 @@ from realizefs.errors import FsError, NotFound, NotPermitted
 from realizefs.real.backing import Owner
 from realizefs.real.watcher import Change
 from realizefs.types import Mode
+from realizefs.vfs.changes import backing_changed
 from realizefs.vfs.inodes import ROOT_INODE
 from realizefs.vfs.namespace import Namespace
 
@@ -85,7 +86,7 @@ def test_changes_made_through_the_namespace_need_no_invalidation(ns: Namespace, 
     ns.wrote(handle)
     ns.release(fh)
     ns.getattr(a)
-    todo = ns.backing_changed(a, [Change(a, b"", b"f", CREATE), Change(a, b"", b"f", MODIFY)])
+    todo = backing_changed(ns, a, [Change(a, b"", b"f", CREATE), Change(a, b"", b"f", MODIFY)])
     assert not todo.entries and attr.ino not in todo.attrs
 
 
@@ -97,11 +98,11 @@ def test_direct_changes_are_invalidated(ns: Namespace, root: Path) -> None:
     g = ns.lookup(a, b"g").ino
     (root / "f").write_text("two")  # behind the kernel's back
     (root / "g").unlink()
-    todo = ns.backing_changed(a, [Change(a, b"", b"f", MODIFY), Change(a, b"", b"g", DELETE)])
+    todo = backing_changed(ns, a, [Change(a, b"", b"f", MODIFY), Change(a, b"", b"g", DELETE)])
     assert f in todo.attrs
     assert (a, b"g") in todo.entries and ns.inodes.child(a, b"g") is None
     assert g not in todo.attrs
-    unknown = ns.backing_changed(a, [Change(a, b"never/seen", b"x", CREATE)])
+    unknown = backing_changed(ns, a, [Change(a, b"never/seen", b"x", CREATE)])
     assert not unknown  # the kernel cannot hold what it was never shown
 
 

@@ -1,0 +1,97 @@
+"""What the kernel must forget when an arena's backing tree changes behind its back.
+
+Each changed path the kernel may hold (one the namespace gave an inode) is
+compared with what the kernel was last told: an entry that is gone, changed
+kind or now names another backing object is dropped (the path gets a new
+inode; files open through the mount keep the old one); an object whose ctime
+moved has its attributes dropped, after which the kernel drops cached pages
+itself if size or mtime changed. Changes made through the mount were already
+told, so they cost nothing more.
+
+Pure bookkeeping over the namespace plus one lstat per changed path; the
+invalidations themselves are sent by `realizefs.ops.invalidate`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from realizefs.errors import FsError
+from realizefs.real.backing import join
+from realizefs.real.watcher import Change
+from realizefs.vfs.namespace import Arena, Namespace
+
+
+@dataclass
+class Invalidation:
+    """Kernel caches to drop: directory entries (parent, name) and attributes (inode)."""
+
+    entries: set[tuple[int, bytes]] = field(default_factory=set)
+    attrs: set[int] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.attrs)
+
+
+def backing_changed(ns: Namespace, arena_ino: int, changes: Iterable[Change]) -> Invalidation:
+    """The invalidations due after *changes* in the backing tree of the arena *arena_ino*."""
+    arena = ns.arena(arena_ino)
+    out = Invalidation()
+    if arena is None:
+        return out
+    dirs: dict[int, bytes] = {}
+    names: set[tuple[int, bytes]] = set()
+    for change in changes:
+        dir_ino = _known(ns, arena_ino, change.directory)
+        if dir_ino is not None:
+            dirs[dir_ino] = change.directory
+            if change.name:
+                names.add((dir_ino, change.name))
+    for dir_ino, name in names:
+        child = ns.inodes.child(dir_ino, name)
+        node = ns.inodes.node(child) if child is not None else None
+        if child is None or node is None:
+            continue  # the kernel holds nothing there
+        st = _lstat(arena, join(dirs[dir_ino], name))
+        told = ns.told(child)
+        if st is None or stat.S_IFMT(st.st_mode) != node.kind or (told and told[1] != st.st_ino):
+            out.entries.add((dir_ino, name))
+            ns.forget_entry(dir_ino, name)
+        elif told is None or told[0] != st.st_ctime_ns:
+            out.attrs.add(child)
+    for dir_ino, rel in dirs.items():
+        st = _lstat(arena, rel)
+        if st is not None and ns.told(dir_ino) != (st.st_ctime_ns, st.st_ino):
+            out.attrs.add(dir_ino)
+    return out
+
+
+def everything(ns: Namespace) -> Invalidation:
+    """Every arena entry and attribute the kernel may hold (events were lost)."""
+    out = Invalidation()
+    for arena in ns.arenas:
+        pending = [arena.ino]
+        while pending:
+            parent = pending.pop()
+            out.attrs.add(parent)
+            for name, child in ns.inodes.children(parent):
+                out.entries.add((parent, name))
+                pending.append(child)
+    return out
+
+
+def _known(ns: Namespace, arena_ino: int, rel: bytes) -> int | None:
+    ino: int | None = arena_ino
+    for part in rel.split(b"/") if rel else ():
+        ino = ns.inodes.child(ino, part) if ino is not None else None
+    return ino
+
+
+def _lstat(arena: Arena, rel: bytes) -> os.stat_result | None:
+    try:
+        return arena.backing.stat(rel)
+    except FsError:
+        return None
