@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MOUNT_TIMEOUT = 30.0
 READ_AHEAD_KB = 1024
 MNT_DETACH = 2
+PEER_ID_BYTES = 8  # a peer's id in version vectors: the start of its public key
 
 
 class Daemon:
@@ -52,7 +53,7 @@ class Daemon:
         self.store = store
         self.identity = identity
         self.started = time.time()
-        self.indexer = Indexer(Index(store), config.consensus.rest)
+        self.indexer = Indexer(Index(store, identity.public_key[:PEER_ID_BYTES]), config.consensus.rest)
         self.control = Control(self, self.indexer)
         self.namespace = Namespace(config.arenas, self.control.files(), self.indexer.hash_of)
         self.control.namespace = self.namespace

@@ -1,8 +1,9 @@
 """The files of ``.realize/``: what this peer is and what it is doing, and ``consensus``.
 
 Each status file has a human-readable text form and a ``.json`` twin with the
-same facts for scripts. Contents are rendered when a file is opened, from the
-`NodeView` the daemon provides. ``consensus`` accepts the command ``now``;
+same facts for scripts; ``history`` shows each arena's latest changes.
+Contents are rendered when a file is opened, from the `NodeView` the daemon
+provides. ``consensus`` accepts the command ``now``;
 any other text is refused with EINVAL.
 
 Real file and byte counts come from the content index (counted in a worker
@@ -25,10 +26,13 @@ from realizefs import __version__
 from realizefs.config import Config, format_key
 from realizefs.errors import InvalidValue
 from realizefs.real.indexer import Indexer
+from realizefs.store.history import Entry, Version
 from realizefs.vfs.namespace import Namespace
 from realizefs.vfs.virtual import VirtualFile
 
 log = logging.getLogger(__name__)
+
+HISTORY_LINES = 100
 
 
 class NodeView(Protocol):
@@ -62,6 +66,7 @@ class Control:
             ("identity", self.identity),
             ("status", self.status),
             ("peers", self.peers),
+            ("history", self.history),
         ):
             files.append(VirtualFile(name.encode(), self._text(make)))
             files.append(VirtualFile(f"{name}.json".encode(), self._json(make)))
@@ -178,6 +183,19 @@ class Control:
             lines.append(f"  {p['name']}  {p['key'][:20]}…  {p['address'] or 'deaf'}  {p['state']}")
         return {"peers": peers, "_text": "\n".join(lines) + "\n"}
 
+    # ------------------------------------------------------------ history
+
+    async def history(self) -> dict[str, Any]:
+        me = self.indexer.index.me
+        arenas = {}
+        lines = []
+        for arena in self.namespace.arenas if self.namespace else []:
+            entries = await trio.to_thread.run_sync(self.indexer.history, arena.name, HISTORY_LINES)
+            arenas[arena.name] = [_entry_facts(e, me) for e in entries]
+            lines.append(f"{arena.name}: {len(entries)} most recent changes")
+            lines.extend(_entry_line(facts) for facts in arenas[arena.name])
+        return {"arenas": arenas, "_text": "\n".join(lines) + "\n"}
+
     # ------------------------------------------------------------ consensus
 
     async def consensus(self) -> dict[str, Any]:
@@ -194,6 +212,44 @@ class Control:
             raise InvalidValue('expected "now"')
         self.consensus_requested = self.clock()
         log.info("consensus requested: no peer is connected, nothing to exchange")
+
+
+def _version_facts(v: Version | None) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    return {
+        "hash": v.hash.hex() if v.hash else None,
+        "size": v.size,
+        "mtime_ns": v.mtime_ns,
+        "mode": f"{v.mode:04o}",
+        "target": v.target.decode("utf-8", "backslashreplace") if v.target is not None else None,
+    }
+
+
+def _entry_facts(e: Entry, me: bytes) -> dict[str, Any]:
+    def show(path: bytes | None) -> str | None:
+        return path.decode("utf-8", "backslashreplace") if path is not None else None
+
+    return {
+        "seq": e.seq,
+        "op": e.op,
+        "path": show(e.path),
+        "old_path": show(e.old_path),
+        "old": _version_facts(e.old),
+        "new": _version_facts(e.new),
+        "vv": {("this peer" if peer == me else peer.hex()): count for peer, count in e.vv.items()},
+        "time": _when(e.time_ns / 1e9),
+    }
+
+
+def _entry_line(f: dict[str, Any]) -> str:
+    what = f"{f['old_path']} -> {f['path']}" if f["old_path"] else f["path"]
+    version = f["new"] or f["old"] or {}
+    detail = f"  {_size(version['size'])}" if version.get("size") is not None else ""
+    if version.get("hash"):
+        detail += f"  {version['hash'][:12]}"
+    vv = ", ".join(f"{peer}:{count}" for peer, count in f["vv"].items())
+    return f"  #{f['seq']}  {f['time']}  {f['op']:9} {what}{detail}  [{vv}]"
 
 
 def _duration(seconds: float) -> str:

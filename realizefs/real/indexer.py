@@ -24,7 +24,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -33,6 +33,7 @@ from realizefs.errors import FsError, NotFound
 from realizefs.real.backing import Backing, join
 from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
 from realizefs.real.watcher import Change
+from realizefs.store.history import Entry
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,12 @@ class Indexer:
         """The content hash of an indexed, rested file; None while pending or unknown."""
         a = self._arenas.get(arena)
         record = self.index.get(a.root, parts(rel)) if a is not None else None
-        return record.hash if record is not None and record.kind == KIND_FILE else None
+        return record.settled_hash if record is not None and record.kind == KIND_FILE else None
+
+    def history(self, arena: str, limit: int) -> list[Entry]:
+        """The arena's most recent history entries, oldest first."""
+        a = self._arenas.get(arena)
+        return self.index.history(a.root, limit) if a is not None else []
 
     def counts(self, arena: str) -> Counts:
         a = self._arenas.get(arena)
@@ -161,8 +167,10 @@ class Indexer:
         if not path:
             return ""  # the arena root: always there, never a record of its own
         if stat.S_ISDIR(st.st_mode):
-            if old is None or old.kind != KIND_DIR or old.mode != mode:
-                self.index.put(a.root, path, Record(KIND_DIR, mode=mode))
+            if old is None or old.kind != KIND_DIR:
+                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op="mkdir")
+            elif old.mode != mode:
+                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op="mode")
             return "dir"
         if stat.S_ISLNK(st.st_mode):
             try:
@@ -170,24 +178,22 @@ class Indexer:
             except FsError:
                 return ""
             record = Record(KIND_LINK, len(target), st.st_mtime_ns, mode, target=target)
-            if old != record:
-                self.index.put(a.root, path, record)
+            if old is None or old.kind != KIND_LINK or old.target != target:
+                self.index.put(a.root, path, record, op="symlink")
             return ""
         if not stat.S_ISREG(st.st_mode):
             if old is not None:
                 self.index.delete(a.root, path)
             return ""
-        unchanged = (
-            old is not None
-            and old.kind == KIND_FILE
-            and old.hash is not None
-            and (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns)
-        )
-        if unchanged and old is not None:
+        now = (st.st_size, st.st_mtime_ns)
+        same = old is not None and old.kind == KIND_FILE and (old.size, old.mtime_ns) == now
+        if same and old is not None and not old.pending:
             if old.mode != mode:
-                self.index.put(a.root, path, Record(KIND_FILE, old.size, old.mtime_ns, mode, old.hash))
+                self.index.put(a.root, path, replace(old, mode=mode), op="mode")
             return ""
-        self.index.put(a.root, path, Record(KIND_FILE, st.st_size, st.st_mtime_ns, mode))
+        if not same:  # pending: no history until the new content has a hash
+            last = old.hash if old is not None and old.kind == KIND_FILE else None
+            self.index.put(a.root, path, Record(KIND_FILE, *now, mode, last, changed=last is not None))
         return "hash"
 
     # ------------------------------------------------------------ changes
@@ -299,9 +305,19 @@ class Indexer:
         self.stats.unreadable.discard((a.name, rel))
         record = Record(KIND_FILE, content.size, content.mtime_ns, stat.S_IMODE(st.st_mode), content.hash)
         chunks = [(c.offset, c.length, c.hash) for c in content.chunks]
-        if self.index.put(a.root, parts(rel), record, chunks):
+        old = self.index.get(a.root, parts(rel))
+        if self.index.put(a.root, parts(rel), record, chunks, op=self._content_op(old, content)):
             self.stats.hashed += 1
             self.stats.bytes_hashed += content.size
+
+    def _content_op(self, old: Record | None, content: Content) -> str | None:
+        """create; edit (shares content with the version before) or overwrite; None: same."""
+        if old is None or old.kind != KIND_FILE or old.hash is None:
+            return "create"
+        if old.hash == content.hash:
+            return None  # touched, or written back unchanged
+        before = {chunk[2] for chunk in self.index.manifest(old.hash) or ()}
+        return "edit" if any(c.hash in before for c in content.chunks) else "overwrite"
 
     def _unreadable(self, a: _Arena, rel: bytes, exc: Exception) -> None:
         key = (a.name, rel)

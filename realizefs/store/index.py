@@ -4,10 +4,12 @@ Layout (schema version 2, see `realizefs.store.schema`):
 
 ``nodes``
     key: parent node id (8 bytes, big-endian) + entry name (bytes, at most 255)
-    value: msgpack array ``[id, kind, size, mtime_ns, mode, hash, target]`` where
-    *kind* is ``KIND_FILE``, ``KIND_DIR`` or ``KIND_LINK``; *hash* is the 32-byte
-    BLAKE3 of a file's content, or nil while it is not yet hashed (modified, or
-    resting); *target* is a symlink's target, nil otherwise.
+    value: msgpack array ``[id, kind, size, mtime_ns, mode, hash, target, pending, vv]``
+    where *kind* is ``KIND_FILE``, ``KIND_DIR`` or ``KIND_LINK``; *hash* is the
+    32-byte BLAKE3 of the file's last settled content (nil before the first);
+    *pending* says the file changed since (being written, or resting) and
+    *size*/*mtime_ns* are already the new ones; *target* is a symlink's target;
+    *vv* the path's version vector (peer id -> counter).
 ``parents``
     key: node id (8 bytes) -> value: parent id (8 bytes) + name. The way back
     from a node to its path.
@@ -18,6 +20,10 @@ Layout (schema version 2, see `realizefs.store.schema`):
     acknowledgements).
 ``meta`` keys ``arena:<name>`` -> the arena root's node id; ``next_id`` -> the
     next node id to hand out (8 bytes).
+``history``
+    See `realizefs.store.history`: every change recorded with an *op* is
+    appended there in the same transaction, with the path's version vector
+    incremented for this peer.
 
 Keys are per directory entry, not per path, so path length is unbounded (LMDB
 keys are at most 511 bytes; a name at most 255) and renaming a directory is
@@ -29,12 +35,14 @@ Every method is one short transaction and never awaits.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
+from realizefs.store import history
 from realizefs.store.schema import Store
 
 KIND_FILE, KIND_DIR, KIND_LINK = 1, 2, 3
@@ -49,11 +57,20 @@ class Record:
     mode: int = 0
     hash: bytes | None = None
     target: bytes | None = None
+    changed: bool = False  # content changed since *hash* (stored as "pending")
+    vv: dict[bytes, int] = field(default_factory=dict, compare=False)
 
     @property
     def pending(self) -> bool:
-        """A file whose content is not hashed yet."""
-        return self.kind == KIND_FILE and self.hash is None
+        """A file whose current content is not hashed yet."""
+        return self.kind == KIND_FILE and (self.hash is None or self.changed)
+
+    @property
+    def settled_hash(self) -> bytes | None:
+        return None if self.pending else self.hash
+
+    def version(self) -> history.Version:
+        return history.Version(self.hash, self.size, self.mtime_ns, self.mode, self.target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +83,10 @@ class Counts:
 
 
 class Index:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, me: bytes, clock: Callable[[], int] = time.time_ns) -> None:
+        self.me = me  # this peer's id in version vectors
+        self.clock = clock
+        self._history = store.dbs[b"history"]
         self.env = store.env
         self._nodes = store.dbs[b"nodes"]
         self._parents = store.dbs[b"parents"]
@@ -156,7 +176,7 @@ class Index:
                     else:
                         files += 1
                         size += record.size
-                        pending += record.hash is None
+                        pending += record.pending
         return Counts(files, size, dirs, links, pending)
 
     # ------------------------------------------------------------ writing
@@ -167,8 +187,12 @@ class Index:
         path: Sequence[bytes],
         record: Record,
         chunks: Sequence[tuple[int, int, bytes]] | None = None,
+        op: str | None = None,
     ) -> bool:
-        """Record *path* (its directories must be indexed); False if its parent is not."""
+        """Record *path* (its directories must be indexed); False if its parent is not.
+
+        With an *op*, the change enters the history and the path's version vector
+        counts one more change by this peer; without, the vector is kept."""
         if not path:
             return False  # the arena root has no record
         with self.env.begin(write=True) as txn:
@@ -179,20 +203,48 @@ class Index:
             raw = txn.get(key, db=self._nodes)
             old = _unpack(raw) if raw is not None else None
             if old is not None and old[1] == KIND_DIR and record.kind != KIND_DIR:
-                self._drop_below(txn, old[0])
+                self._drop_below(txn, old[0], root, list(path))
             if old is not None and (old[1] == KIND_DIR) == (record.kind == KIND_DIR):
                 node = old[0]
             else:
                 node = self._new_id(txn)
                 txn.put(_ID.pack(node), key, db=self._parents)
-            txn.put(key, _pack(node, record), db=self._nodes)
+            vv = dict(old[8]) if old is not None else {}
+            if op is not None:
+                vv[self.me] = vv.get(self.me, 0) + 1
+                before = _record(old).version() if old is not None else None
+                self._log(txn, root, op, path, None, before, record.version(), vv)
+            txn.put(key, _pack(node, record, vv), db=self._nodes)
             if record.hash is not None and chunks is not None:
                 flat = [x for chunk in chunks for x in chunk]
                 txn.put(record.hash, msgpack.packb(flat), db=self._manifests, overwrite=False)
             return True
 
-    def delete(self, root: int, path: Sequence[bytes]) -> bool:
-        """Forget *path* and, for a directory, everything below it; whether it was known."""
+    def _log(
+        self,
+        txn: Any,
+        root: int,
+        op: str,
+        path: Sequence[bytes],
+        old_path: Sequence[bytes] | None,
+        old: history.Version | None,
+        new: history.Version | None,
+        vv: dict[bytes, int],
+    ) -> None:
+        entry = history.Entry(
+            0, op, b"/".join(path), b"/".join(old_path) if old_path else None, old, new, vv, self.clock()
+        )
+        history.append(txn, self._history, root, entry)
+
+    def history(self, root: int, limit: int) -> list[history.Entry]:
+        with self.env.begin() as txn:
+            return history.recent(txn, self._history, root, limit)
+
+    def delete(self, root: int, path: Sequence[bytes], logged: bool = True) -> bool:
+        """Forget *path* and, for a directory, everything below it; whether it was known.
+
+        Logged, each file below gets a delete entry and each directory an rmdir,
+        deepest first."""
         if not path:
             return False
         with self.env.begin(write=True) as txn:
@@ -203,11 +255,20 @@ class Index:
             raw = txn.get(key, db=self._nodes)
             if raw is None:
                 return False
-            node = _unpack(raw)[0]
-            self._drop_below(txn, node)
+            value = _unpack(raw)
+            self._drop_below(txn, value[0], root if logged else None, list(path))
+            if logged:
+                self._log_gone(txn, root, list(path), value)
             txn.delete(key, db=self._nodes)
-            txn.delete(_ID.pack(node), db=self._parents)
+            txn.delete(_ID.pack(value[0]), db=self._parents)
             return True
+
+    def _log_gone(self, txn: Any, root: int, path: list[bytes], value: list[Any]) -> None:
+        record = _record(value)
+        vv = dict(value[8])
+        vv[self.me] = vv.get(self.me, 0) + 1
+        op = "rmdir" if record.kind == KIND_DIR else "delete"
+        self._log(txn, root, op, path, None, record.version(), None, vv)
 
     def rename(self, root: int, old: Sequence[bytes], new: Sequence[bytes]) -> bool:
         """Move *old* (with all below it) to *new*, replacing what was there: one update."""
@@ -223,36 +284,45 @@ class Index:
             raw = txn.get(old_key, db=self._nodes)
             if raw is None:
                 return False
-            replaced = txn.get(new_key, db=self._nodes)
-            if replaced is not None:
-                gone = _unpack(replaced)[0]
-                self._drop_below(txn, gone)
-                txn.delete(_ID.pack(gone), db=self._parents)
-            node = _unpack(raw)[0]
+            value = _unpack(raw)
+            vv = dict(value[8])
+            before = None
+            raw_replaced = txn.get(new_key, db=self._nodes)
+            if raw_replaced is not None:  # an atomic save: the new version follows the replaced one
+                replaced = _unpack(raw_replaced)
+                self._drop_below(txn, replaced[0], None, list(new))
+                txn.delete(_ID.pack(replaced[0]), db=self._parents)
+                before = _record(replaced).version()
+                for peer, count in replaced[8].items():
+                    vv[peer] = max(vv.get(peer, 0), count)
+            vv[self.me] = vv.get(self.me, 0) + 1
+            record = _record(value)
+            self._log(txn, root, "rename", new, old, before, record.version(), vv)
             txn.delete(old_key, db=self._nodes)
-            txn.put(new_key, raw, db=self._nodes)
-            txn.put(_ID.pack(node), new_key, db=self._parents)
+            txn.put(new_key, _pack(value[0], record, vv), db=self._nodes)
+            txn.put(_ID.pack(value[0]), new_key, db=self._parents)
             return True
 
-    def _drop_below(self, txn: Any, node: int) -> None:
-        todo = [node]
-        while todo:
-            current = todo.pop()
-            for name, value in list(self._child_items(txn, current)):
-                if value[1] == KIND_DIR:
-                    todo.append(value[0])
-                txn.delete(_ID.pack(current) + name, db=self._nodes)
-                txn.delete(_ID.pack(value[0]), db=self._parents)
+    def _drop_below(self, txn: Any, node: int, root: int | None, path: list[bytes]) -> None:
+        """Forget everything below the directory *node*; with a *root*, log each as gone."""
+        for name, value in list(self._child_items(txn, node)):
+            if value[1] == KIND_DIR:
+                self._drop_below(txn, value[0], root, [*path, name])
+            if root is not None:
+                self._log_gone(txn, root, [*path, name], value)
+            txn.delete(_ID.pack(node) + name, db=self._nodes)
+            txn.delete(_ID.pack(value[0]), db=self._parents)
 
 
-def _pack(node: int, r: Record) -> bytes:
-    return msgpack.packb([node, r.kind, r.size, r.mtime_ns, r.mode, r.hash, r.target])  # type: ignore[no-any-return]
+def _pack(node: int, r: Record, vv: dict[bytes, int]) -> bytes:
+    value = [node, r.kind, r.size, r.mtime_ns, r.mode, r.hash, r.target, r.changed, vv]
+    return msgpack.packb(value)  # type: ignore[no-any-return]
 
 
 def _unpack(raw: bytes) -> list[Any]:
-    return msgpack.unpackb(raw)  # type: ignore[no-any-return]
+    return msgpack.unpackb(raw, strict_map_key=False)  # type: ignore[no-any-return]
 
 
 def _record(value: list[Any]) -> Record:
-    _, kind, size, mtime_ns, mode, content_hash, target = value
-    return Record(kind, size, mtime_ns, mode, content_hash, target)
+    _, kind, size, mtime_ns, mode, content_hash, target, changed, vv = value
+    return Record(kind, size, mtime_ns, mode, content_hash, target, changed, vv)

@@ -17,6 +17,8 @@ databases of the content index):
 
 ``nodes``, ``parents``, ``manifests``
     The content index, documented in `realizefs.store.index`.
+``history``
+    The local history, documented in `realizefs.store.history`.
 
 A data_dir written by a newer schema is refused with a clear message (never
 downgraded). Migrations from an older schema run in one write transaction in
@@ -47,7 +49,7 @@ from realizefs.errors import StoreError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-DATABASES = (b"meta", b"nodes", b"parents", b"manifests")
+DATABASES = (b"meta", b"nodes", b"parents", b"manifests", b"history")
 MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 
 _U32 = struct.Struct(">I")

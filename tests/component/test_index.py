@@ -13,6 +13,7 @@ from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index,
 from realizefs.store.schema import SCHEMA_VERSION, Store
 
 H1, H2 = bytes(range(32)), bytes(32)
+ME = b"me-peer!"
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def p(path: str) -> list[bytes]:
 
 
 def test_records_live_under_their_directories(store: Store) -> None:
-    index = Index(store)
+    index = Index(store, ME)
     root = index.arena_root("photos")
     assert index.arena_root("photos") == root and index.arena_root("docs") != root
     assert index.put(root, p("2024"), Record(KIND_DIR))
@@ -42,7 +43,7 @@ def test_records_live_under_their_directories(store: Store) -> None:
 
 
 def test_a_directory_rename_is_one_update_and_keeps_everything(store: Store) -> None:
-    index = Index(store)
+    index = Index(store, ME)
     root = index.arena_root("a")
     index.put(root, p("d"), Record(KIND_DIR))
     index.put(root, p("d/e"), Record(KIND_DIR))
@@ -56,7 +57,7 @@ def test_a_directory_rename_is_one_update_and_keeps_everything(store: Store) -> 
 
 
 def test_delete_forgets_everything_below(store: Store) -> None:
-    index = Index(store)
+    index = Index(store, ME)
     root = index.arena_root("a")
     index.put(root, p("d"), Record(KIND_DIR))
     for i in range(50):
@@ -69,7 +70,7 @@ def test_delete_forgets_everything_below(store: Store) -> None:
 
 
 def test_a_file_replaced_by_a_directory_loses_nothing_else(store: Store) -> None:
-    index = Index(store)
+    index = Index(store, ME)
     root = index.arena_root("a")
     index.put(root, p("d"), Record(KIND_DIR))
     index.put(root, p("d/f"), Record(KIND_FILE, 1))
@@ -80,7 +81,7 @@ def test_a_file_replaced_by_a_directory_loses_nothing_else(store: Store) -> None
 
 
 def test_long_paths_and_odd_names(store: Store) -> None:
-    index = Index(store)
+    index = Index(store, ME)
     root = index.arena_root("a")
     path: list[bytes] = []
     for depth in range(40):  # about 10 KiB of path, far above LMDB's key limit
@@ -100,6 +101,52 @@ def test_a_version_1_store_is_upgraded(tmp_path: Path) -> None:
     env.close()
     with Store(tmp_path) as store:
         assert store.schema_version == SCHEMA_VERSION == 2
-        index = Index(store)
+        index = Index(store, ME)
         root = index.arena_root("a")
         assert index.put(root, p("f"), Record(KIND_FILE))
+
+
+def ops(index: Index, root: int) -> list[tuple[str, bytes, bytes | None]]:
+    return [(e.op, e.path, e.old_path) for e in index.history(root, 100)]
+
+
+def test_history_is_written_with_the_change(store: Store) -> None:
+    index = Index(store, ME, clock=lambda: 42)
+    root = index.arena_root("a")
+    other = index.arena_root("b")
+    index.put(root, p("d"), Record(KIND_DIR, mode=0o755), op="mkdir")
+    index.put(root, p("d/f"), Record(KIND_FILE, 1, 1, 0o644, H1), op="create")
+    index.put(root, p("d/f"), Record(KIND_FILE, 2, 2, 0o644, H1, changed=True))  # pending: no entry
+    index.put(root, p("d/f"), Record(KIND_FILE, 2, 2, 0o644, H2), op="edit")
+    index.put(other, p("x"), Record(KIND_FILE), op="create")  # another arena's log
+    assert index.rename(root, p("d"), p("e"))
+    assert index.delete(root, p("e"))
+    assert ops(index, root) == [
+        ("mkdir", b"d", None),
+        ("create", b"d/f", None),
+        ("edit", b"d/f", None),
+        ("rename", b"e", b"d"),  # one entry for a directory, whatever it holds
+        ("delete", b"e/f", None),  # deepest first
+        ("rmdir", b"e", None),
+    ]
+    entries = index.history(root, 100)
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6]
+    edit = entries[2]
+    assert edit.old is not None and edit.old.hash == H1 and edit.new is not None and edit.new.hash == H2
+    assert edit.vv == {ME: 2} and edit.time_ns == 42  # create, edit: the pending write counts not
+    assert ops(index, other) == [("create", b"x", None)]
+    assert [e.seq for e in index.history(root, 2)] == [5, 6]
+
+
+def test_an_atomic_save_keeps_the_version_vector_growing(store: Store) -> None:
+    index = Index(store, ME)
+    root = index.arena_root("a")
+    for _ in range(3):
+        index.put(root, p("doc"), Record(KIND_FILE, 1, hash=H1), op="edit")
+    index.put(root, p("doc.tmp"), Record(KIND_FILE, 1, hash=H2), op="create")
+    index.rename(root, p("doc.tmp"), p("doc"))
+    rename = index.history(root, 1)[0]
+    assert rename.op == "rename" and rename.vv == {ME: 4}  # dominates what doc had
+    assert rename.old is not None and rename.old.hash == H1
+    record = index.get(root, p("doc"))
+    assert record is not None and record.vv == {ME: 4} and record.hash == H2

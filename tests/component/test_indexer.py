@@ -63,7 +63,7 @@ async def settle(indexer: Indexer, condition: object, seconds: float = 10) -> No
 
 
 def make(store: Store, tree: Path, hasher: CountingHasher, rest: float = 0.05) -> Indexer:
-    indexer = Indexer(Index(store), rest, hasher=hasher)
+    indexer = Indexer(Index(store, b"me-peer!"), rest, hasher=hasher)
     indexer.set_arenas({"a": Backing(tree)})
     return indexer
 

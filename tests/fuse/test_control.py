@@ -96,3 +96,30 @@ def test_status_files_are_read_only(daemon: Daemon, name: str) -> None:
         path.unlink()
     with pytest.raises(OSError):
         (daemon.mountpoint / ".realize" / "new").write_text("x")
+
+
+def test_history_shows_what_was_done(base: Path) -> None:
+    d = Daemon(base, extra='\n[consensus]\nrest = "200ms"\n')
+    d.start()
+    try:
+        mnt = d.mnt()
+        (mnt / "docs").mkdir()
+        (mnt / "docs" / "a.txt").write_text("first version\n")
+
+        def ops() -> list[tuple[str, str, str | None]]:
+            entries = json.loads(read(d, "history.json"))["arenas"]["a"]
+            return [(e["op"], e["path"], e["old_path"]) for e in entries]
+
+        wait_for(lambda: ("create", "docs/a.txt", None) in ops(), 10, "the create entry")
+        os.rename(mnt / "docs", mnt / "papers")
+        wait_for(lambda: ("rename", "papers", "docs") in ops(), 10, "one rename entry for the directory")
+        os.unlink(mnt / "papers" / "a.txt")
+        wait_for(lambda: ("delete", "papers/a.txt", None) in ops(), 10, "the delete entry")
+        assert ops()[0] == ("mkdir", "docs", None)
+        assert not any(path.startswith("docs/") and op == "delete" for op, path, _ in ops())
+        entries = json.loads(read(d, "history.json"))["arenas"]["a"]
+        assert all(e["vv"].get("this peer", 0) >= 1 for e in entries)
+        assert "rename" in read(d, "history") and "docs -> papers" in read(d, "history")
+        d.stop()
+    finally:
+        d.kill()

@@ -1,0 +1,107 @@
+"""The local history: an append-only, sequence-numbered log of each arena's changes.
+
+Layout (schema version 2, see `realizefs.store.schema`):
+
+``history``
+    key: the arena root's node id (8 bytes) + sequence number (8 bytes), both
+    big-endian, so an arena's entries are one ordered key range and pruning
+    what every peer acknowledged is deleting a prefix of it.
+    value: msgpack array ``[op, path, old_path, old, new, vv, time_ns]``:
+    *op* one of `OPS`; *path* the path (bytes, names joined by ``/``);
+    *old_path* the previous path of a rename, else nil; *old* and *new* the
+    versions before and after, ``[hash, size, mtime_ns, mode, target]`` or nil;
+    *vv* the path's version vector after the change (peer id -> counter);
+    *time_ns* when it was recorded.
+
+Entries are appended by `realizefs.store.index` in the same transaction as
+the index change they describe, so a crash never leaves one without the other.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+OPS = ("create", "edit", "overwrite", "delete", "rename", "mkdir", "rmdir", "symlink", "mode")
+_KEY = struct.Struct(">QQ")
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    hash: bytes | None
+    size: int
+    mtime_ns: int
+    mode: int
+    target: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    op: str
+    path: bytes
+    old_path: bytes | None
+    old: Version | None
+    new: Version | None
+    vv: dict[bytes, int]
+    time_ns: int
+
+
+def append(txn: Any, db: Any, root: int, entry: Entry) -> int:
+    """Append *entry* (its seq is ignored) to the arena's history; its sequence number."""
+    seq = last_seq(txn, db, root) + 1
+    value = [
+        entry.op,
+        entry.path,
+        entry.old_path,
+        _version(entry.old),
+        _version(entry.new),
+        entry.vv,
+        entry.time_ns,
+    ]
+    txn.put(_KEY.pack(root, seq), msgpack.packb(value), db=db)
+    return seq
+
+
+def last_seq(txn: Any, db: Any, root: int) -> int:
+    cursor = txn.cursor(db=db)
+    if not _seek_last(cursor, root):
+        return 0
+    return int(_KEY.unpack(bytes(cursor.key()))[1])
+
+
+def recent(txn: Any, db: Any, root: int, limit: int) -> list[Entry]:
+    """The last *limit* entries of the arena, oldest first."""
+    out: list[Entry] = []
+    cursor = txn.cursor(db=db)
+    positioned = _seek_last(cursor, root)
+    while positioned and len(out) < limit:
+        found_root, seq = _KEY.unpack(bytes(cursor.key()))
+        if found_root != root:
+            break
+        op, path, old_path, old, new, vv, time_ns = msgpack.unpackb(cursor.value(), strict_map_key=False)
+        out.append(Entry(seq, op, path, old_path, _unversion(old), _unversion(new), vv, time_ns))
+        positioned = cursor.prev()
+    out.reverse()
+    return out
+
+
+def _seek_last(cursor: Any, root: int) -> bool:
+    """Put *cursor* on the arena's last entry; False if it has none."""
+    if cursor.set_range(_KEY.pack(root + 1, 0)):
+        if not cursor.prev():
+            return False
+    elif not cursor.last():
+        return False
+    return bool(_KEY.unpack(bytes(cursor.key()))[0] == root)
+
+
+def _version(v: Version | None) -> list[Any] | None:
+    return None if v is None else [v.hash, v.size, v.mtime_ns, v.mode, v.target]
+
+
+def _unversion(v: list[Any] | None) -> Version | None:
+    return None if v is None else Version(*v)
