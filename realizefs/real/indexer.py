@@ -9,6 +9,8 @@ re-hash), anything else touched is looked at again.
 
 A file is hashed once it has rested: no change seen for the configured rest
 period and the same size and mtime at two looks that far apart. A file that
+disappears is forgotten only once it has stayed away for a rest period, so a
+delete followed by a new write (some editors' save) is one edit. A file that
 changes while it is read is queued again; a file that cannot be read is
 reported (log and `unreadable`) and stays pending, never treated as deleted.
 FIFOs, sockets and devices are not indexed.
@@ -53,6 +55,7 @@ class _Arena:
 class _Pending:
     due: float
     seen: tuple[int, int] | None = None  # (size, mtime) at the last look
+    gone: bool = False  # missing at the last look: deleted once missing for a rest period
 
 
 @dataclass
@@ -265,9 +268,17 @@ class Indexer:
         except FsError:
             st = None
         if st is None:
+            record = self.index.get(a.root, parts(rel))
+            if record is not None and record.kind == KIND_FILE and not pending.gone:
+                # a file deleted and written again within the rest period (an editor's
+                # save) is an edit of that file, not a delete and a create
+                pending.gone = True
+                pending.due = self.clock() + self.rest
+                return
             self.index.delete(a.root, parts(rel))
             self._pending.pop(key, None)
             return
+        pending.gone = False
         old = self.index.get(a.root, parts(rel))
         outcome = self._record(a, rel, st, old)
         if outcome != "hash":

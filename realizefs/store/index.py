@@ -37,7 +37,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -297,6 +297,15 @@ class Index:
                     vv[peer] = max(vv.get(peer, 0), count)
             vv[self.me] = vv.get(self.me, 0) + 1
             record = _record(value)
+            if (
+                before is not None
+                and before.hash is not None
+                and record.kind == KIND_FILE
+                and not record.hash
+            ):
+                # the new content is not hashed yet: its next entry will be an edit of
+                # (or an overwrite of) the version it replaced, not a create
+                record = replace(record, hash=before.hash, changed=True)
             self._log(txn, root, "rename", new, old, before, record.version(), vv)
             txn.delete(old_key, db=self._nodes)
             txn.put(new_key, _pack(value[0], record, vv), db=self._nodes)
