@@ -41,6 +41,11 @@ from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index,
 log = logging.getLogger(__name__)
 
 Key = tuple[str, bytes]  # (arena name, path)
+Signature = tuple[int, int, int, int]  # file type, size, mtime_ns, inode
+
+
+def signature(st: os.stat_result | None) -> Signature | None:
+    return None if st is None else (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass
@@ -56,6 +61,7 @@ class _Pending:
     due: float
     seen: tuple[int, int] | None = None  # (size, mtime) at the last look
     gone: bool = False  # missing at the last look: deleted once missing for a rest period
+    quiet: bool = False  # the daemon's own change: indexed, but no history entry
 
 
 @dataclass
@@ -84,6 +90,7 @@ class Indexer:
         self.stats = Stats()
         self._arenas: dict[str, _Arena] = {}
         self._pending: dict[Key, _Pending] = {}
+        self._expected: dict[Key, Signature | None] = {}
         self._wake = trio.Event()
 
     # ------------------------------------------------------------ arenas
@@ -163,17 +170,25 @@ class Indexer:
                     queued.append(path)
         return queued
 
-    def _record(self, a: _Arena, rel: bytes, st: os.stat_result, old: Record | None) -> str:
-        """Index what *rel* is now: "dir" (look inside), "hash" (queue it) or ""."""
+    def _record(
+        self, a: _Arena, rel: bytes, st: os.stat_result, old: Record | None, quiet: bool = False
+    ) -> str:
+        """Index what *rel* is now: "dir" (look inside), "hash" (queue it) or "".
+
+        *quiet*: the daemon's own change, recorded without history."""
+
+        def op(name: str) -> str | None:
+            return None if quiet else name
+
         path = parts(rel)
         mode = stat.S_IMODE(st.st_mode)
         if not path:
             return ""  # the arena root: always there, never a record of its own
         if stat.S_ISDIR(st.st_mode):
             if old is None or old.kind != KIND_DIR:
-                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op="mkdir")
+                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("mkdir"))
             elif old.mode != mode:
-                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op="mode")
+                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("mode"))
             return "dir"
         if stat.S_ISLNK(st.st_mode):
             try:
@@ -182,17 +197,17 @@ class Indexer:
                 return ""
             record = Record(KIND_LINK, len(target), st.st_mtime_ns, mode, target=target)
             if old is None or old.kind != KIND_LINK or old.target != target:
-                self.index.put(a.root, path, record, op="symlink")
+                self.index.put(a.root, path, record, op=op("symlink"))
             return ""
         if not stat.S_ISREG(st.st_mode):
             if old is not None:
-                self.index.delete(a.root, path)
+                self.index.delete(a.root, path, logged=not quiet)
             return ""
         now = (st.st_size, st.st_mtime_ns)
         same = old is not None and old.kind == KIND_FILE and (old.size, old.mtime_ns) == now
         if same and old is not None and not old.pending:
             if old.mode != mode:
-                self.index.put(a.root, path, replace(old, mode=mode), op="mode")
+                self.index.put(a.root, path, replace(old, mode=mode), op=op("mode"))
             return ""
         if not same:  # pending: no history until the new content has a hash
             last = old.hash if old is not None and old.kind == KIND_FILE else None
@@ -200,6 +215,22 @@ class Indexer:
         return "hash"
 
     # ------------------------------------------------------------ changes
+
+    def expect(self, arena: str, rel: bytes, st: os.stat_result | None) -> None:
+        """The daemon itself just left *rel* in state *st* (None: removed it).
+
+        Realizing, unrealizing and applying a peer's change are not local edits:
+        when the watcher reports *rel* and it is still in exactly that state, the
+        index follows without a history entry. If the user changed it meanwhile,
+        that change is recorded as usual."""
+        self._expected[(arena, rel)] = signature(st)
+        self._queue(arena, rel, self.clock())
+
+    def _own(self, key: Key, st: os.stat_result | None) -> bool:
+        """Whether the state of *key* is the one the daemon left (the expectation is used up)."""
+        if key not in self._expected:
+            return False
+        return self._expected.pop(key) == signature(st)
 
     def changed(self, arena: str, changes: Iterable[Change]) -> None:
         """Watcher changes in an arena's tree: renames now, the rest once rested."""
@@ -210,7 +241,8 @@ class Indexer:
         for change in changes:
             path = join(change.directory, change.name) if change.name else change.directory
             if change.moved_from is not None:
-                self.index.rename(a.root, parts(change.moved_from), parts(path))
+                own = self._own((arena, path), self._stat(a, path))
+                self.index.rename(a.root, parts(change.moved_from), parts(path), logged=not own)
                 moved = self._pending.pop((arena, change.moved_from), None)
                 if moved is not None:
                     self._pending[(arena, path)] = moved
@@ -263,12 +295,14 @@ class Indexer:
         pending = self._pending.get(key)
         if a is None or pending is None:
             return
-        try:
-            st = a.backing.stat(rel)
-        except FsError:
-            st = None
+        st = self._stat(a, rel)
+        pending.quiet = pending.quiet or self._own(key, st)
         if st is None:
             record = self.index.get(a.root, parts(rel))
+            if pending.quiet:
+                self.index.delete(a.root, parts(rel), logged=False)
+                self._pending.pop(key, None)
+                return
             if record is not None and record.kind == KIND_FILE and not pending.gone:
                 # a file deleted and written again within the rest period (an editor's
                 # save) is an edit of that file, not a delete and a create
@@ -280,7 +314,7 @@ class Indexer:
             return
         pending.gone = False
         old = self.index.get(a.root, parts(rel))
-        outcome = self._record(a, rel, st, old)
+        outcome = self._record(a, rel, st, old, quiet=pending.quiet)
         if outcome != "hash":
             self._pending.pop(key, None)
             if outcome == "dir":  # a directory may arrive with content inside (moved in, unpacked)
@@ -295,9 +329,16 @@ class Indexer:
             pending.due = self.clock() + self.rest
             return
         self._pending.pop(key, None)
-        await self._hash(a, rel, st)
+        await self._hash(a, rel, st, quiet=pending.quiet)
 
-    async def _hash(self, a: _Arena, rel: bytes, st: os.stat_result) -> None:
+    @staticmethod
+    def _stat(a: _Arena, rel: bytes) -> os.stat_result | None:
+        try:
+            return a.backing.stat(rel)
+        except FsError:
+            return None
+
+    async def _hash(self, a: _Arena, rel: bytes, st: os.stat_result, quiet: bool = False) -> None:
         try:
             fd = a.backing.open(rel, os.O_RDONLY | os.O_NONBLOCK)
         except FsError as exc:
@@ -317,7 +358,8 @@ class Indexer:
         record = Record(KIND_FILE, content.size, content.mtime_ns, stat.S_IMODE(st.st_mode), content.hash)
         chunks = [(c.offset, c.length, c.hash) for c in content.chunks]
         old = self.index.get(a.root, parts(rel))
-        if self.index.put(a.root, parts(rel), record, chunks, op=self._content_op(old, content)):
+        op = None if quiet else self._content_op(old, content)
+        if self.index.put(a.root, parts(rel), record, chunks, op=op):
             self.stats.hashed += 1
             self.stats.bytes_hashed += content.size
 

@@ -270,7 +270,7 @@ class Index:
         op = "rmdir" if record.kind == KIND_DIR else "delete"
         self._log(txn, root, op, path, None, record.version(), None, vv)
 
-    def rename(self, root: int, old: Sequence[bytes], new: Sequence[bytes]) -> bool:
+    def rename(self, root: int, old: Sequence[bytes], new: Sequence[bytes], logged: bool = True) -> bool:
         """Move *old* (with all below it) to *new*, replacing what was there: one update."""
         if not old or not new:
             return False
@@ -295,18 +295,15 @@ class Index:
                 before = _record(replaced).version()
                 for peer, count in replaced[8].items():
                     vv[peer] = max(vv.get(peer, 0), count)
-            vv[self.me] = vv.get(self.me, 0) + 1
+            if logged:
+                vv[self.me] = vv.get(self.me, 0) + 1
             record = _record(value)
-            if (
-                before is not None
-                and before.hash is not None
-                and record.kind == KIND_FILE
-                and not record.hash
-            ):
+            if before is not None and before.hash and record.kind == KIND_FILE and not record.hash:
                 # the new content is not hashed yet: its next entry will be an edit of
                 # (or an overwrite of) the version it replaced, not a create
                 record = replace(record, hash=before.hash, changed=True)
-            self._log(txn, root, "rename", new, old, before, record.version(), vv)
+            if logged:
+                self._log(txn, root, "rename", new, old, before, record.version(), vv)
             txn.delete(old_key, db=self._nodes)
             txn.put(new_key, _pack(value[0], record, vv), db=self._nodes)
             txn.put(_ID.pack(value[0]), new_key, db=self._parents)

@@ -143,3 +143,70 @@ def test_unreadable_and_changing_files(store: Store, tree: Path) -> None:
     # the file that changed while read is read again and gets its hash
     trio.run(settle, indexer, lambda: indexer.counts("a").pending <= 1)
     assert indexer.counts("a").files == 3
+
+
+def history_ops(indexer: Indexer) -> list[tuple[str, bytes]]:
+    return [(e.op, e.path) for e in indexer.history("a", 100)]
+
+
+def test_the_daemons_own_changes_are_indexed_without_history(store: Store, tree: Path) -> None:
+    indexer = make(store, tree, CountingHasher())
+    trio.run(settle, indexer, lambda: indexer.scanned("a") and indexer.counts("a").pending == 0)
+    before = history_ops(indexer)
+    # "realize" a file: written by the daemon, announced before the watcher reports it
+    (tree / "realized").write_bytes(b"from a peer")
+    indexer.expect("a", b"realized", os.lstat(tree / "realized"))
+    indexer.changed("a", [Change(0, b"", b"realized", 0x100)])
+    # "apply a peer's rename" and "unrealize"
+    os.rename(tree / "a.txt", tree / "renamed.txt")
+    indexer.expect("a", b"renamed.txt", os.lstat(tree / "renamed.txt"))
+    indexer.changed("a", [Change(0, b"", b"renamed.txt", 0x80, moved_from=b"a.txt")])
+    os.unlink(tree / "empty")
+    indexer.expect("a", b"empty", None)
+    indexer.changed("a", [Change(0, b"", b"empty", 0x200)])
+    trio.run(settle, indexer, lambda: indexer.hash_of("a", b"realized") == blake3(b"from a peer").digest())
+    trio.run(settle, indexer, lambda: indexer.index.get(indexer.index.arena_root("a"), [b"empty"]) is None)
+    assert indexer.hash_of("a", b"renamed.txt") == blake3(b"alpha").digest()
+    assert history_ops(indexer) == before  # none of it is a local edit
+    # a user's change after the daemon's is recorded as usual
+    (tree / "realized").write_bytes(b"the user edited it")
+    os.utime(tree / "realized", ns=(10**18, 10**18))
+    indexer.changed("a", [Change(0, b"", b"realized", 0x8)])
+    trio.run(settle, indexer, lambda: len(history_ops(indexer)) > len(before))
+    assert history_ops(indexer)[-1] == ("overwrite", b"realized")
+
+
+def test_awkward_names_and_files(store: Store, tree: Path) -> None:
+    odd = [b"caf\xe9-latin1", b"new\nline", b"x" * 255, b" leading space", b"-dash", b"\xff\xfe"]
+    for name in odd:
+        (tree / os.fsdecode(name)).write_bytes(name)
+    deep = tree
+    for _ in range(12):  # a path of about 3 KiB
+        deep = deep / ("d" * 250)
+    deep.mkdir(parents=True)
+    (deep / "f").write_bytes(b"deep")
+    sparse = tree / "sparse"
+    with open(sparse, "wb") as f:
+        f.truncate(10 << 30)  # 10 GiB of holes: read, but no disk used
+    (tree / "unreadable-dir").mkdir(mode=0)  # root reads it anyway; must not break anything
+    indexer = make(store, tree, CountingHasher())
+    trio.run(settle, indexer, lambda: indexer.scanned("a") and indexer.counts("a").pending == 0, 120)
+    for name in odd:
+        assert indexer.hash_of("a", name) == blake3(name).digest(), name
+    assert indexer.hash_of("a", os.fsencode(deep.relative_to(tree)) + b"/f") == blake3(b"deep").digest()
+    content = indexer.index.get(indexer.index.arena_root("a"), [b"sparse"])
+    assert content is not None and content.size == 10 << 30 and content.hash is not None
+
+
+def test_a_file_that_vanishes_before_it_is_read(store: Store, tree: Path) -> None:
+    class Vanishing(CountingHasher):
+        def __call__(self, fd: int) -> Content:
+            if (tree / "a.txt").exists():  # gone between the look and the read: the fd still reads
+                os.unlink(tree / "a.txt")
+            return super().__call__(fd)
+
+    indexer = make(store, tree, Vanishing())
+    trio.run(settle, indexer, lambda: indexer.scanned("a") and indexer.counts("a").pending == 0)
+    indexer.changed("a", [Change(0, b"", b"a.txt", 0x200)])
+    root = indexer.index.arena_root("a")
+    trio.run(settle, indexer, lambda: indexer.index.get(root, [b"a.txt"]) is None)
