@@ -25,9 +25,8 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import trio
 
@@ -41,6 +40,7 @@ from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index,
 log = logging.getLogger(__name__)
 
 Key = tuple[str, bytes]  # (arena name, path)
+BATCH = 256  # paths looked at (and hashed) per round, written in one transaction each way
 Signature = tuple[int, int, int, int]  # file type, size, mtime_ns, inode
 
 
@@ -62,6 +62,14 @@ class _Pending:
     seen: tuple[int, int] | None = None  # (size, mtime) at the last look
     gone: bool = False  # missing at the last look: deleted once missing for a rest period
     quiet: bool = False  # the daemon's own change: indexed, but no history entry
+
+
+@dataclass(frozen=True)
+class _Hashing:
+    arena: _Arena
+    rel: bytes
+    st: os.stat_result
+    quiet: bool
 
 
 @dataclass
@@ -158,16 +166,17 @@ class Indexer:
                     log.warning("%s/%s: cannot list: %s", a.name, _show(rel), exc)
                 continue
             on_disk = dict(entries)
-            indexed = self.index.children(a.root, parts(rel))
-            for name in indexed.keys() - on_disk.keys():
-                self.index.delete(a.root, [*parts(rel), name])
-            for name, st in on_disk.items():
-                path = join(rel, name)
-                outcome = self._record(a, path, st, indexed.get(name))
-                if outcome == "dir":
-                    todo.append(path)
-                elif outcome == "hash":
-                    queued.append(path)
+            with self.index.batch():  # a directory at a time: the write lock is not held long
+                indexed = self.index.children(a.root, parts(rel))
+                for name in indexed.keys() - on_disk.keys():
+                    self.index.delete(a.root, [*parts(rel), name])
+                for name, st in on_disk.items():
+                    path = join(rel, name)
+                    outcome = self._record(a, path, st, indexed.get(name))
+                    if outcome == "dir":
+                        todo.append(path)
+                    elif outcome == "hash":
+                        queued.append(path)
         return queued
 
     def _record(
@@ -269,32 +278,53 @@ class Indexer:
             self._wake = trio.Event()  # before looking at the state: no wake-up is lost
             for a in list(self._arenas.values()):
                 if not a.scanned:
-                    await self._guarded(a.name, b"", self.reconcile(a.name))
+                    try:
+                        await self.reconcile(a.name)
+                    except Exception:
+                        log.exception("%s: the startup walk failed", a.name)
                     a.scanned = True
             now = self.clock()
-            due = [k for k, p in self._pending.items() if p.due <= now]
-            for key in due:
-                await self._guarded(key[0], key[1], self._look(key))
+            due = [k for k, p in self._pending.items() if p.due <= now][:BATCH]
             if due:
+                await self._process(due)
                 continue
             nearest = min((p.due for p in self._pending.values()), default=None)
             with trio.move_on_after(nearest - now if nearest is not None else 3600.0):
                 await self._wake.wait()
 
-    async def _guarded(self, arena: str, rel: bytes, work: Coroutine[Any, Any, None]) -> None:
-        """One path's trouble must not stop the indexing of the others, nor the daemon."""
-        try:
-            await work
-        except Exception:
-            log.exception("%s/%s: indexing failed", arena, _show(rel))
-            self._pending.pop((arena, rel), None)
+    async def _process(self, keys: list[Key]) -> None:
+        """Look at *keys*, then hash what has rested: a few transactions for the lot."""
+        to_hash: list[_Hashing] = []
+        new_dirs: list[tuple[_Arena, bytes]] = []
+        with self.index.batch():
+            for key in keys:
+                try:
+                    action = self._look(key)
+                except Exception:  # one path's trouble stops neither the others nor the daemon
+                    log.exception("%s/%s: indexing failed", key[0], _show(key[1]))
+                    self._pending.pop(key, None)
+                    continue
+                if isinstance(action, _Hashing):
+                    to_hash.append(action)
+                elif action is not None:
+                    new_dirs.append(action)
+        for a, rel in new_dirs:  # a directory may arrive with content inside (moved in, unpacked)
+            later = self.clock() + self.rest
+            for path in await trio.to_thread.run_sync(self._walk, a, rel):
+                self._queue(a.name, path, later)
+        if to_hash:
+            results = await trio.to_thread.run_sync(self._hash_all, to_hash)
+            with self.index.batch():
+                for job, result in zip(to_hash, results, strict=True):
+                    self._settle(job, result)
 
-    async def _look(self, key: Key) -> None:
+    def _look(self, key: Key) -> _Hashing | tuple[_Arena, bytes] | None:
+        """Index *key* as it is now; what is left to do: hash it, walk it, or nothing."""
         arena, rel = key
         a = self._arenas.get(arena)
         pending = self._pending.get(key)
         if a is None or pending is None:
-            return
+            return None
         st = self._stat(a, rel)
         pending.quiet = pending.quiet or self._own(key, st)
         if st is None:
@@ -302,34 +332,30 @@ class Indexer:
             if pending.quiet:
                 self.index.delete(a.root, parts(rel), logged=False)
                 self._pending.pop(key, None)
-                return
+                return None
             if record is not None and record.kind == KIND_FILE and not pending.gone:
                 # a file deleted and written again within the rest period (an editor's
                 # save) is an edit of that file, not a delete and a create
                 pending.gone = True
                 pending.due = self.clock() + self.rest
-                return
+                return None
             self.index.delete(a.root, parts(rel))
             self._pending.pop(key, None)
-            return
+            return None
         pending.gone = False
         old = self.index.get(a.root, parts(rel))
         outcome = self._record(a, rel, st, old, quiet=pending.quiet)
         if outcome != "hash":
             self._pending.pop(key, None)
-            if outcome == "dir":  # a directory may arrive with content inside (moved in, unpacked)
-                later = self.clock() + self.rest
-                for path in await trio.to_thread.run_sync(self._walk, a, rel):
-                    self._queue(arena, path, later)
-            return
+            return (a, rel) if outcome == "dir" else None
         seen = (st.st_size, st.st_mtime_ns)
         rested = time.time_ns() - st.st_mtime_ns >= self.rest * 1e9
         if not rested and pending.seen != seen:  # written to lately: look again after a rest
             pending.seen = seen
             pending.due = self.clock() + self.rest
-            return
+            return None
         self._pending.pop(key, None)
-        await self._hash(a, rel, st, quiet=pending.quiet)
+        return _Hashing(a, rel, st, pending.quiet)
 
     @staticmethod
     def _stat(a: _Arena, rel: bytes) -> os.stat_result | None:
@@ -338,30 +364,42 @@ class Indexer:
         except FsError:
             return None
 
-    async def _hash(self, a: _Arena, rel: bytes, st: os.stat_result, quiet: bool = False) -> None:
-        try:
-            fd = a.backing.open(rel, os.O_RDONLY | os.O_NONBLOCK)
-        except FsError as exc:
-            self._unreadable(a, rel, exc)
-            return
-        try:
-            content = await trio.to_thread.run_sync(self.hasher, fd)
-        except ChangedWhileHashingError:
+    def _hash_all(self, jobs: list[_Hashing]) -> list[Content | Exception]:
+        """Read and hash each file (worker thread); a failure is returned, not raised."""
+        results: list[Content | Exception] = []
+        for job in jobs:
+            try:
+                fd = job.arena.backing.open(job.rel, os.O_RDONLY | os.O_NONBLOCK)
+            except FsError as exc:
+                results.append(exc)
+                continue
+            try:
+                results.append(self.hasher(fd))
+            except (ChangedWhileHashingError, OSError) as exc:
+                results.append(exc)
+            finally:
+                os.close(fd)
+        return results
+
+    def _settle(self, job: _Hashing, result: Content | Exception) -> None:
+        a, rel = job.arena, job.rel
+        if isinstance(result, ChangedWhileHashingError):
             self._queue(a.name, rel, self.clock() + self.rest)
             return
-        except OSError as exc:
-            self._unreadable(a, rel, exc)
+        if isinstance(result, NotFound):  # went away (or was renamed) since the look
+            self._queue(a.name, rel, self.clock())
             return
-        finally:
-            os.close(fd)
+        if isinstance(result, Exception):
+            self._unreadable(a, rel, result)
+            return
         self.stats.unreadable.discard((a.name, rel))
-        record = Record(KIND_FILE, content.size, content.mtime_ns, stat.S_IMODE(st.st_mode), content.hash)
-        chunks = [(c.offset, c.length, c.hash) for c in content.chunks]
+        record = Record(KIND_FILE, result.size, result.mtime_ns, stat.S_IMODE(job.st.st_mode), result.hash)
+        chunks = [(c.offset, c.length, c.hash) for c in result.chunks]
         old = self.index.get(a.root, parts(rel))
-        op = None if quiet else self._content_op(old, content)
+        op = None if job.quiet else self._content_op(old, result)
         if self.index.put(a.root, parts(rel), record, chunks, op=op):
             self.stats.hashed += 1
-            self.stats.bytes_hashed += content.size
+            self.stats.bytes_hashed += result.size
 
     def _content_op(self, old: Record | None, content: Content) -> str | None:
         """create; edit (shares content with the version before) or overwrite; None: same."""

@@ -29,14 +29,17 @@ Keys are per directory entry, not per path, so path length is unbounded (LMDB
 keys are at most 511 bytes; a name at most 255) and renaming a directory is
 one update, whatever it holds.
 
-Every method is one short transaction and never awaits.
+Every method is one short transaction and never awaits; `batch` groups a
+thread's writes into one transaction (one fsync instead of one per change).
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -87,18 +90,54 @@ class Index:
         self.me = me  # this peer's id in version vectors
         self.clock = clock
         self._history = store.dbs[b"history"]
+        self._local = threading.local()  # a thread's batch transaction, if any
         self.env = store.env
         self._nodes = store.dbs[b"nodes"]
         self._parents = store.dbs[b"parents"]
         self._manifests = store.dbs[b"manifests"]
         self._meta = store.dbs[b"meta"]
 
+    # ------------------------------------------------------------ transactions
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make this thread's writes inside the block one transaction (one fsync).
+
+        The block must not await: a write transaction holds LMDB's write lock."""
+        if getattr(self._local, "txn", None) is not None:
+            yield  # already batching
+            return
+        with self.env.begin(write=True) as txn:
+            self._local.txn = txn
+            try:
+                yield
+            finally:
+                self._local.txn = None
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            yield txn  # sees the batch's own writes
+            return
+        with self.env.begin() as txn:
+            yield txn
+
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            yield txn
+            return
+        with self.env.begin(write=True) as txn:
+            yield txn
+
     # ------------------------------------------------------------ arenas and paths
 
     def arena_root(self, arena: str) -> int:
         """The node id of an arena's root, created on first use."""
         key = b"arena:" + arena.encode()
-        with self.env.begin(write=True) as txn:
+        with self._writing() as txn:
             raw = txn.get(key, db=self._meta)
             if raw is not None:
                 return int(_ID.unpack(raw)[0])
@@ -125,7 +164,7 @@ class Index:
         """The record of *path* (its names from the arena root), or None."""
         if not path:
             return Record(KIND_DIR)
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             parent = self._walk(txn, root, path[:-1])
             if parent is None:
                 return None
@@ -134,7 +173,7 @@ class Index:
 
     def children(self, root: int, path: Sequence[bytes]) -> dict[bytes, Record]:
         """The entries of a directory."""
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             node = self._walk(txn, root, path)
             return dict(self._children(txn, node)) if node is not None else {}
 
@@ -153,7 +192,7 @@ class Index:
             yield bytes(key[8:]), _unpack(raw)
 
     def manifest(self, content_hash: bytes) -> list[tuple[int, int, bytes]] | None:
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             raw = txn.get(content_hash, db=self._manifests)
         if raw is None:
             return None
@@ -163,7 +202,7 @@ class Index:
     def counts(self, root: int) -> Counts:
         """What the arena's index holds (a walk of its records)."""
         files = size = dirs = links = pending = 0
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             todo = [root]
             while todo:
                 for _, value in self._child_items(txn, todo.pop()):
@@ -195,7 +234,7 @@ class Index:
         counts one more change by this peer; without, the vector is kept."""
         if not path:
             return False  # the arena root has no record
-        with self.env.begin(write=True) as txn:
+        with self._writing() as txn:
             parent = self._walk(txn, root, path[:-1])
             if parent is None:
                 return False
@@ -237,7 +276,7 @@ class Index:
         history.append(txn, self._history, root, entry)
 
     def history(self, root: int, limit: int) -> list[history.Entry]:
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             return history.recent(txn, self._history, root, limit)
 
     def delete(self, root: int, path: Sequence[bytes], logged: bool = True) -> bool:
@@ -247,7 +286,7 @@ class Index:
         deepest first."""
         if not path:
             return False
-        with self.env.begin(write=True) as txn:
+        with self._writing() as txn:
             parent = self._walk(txn, root, path[:-1])
             if parent is None:
                 return False
@@ -274,7 +313,7 @@ class Index:
         """Move *old* (with all below it) to *new*, replacing what was there: one update."""
         if not old or not new:
             return False
-        with self.env.begin(write=True) as txn:
+        with self._writing() as txn:
             old_parent = self._walk(txn, root, old[:-1])
             new_parent = self._walk(txn, root, new[:-1])
             if old_parent is None or new_parent is None:
