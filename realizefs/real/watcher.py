@@ -10,6 +10,7 @@ tree keeps its watches under its new path; one moved out or deleted drops them.
 `changes()` returns batches of `Change`, or `None` when the kernel's queue
 overflowed and events were lost (the watches are then set up anew, and the
 caller must assume anything changed). When the watch limit (``fs.inotify.max_user_watches``) is reached
+the daemon (as root) doubles it, up to 4 Mi watches, and says so; past that
 the tree is reported as incompletely watched and a warning names the sysctl.
 
 Concurrency: used from the event loop thread only.
@@ -24,6 +25,7 @@ import os
 import stat
 from collections.abc import Hashable
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 from inotify_simple import Event, INotify
@@ -46,6 +48,10 @@ MASK = (
     | F.ONLYDIR
     | F.EXCL_UNLINK
 )
+
+
+WATCH_LIMIT = Path("/proc/sys/fs/inotify/max_user_watches")
+MAX_WATCH_LIMIT = 4 << 20  # each watch costs the kernel about 1 KiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,8 @@ class Watcher:
             return False
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
+                if _raise_watch_limit():
+                    return self._watch(tree, backing, rel)
                 self.complete[tree] = False
                 if not self._limit_logged:
                     self._limit_logged = True
@@ -189,6 +197,19 @@ class Watcher:
                 self._watch_below(tree, b"")
             return None
         return batch
+
+
+def _raise_watch_limit(path: Path = WATCH_LIMIT, ceiling: int = MAX_WATCH_LIMIT) -> bool:
+    """Double fs.inotify.max_user_watches (as root, up to *ceiling*); whether it grew."""
+    try:
+        current = int(path.read_text())
+        if current >= ceiling:
+            return False
+        path.write_text(f"{min(current * 2, ceiling)}\n")
+    except (OSError, ValueError):
+        return False
+    log.info("raised fs.inotify.max_user_watches from %d to %d", current, min(current * 2, ceiling))
+    return True
 
 
 def _under(rel: bytes, top: bytes) -> bool:
