@@ -47,7 +47,7 @@ def child(root: Path, data: Path) -> None:
             indexer.set_arenas({"a": Backing(root)})
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(indexer.run)
-                while not indexer.scanned("a") or indexer.counts("a").pending:
+                while not indexer.scanned("a") or indexer.busy:
                     await trio.sleep(0.05)
                 nursery.cancel_scope.cancel()
             return indexer.counts("a").files

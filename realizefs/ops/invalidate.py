@@ -54,7 +54,11 @@ class KernelCacheSync:
                 todo = everything(self.namespace)
                 self.indexer.rescan_all()
             else:
-                todo = self._gather(changes)
+                try:
+                    todo = self._gather(changes)
+                except Exception:  # a bug here must not take the mount down: the TTL still bounds
+                    log.exception("cannot process %d changes from the watcher", len(changes))
+                    continue
             if todo:
                 await trio.to_thread.run_sync(_invalidate, todo, abandon_on_cancel=True)
 
@@ -67,7 +71,10 @@ class KernelCacheSync:
         for tree, items in by_tree.items():
             if not isinstance(tree, int) or tree not in names:
                 continue
-            self.indexer.changed(names[tree], items)
+            try:
+                self.indexer.changed(names[tree], items)
+            except Exception:
+                log.exception("%s: the indexer could not take %d changes", names[tree], len(items))
             part = backing_changed(self.namespace, tree, items)
             total.entries |= part.entries
             total.attrs |= part.attrs

@@ -21,6 +21,7 @@ each index update is one short LMDB transaction (safe from any thread).
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import stat
@@ -98,6 +99,7 @@ class Indexer:
         self.stats = Stats()
         self._arenas: dict[str, _Arena] = {}
         self._pending: dict[Key, _Pending] = {}
+        self._due: list[tuple[float, Key]] = []  # heap of (due, path); see _next_due
         self._expected: dict[Key, Signature | None] = {}
         self._wake = trio.Event()
 
@@ -255,6 +257,7 @@ class Indexer:
                 moved = self._pending.pop((arena, change.moved_from), None)
                 if moved is not None:
                     self._pending[(arena, path)] = moved
+                    heapq.heappush(self._due, (moved.due, (arena, path)))
             self._queue(arena, path, now)  # looked at now; hashed once it has rested
 
     def rescan_all(self) -> None:
@@ -264,12 +267,38 @@ class Indexer:
         self._wake.set()
 
     def _queue(self, arena: str, rel: bytes, due: float) -> None:
-        pending = self._pending.get((arena, rel))
+        key = (arena, rel)
+        pending = self._pending.get(key)
         if pending is None:
-            self._pending[(arena, rel)] = _Pending(due)
-        else:  # already waiting to rest: the look after the rest sees whether it changed
-            pending.due = max(pending.due, due)
+            pending = self._pending[key] = _Pending(due)
+            heapq.heappush(self._due, (due, key))
+        elif due > pending.due:  # already waiting: the look after the rest sees whether it changed
+            self._later(key, pending, due)
         self._wake.set()
+
+    def _later(self, key: Key, pending: _Pending, due: float) -> None:
+        pending.due = due
+        heapq.heappush(self._due, (due, key))  # the older heap entry is skipped when popped
+
+    def _next_due(self, now: float) -> list[Key]:
+        """Up to BATCH paths whose time has come (stale heap entries dropped)."""
+        keys: list[Key] = []
+        while self._due and len(keys) < BATCH:
+            due, key = self._due[0]
+            pending = self._pending.get(key)
+            if pending is None or pending.due != due or key in keys:
+                heapq.heappop(self._due)
+                continue
+            if due > now:
+                break
+            heapq.heappop(self._due)
+            keys.append(key)
+        return keys
+
+    @property
+    def busy(self) -> int:
+        """How many paths are waiting to be looked at or hashed."""
+        return len(self._pending)
 
     # ------------------------------------------------------------ the task
 
@@ -284,11 +313,16 @@ class Indexer:
                         log.exception("%s: the startup walk failed", a.name)
                     a.scanned = True
             now = self.clock()
-            due = [k for k, p in self._pending.items() if p.due <= now][:BATCH]
+            due = self._next_due(now)
             if due:
-                await self._process(due)
+                try:
+                    await self._process(due)
+                except Exception:  # indexing trouble must never take the daemon down
+                    log.exception("indexing %d paths failed", len(due))
+                    for key in due:
+                        self._pending.pop(key, None)
                 continue
-            nearest = min((p.due for p in self._pending.values()), default=None)
+            nearest = self._due[0][0] if self._due else None
             with trio.move_on_after(nearest - now if nearest is not None else 3600.0):
                 await self._wake.wait()
 
@@ -337,7 +371,7 @@ class Indexer:
                 # a file deleted and written again within the rest period (an editor's
                 # save) is an edit of that file, not a delete and a create
                 pending.gone = True
-                pending.due = self.clock() + self.rest
+                self._later(key, pending, self.clock() + self.rest)
                 return None
             self.index.delete(a.root, parts(rel))
             self._pending.pop(key, None)
@@ -352,7 +386,7 @@ class Indexer:
         rested = time.time_ns() - st.st_mtime_ns >= self.rest * 1e9
         if not rested and pending.seen != seen:  # written to lately: look again after a rest
             pending.seen = seen
-            pending.due = self.clock() + self.rest
+            self._later(key, pending, self.clock() + self.rest)
             return None
         self._pending.pop(key, None)
         return _Hashing(a, rel, st, pending.quiet)
