@@ -10,6 +10,7 @@ import pytest
 import trio
 from blake3 import blake3
 
+from realizefs.errors import AccessDenied
 from realizefs.real.backing import Backing
 from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
 from realizefs.real.indexer import Indexer, parts
@@ -210,3 +211,25 @@ def test_a_file_that_vanishes_before_it_is_read(store: Store, tree: Path) -> Non
     indexer.changed("a", [Change(0, b"", b"a.txt", 0x200)])
     root = indexer.index.arena_root("a")
     trio.run(settle, indexer, lambda: indexer.index.get(root, [b"a.txt"]) is None)
+
+
+def test_a_directory_that_cannot_be_listed_is_reported_not_emptied(
+    store: Store, tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    indexer = make(store, tree, CountingHasher())
+    trio.run(settle, indexer, lambda: indexer.scanned("a") and indexer.counts("a").pending == 0)
+
+    class Refusing(Backing):
+        """A filesystem that refuses even root (NFS with root_squash, FUSE, ...)."""
+
+        def listdir(self, rel: bytes) -> list[tuple[bytes, os.stat_result]]:
+            if rel == b"d":
+                raise AccessDenied("Permission denied", errno=13)
+            return super().listdir(rel)
+
+    again = make(store, tree, CountingHasher())
+    again.set_arenas({"a": Refusing(tree)})
+    trio.run(settle, again, lambda: again.scanned("a") and again.counts("a").pending == 0)
+    assert "a/d: cannot list" in caplog.text
+    assert again.hash_of("a", b"d/e/deep") == blake3(b"deep" * 1000).digest()  # still indexed
+    assert again.counts("a").files == 3
