@@ -304,6 +304,8 @@ class Index:
 
     def _log_gone(self, txn: Any, root: int, path: list[bytes], value: list[Any]) -> None:
         record = _record(value)
+        if record.kind == KIND_FILE and record.hash is None:
+            return  # never settled, so never in the history: its going is no news either
         vv = dict(value[8])
         vv[self.me] = vv.get(self.me, 0) + 1
         op = "rmdir" if record.kind == KIND_DIR else "delete"
@@ -334,9 +336,11 @@ class Index:
                 before = _record(replaced).version()
                 for peer, count in replaced[8].items():
                     vv[peer] = max(vv.get(peer, 0), count)
+            record = _record(value)
+            if record.kind == KIND_FILE and record.hash is None and (before is None or not before.hash):
+                logged = False  # a file not in the history yet (an editor's temporary file)
             if logged:
                 vv[self.me] = vv.get(self.me, 0) + 1
-            record = _record(value)
             if before is not None and before.hash and record.kind == KIND_FILE and not record.hash:
                 # the new content is not hashed yet: its next entry will be an edit of
                 # (or an overwrite of) the version it replaced, not a create
