@@ -54,7 +54,12 @@ class _Arena:
     name: str
     backing: Backing
     root: int  # the arena root's node id in the index
-    scanned: bool = False
+    walks_wanted: int = 1  # raised when events were lost: the tree must be walked again
+    walks_done: int = 0  # the walks_wanted value the last finished walk started under
+
+    @property
+    def scanned(self) -> bool:
+        return self.walks_done >= self.walks_wanted
 
 
 @dataclass
@@ -142,8 +147,11 @@ class Indexer:
     async def reconcile(self, arena: str) -> None:
         a = self._arenas[arena]
         started = time.monotonic()
-        queued = await trio.to_thread.run_sync(self._walk, a, b"")
-        a.scanned = True
+        generation = a.walks_wanted  # a rescan asked for during this walk needs another
+        try:
+            queued = await trio.to_thread.run_sync(self._walk, a, b"")
+        finally:
+            a.walks_done = generation
         for rel in queued:
             self._queue(arena, rel, self.clock())
         log.info(
@@ -263,7 +271,7 @@ class Indexer:
     def rescan_all(self) -> None:
         """Events were lost: walk every arena again."""
         for a in self._arenas.values():
-            a.scanned = False
+            a.walks_wanted += 1
         self._wake.set()
 
     def _queue(self, arena: str, rel: bytes, due: float) -> None:
@@ -310,8 +318,7 @@ class Indexer:
                     try:
                         await self.reconcile(a.name)
                     except Exception:
-                        log.exception("%s: the startup walk failed", a.name)
-                    a.scanned = True
+                        log.exception("%s: the walk of the tree failed", a.name)
             now = self.clock()
             due = self._next_due(now)
             if due:
