@@ -14,7 +14,6 @@ Asserts nothing about time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -28,15 +27,13 @@ from pathlib import Path
 from blake3 import blake3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import drop_caches, report
 
 from realizefs.real.hashing import hash_fd
 
 MIB = 1 << 20
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def with_fd(path: Path, fn: Callable[[int], object]) -> Callable[[], object]:
@@ -107,9 +104,7 @@ def main() -> int:
         row["of_read"] = row["MB/s"] / read
         print(f"{row['cache']:10} {row['what']:58} {row['MB/s']:8.0f} {row['of_read']:8.2f}")
     result = {"size_mib": args.size_mib, "repeat": args.repeat, "rows": rows}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.json)
     return 0
 
 

@@ -13,7 +13,6 @@ Asserts nothing about time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import drop_caches, report
 
 from tests.support import Daemon, cleanup_base, make_base
 
@@ -43,11 +45,6 @@ class Row:
     def ratio(self) -> float:
         """mount/direct: share of direct speed for rates, times longer for durations."""
         return self.mount / self.direct if self.direct else float("nan")
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -252,9 +249,7 @@ def main() -> int:
         "timeout 1x"
     )
     result = {"machine": facts, "repeat": args.repeat, "rows": [asdict(r) | {"ratio": r.ratio} for r in rows]}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.json)
     return 0
 
 

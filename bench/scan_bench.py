@@ -29,6 +29,9 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import report
 
 from realizefs.real.backing import Backing
 from realizefs.real.indexer import Indexer
@@ -123,9 +126,7 @@ def main() -> int:
         "lmdb_bytes": store_bytes,
         "lmdb_bytes_per_file": store_bytes / files,
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.json)
     return 0
 
 

@@ -158,6 +158,11 @@ class Index:
             node = _unpack(raw)[0] if raw is not None else None
         return node
 
+    def _key(self, txn: Any, root: int, path: Sequence[bytes]) -> bytes | None:
+        """The ``nodes`` key of *path*; None if its parent directory is not indexed."""
+        parent = self._walk(txn, root, path[:-1])
+        return None if parent is None else _ID.pack(parent) + path[-1]
+
     # ------------------------------------------------------------ reading
 
     def get(self, root: int, path: Sequence[bytes]) -> Record | None:
@@ -165,10 +170,8 @@ class Index:
         if not path:
             return Record(KIND_DIR)
         with self._reading() as txn:
-            parent = self._walk(txn, root, path[:-1])
-            if parent is None:
-                return None
-            raw = txn.get(_ID.pack(parent) + path[-1], db=self._nodes)
+            key = self._key(txn, root, path)
+            raw = txn.get(key, db=self._nodes) if key is not None else None
             return _record(_unpack(raw)) if raw is not None else None
 
     def children(self, root: int, path: Sequence[bytes]) -> dict[bytes, Record]:
@@ -235,10 +238,9 @@ class Index:
         if not path:
             return False  # the arena root has no record
         with self._writing() as txn:
-            parent = self._walk(txn, root, path[:-1])
-            if parent is None:
+            key = self._key(txn, root, path)
+            if key is None:
                 return False
-            key = _ID.pack(parent) + path[-1]
             raw = txn.get(key, db=self._nodes)
             old = _unpack(raw) if raw is not None else None
             if old is not None and old[1] == KIND_DIR and record.kind != KIND_DIR:
@@ -287,12 +289,9 @@ class Index:
         if not path:
             return False
         with self._writing() as txn:
-            parent = self._walk(txn, root, path[:-1])
-            if parent is None:
-                return False
-            key = _ID.pack(parent) + path[-1]
-            raw = txn.get(key, db=self._nodes)
-            if raw is None:
+            key = self._key(txn, root, path)
+            raw = txn.get(key, db=self._nodes) if key is not None else None
+            if key is None or raw is None:
                 return False
             value = _unpack(raw)
             self._drop_below(txn, value[0], root if logged else None, list(path))
