@@ -73,6 +73,11 @@ class Record:
         return None if self.pending else self.hash
 
     def version(self) -> history.Version:
+        """As the history tells it: no hash while the content is not hashed yet."""
+        return history.Version(self.settled_hash, self.size, self.mtime_ns, self.mode, self.target)
+
+    def base(self) -> history.Version:
+        """The version a new content replaces: the last one hashed."""
         return history.Version(self.hash, self.size, self.mtime_ns, self.mode, self.target)
 
 
@@ -253,7 +258,7 @@ class Index:
             vv = dict(old[8]) if old is not None else {}
             if op is not None:
                 vv[self.me] = vv.get(self.me, 0) + 1
-                before = _record(old).version() if old is not None else None
+                before = _record(old).base() if old is not None else None
                 self._log(txn, root, op, path, None, before, record.version(), vv)
             txn.put(key, _pack(node, record, vv), db=self._nodes)
             if record.hash is not None and chunks is not None:
@@ -327,23 +332,26 @@ class Index:
             value = _unpack(raw)
             vv = dict(value[8])
             before = None
+            base: bytes | None = None
             raw_replaced = txn.get(new_key, db=self._nodes)
             if raw_replaced is not None:  # an atomic save: the new version follows the replaced one
                 replaced = _unpack(raw_replaced)
                 self._drop_below(txn, replaced[0], None, list(new))
                 txn.delete(_ID.pack(replaced[0]), db=self._parents)
-                before = _record(replaced).version()
+                replaced_record = _record(replaced)
+                before = replaced_record.version()
+                base = replaced_record.hash  # its last hashed content, even if changed since
                 for peer, count in replaced[8].items():
                     vv[peer] = max(vv.get(peer, 0), count)
             record = _record(value)
-            if record.kind == KIND_FILE and record.hash is None and (before is None or not before.hash):
+            if record.kind == KIND_FILE and record.hash is None and not base:
                 logged = False  # a file not in the history yet (an editor's temporary file)
             if logged:
                 vv[self.me] = vv.get(self.me, 0) + 1
-            if before is not None and before.hash and record.kind == KIND_FILE and not record.hash:
+            if base and record.kind == KIND_FILE and not record.hash:
                 # the new content is not hashed yet: its next entry will be an edit of
                 # (or an overwrite of) the version it replaced, not a create
-                record = replace(record, hash=before.hash, changed=True)
+                record = replace(record, hash=base, changed=True)
             if logged:
                 self._log(txn, root, "rename", new, old, before, record.version(), vv)
             txn.delete(old_key, db=self._nodes)
