@@ -75,6 +75,14 @@ class ConsensusConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    keepalive: float  # seconds between pings on a connection
+    timeout: float  # a peer silent this long is taken for dead
+    handshake_timeout: float  # TCP connect, TLS handshake and hellos
+    reconnect_max: float  # the cap of the exponential backoff between dials
+
+
+@dataclass(frozen=True)
 class ArenaConfig:
     name: str
     root: Path
@@ -94,6 +102,7 @@ class Config:
     node: NodeConfig
     cache: CacheConfig
     consensus: ConsensusConfig
+    network: NetworkConfig
     arenas: tuple[ArenaConfig, ...]
     peers: tuple[PeerConfig, ...]
 
@@ -310,7 +319,7 @@ def load(path: Path) -> Config:
 
 def parse(path: Path, raw: Mapping[str, Any]) -> Config:
     """Validate the TOML document *raw*; pure apart from path normalisation."""
-    top = _Section(path, "", raw, ("node", "cache", "consensus", "arena", "peer"))
+    top = _Section(path, "", raw, ("node", "cache", "consensus", "network", "arena", "peer"))
     node_t = _Section(path, "node", raw.get("node", {}), ("name", "data_dir", "mountpoint", "listen"))
     node = NodeConfig(
         name=node_t.get("name", parse_peer_name, socket.gethostname().split(".")[0] or "realize"),
@@ -328,9 +337,23 @@ def parse(path: Path, raw: Mapping[str, Any]) -> Config:
         interval=cons_t.get("interval", parse_duration, 15 * 60.0),
         rest=cons_t.get("rest", parse_duration, 30.0),
     )
+    net_t = _Section(
+        path,
+        "network",
+        raw.get("network", {}),
+        ("keepalive", "timeout", "handshake_timeout", "reconnect_max"),
+    )
+    network = NetworkConfig(
+        keepalive=net_t.get("keepalive", parse_duration, 15.0),
+        timeout=net_t.get("timeout", parse_duration, 45.0),
+        handshake_timeout=net_t.get("handshake_timeout", parse_duration, 10.0),
+        reconnect_max=net_t.get("reconnect_max", parse_duration, 60.0),
+    )
+    if network.timeout <= network.keepalive:
+        net_t.fail("timeout", f"expected more than network.keepalive ({network.keepalive:g}s)")
     arenas = tuple(_arena(path, i, t) for i, t in enumerate(_list_of_tables(path, raw, "arena")))
     peers = tuple(_peer(path, i, t) for i, t in enumerate(_list_of_tables(path, raw, "peer")))
-    config = Config(path, node, cache, consensus, arenas, peers)
+    config = Config(path, node, cache, consensus, network, arenas, peers)
     _check_arenas(top, config)
     _check_peers(top, config)
     return config

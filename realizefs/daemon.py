@@ -30,6 +30,9 @@ from realizefs.ops.control import Control
 from realizefs.ops.fs import Operations
 from realizefs.ops.invalidate import KernelCacheSync
 from realizefs.peers import identity as identity_mod
+from realizefs.peers.connection import NoMethods
+from realizefs.peers.household import Household, PeerStatus
+from realizefs.peers.messages import Hello
 from realizefs.real.backing import check_kernel_support
 from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Watcher
@@ -40,6 +43,7 @@ from realizefs.vfs.namespace import Namespace
 log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT = 30.0
+GOODBYE_TIMEOUT = 2.0  # telling connected peers we are leaving
 READ_AHEAD_KB = 1024
 MNT_DETACH = 2
 PEER_ID_BYTES = 8  # a peer's id in version vectors: the start of its public key
@@ -59,7 +63,11 @@ class Daemon:
         self.control.namespace = self.namespace
         self.watcher = Watcher()
         self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
+        self.household = Household(identity, self._hello(), config.network, config.peers, NoMethods())
         self._serve_arenas()
+
+    def _hello(self) -> Hello:
+        return Hello(self.config.node.name, self.store.store_id, tuple(a.name for a in self.config.arenas))
 
     def _serve_arenas(self) -> None:
         """Watch and index the arenas the namespace serves."""
@@ -78,6 +86,9 @@ class Daemon:
     def store_id(self) -> bytes:
         return self.store.store_id
 
+    def peer_status(self) -> list[PeerStatus]:
+        return self.household.status()
+
     async def reload(self) -> None:
         """Re-read the config file; an invalid one is logged and the running one kept."""
         try:
@@ -94,7 +105,11 @@ class Daemon:
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
         self.indexer.rest = new.consensus.rest
         self._serve_arenas()
-        self.config = replace(new, node=self.config.node)
+        if new.network != self.config.network:
+            log.warning("[network] changed: restart realizefs to apply it")
+        self.config = replace(new, node=self.config.node, network=self.config.network)
+        self.household.hello = self._hello()
+        self.household.update(new.peers)
         log.info("config reloaded: %d arenas, %d peers", len(new.arenas), len(new.peers))
         _status(self)
 
@@ -151,9 +166,22 @@ def _raise_read_ahead(dev: int) -> None:
         log.info("cannot raise read-ahead (%s): %s", path, exc.strerror)
 
 
+async def _listen(daemon: Daemon) -> list[trio.SocketListener]:
+    address = daemon.config.node.listen
+    if address is None:
+        return []
+    try:
+        listeners = await daemon.household.listen(address)
+    except OSError as exc:
+        raise OSError(exc.errno, f"node.listen: cannot listen on {address}: {exc.strerror or exc}") from None
+    log.info("listening for peers on %s", address)
+    return listeners
+
+
 async def _serve(daemon: Daemon) -> None:
     mountpoint = daemon.config.node.mountpoint
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        listeners = await _listen(daemon)
         pyfuse3.init(Operations(daemon.namespace), str(mountpoint), _mount_options())
         try:
             async with trio.open_nursery() as nursery:
@@ -166,6 +194,7 @@ async def _serve(daemon: Daemon) -> None:
                 nursery.start_soon(fuse_main)
                 nursery.start_soon(daemon.cache_sync.run)
                 nursery.start_soon(daemon.indexer.run)
+                nursery.start_soon(daemon.household.run, listeners)
                 # Never touch the mount from this thread: it is the one that answers.
                 with trio.fail_after(MOUNT_TIMEOUT):
                     st = await trio.to_thread.run_sync(os.stat, mountpoint)
@@ -179,6 +208,8 @@ async def _serve(daemon: Daemon) -> None:
                         continue
                     log.info("%s: unmounting", signal.Signals(signum).name)
                     systemd.notify("STOPPING=1", "STATUS=unmounting")
+                    with trio.move_on_after(GOODBYE_TIMEOUT):
+                        await daemon.household.close("shutting down")
                     break
                 nursery.cancel_scope.cancel()
         finally:

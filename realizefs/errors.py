@@ -27,6 +27,27 @@ class IdentityError(RealizeError):
     """The peer's identity key is missing, unreadable or unsafely readable by others."""
 
 
+class ProtocolError(RealizeError):
+    """A peer sent something the protocol does not allow; its connection is closed."""
+
+
+class PeerRefused(RealizeError):
+    """A connection was refused before it carried anything: authentication or version."""
+
+
+class ConnectionLost(RealizeError):
+    """The connection to a peer ended before the answer to a request arrived."""
+
+
+class RemoteError(RealizeError):
+    """A peer answered a request with an error: *code* is for programs, the message for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
 class FsError(RealizeError):
     """A filesystem operation failed; carries the errno the caller should see."""
 

@@ -61,6 +61,7 @@ class Daemon:
         arenas: Iterable[tuple[str, str]] = (("a", "real"),),
         extra: str = "",
         name: str = "test",
+        listen: str | None = None,
     ) -> None:
         self.base = base
         self.mountpoint = base / "mnt"
@@ -71,6 +72,7 @@ class Daemon:
             f"name = {toml_string(name)}",
             f"data_dir = {toml_string(str(self.data_dir))}",
             f"mountpoint = {toml_string(str(self.mountpoint))}",
+            *([f"listen = {toml_string(listen)}"] if listen else []),
             "",
         ]
         for arena, mode in arenas:
@@ -86,11 +88,21 @@ class Daemon:
                 "",
             ]
         self.config_path = base / "realizefs.toml"
-        self.config_path.write_text("\n".join(lines) + extra)
+        self.config_text = "\n".join(lines) + extra
+        self.config_path.write_text(self.config_text)
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = base / "daemon.log"
         self.allowed_log: list[str] = []
         self._watchdog: threading.Timer | None = None
+
+    def set_peers(self, peers: Iterable[tuple[str, str, str | None]]) -> None:
+        """Rewrite the config with these ``(name, key, address)`` peers (apply with SIGHUP)."""
+        tables = []
+        for name, key, address in peers:
+            tables.append(f"\n[[peer]]\nname = {toml_string(name)}\nkey = {toml_string(key)}\n")
+            if address is not None:
+                tables.append(f"address = {toml_string(address)}\n")
+        self.config_path.write_text(self.config_text + "".join(tables))
 
     def root(self, arena: str = "a") -> Path:
         return self.roots[arena]

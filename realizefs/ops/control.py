@@ -25,6 +25,7 @@ import trio
 from realizefs import __version__
 from realizefs.config import Config, format_key
 from realizefs.errors import InvalidValue
+from realizefs.peers.household import PeerStatus
 from realizefs.real.indexer import Indexer
 from realizefs.store.history import Entry, Version
 from realizefs.vfs.namespace import Namespace
@@ -48,6 +49,7 @@ class NodeView(Protocol):
     def store_id(self) -> bytes: ...
     @property
     def started(self) -> float: ...  # time.time() at start
+    def peer_status(self) -> list[PeerStatus]: ...
 
 
 class Control:
@@ -169,18 +171,24 @@ class Control:
     # ------------------------------------------------------------ peers
 
     async def peers(self) -> dict[str, Any]:
-        peers: list[dict[str, Any]] = [
-            {
-                "name": p.name,
-                "key": format_key(p.key),
-                "address": str(p.address) if p.address else None,
-                "state": "disconnected",
-            }
-            for p in self.node.config.peers
-        ]
-        lines = [f"peers: {len(peers)} configured, 0 connected"]
+        statuses = self.node.peer_status()
+        peers = [_peer_facts(p) for p in statuses]
+        connected = sum(1 for p in statuses if p.state == "connected")
+        lines = [f"peers: {len(peers)} configured, {connected} connected"]
         for p in peers:
-            lines.append(f"  {p['name']}  {p['key'][:20]}…  {p['address'] or 'deaf'}  {p['state']}")
+            state = p["state"] + (f" ({p['direction']})" if p["direction"] else "")
+            lines.append(
+                f"  {p['name']}  {p['key'][:20]}…  {p['address'] or 'deaf'}  {state} since {p['since']}"
+            )
+            rtt = f"{p['rtt_ms']:.1f} ms" if p["rtt_ms"] is not None else "-"
+            lines.append(
+                f"    rtt {rtt}, received {_size(p['bytes_in'])}, sent {_size(p['bytes_out'])}; "
+                "pending history: -, transfers: none"
+            )
+            if p["state"] != "connected" and p["last_error"]:
+                lines.append(f"    last error: {p['last_error']}")
+            if p["next_attempt"]:
+                lines.append(f"    next attempt: {p['next_attempt']}")
         return {"peers": peers, "_text": "\n".join(lines) + "\n"}
 
     # ------------------------------------------------------------ history
@@ -199,11 +207,11 @@ class Control:
     # ------------------------------------------------------------ consensus
 
     async def consensus(self) -> dict[str, Any]:
-        connected = 0
+        connected = sum(1 for p in self.node.peer_status() if p.state == "connected")
         requested = self.consensus_requested
         lines = [f"connected peers: {connected}"]
         if requested is not None:
-            lines.append(f"last request: {_when(requested)}: nothing to exchange, no peer is connected")
+            lines.append(f"last request: {_when(requested)}: recorded; exchanging history is not built yet")
         lines.append('write "now" to this file to run consensus now')
         return {"connected_peers": connected, "last_request": requested, "_text": "\n".join(lines) + "\n"}
 
@@ -211,7 +219,26 @@ class Control:
         if data.strip() != b"now":
             raise InvalidValue('expected "now"')
         self.consensus_requested = self.clock()
-        log.info("consensus requested: no peer is connected, nothing to exchange")
+        log.info("consensus requested: recorded; exchanging history is not built yet")
+
+
+def _peer_facts(p: PeerStatus) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "key": format_key(p.key),
+        "address": str(p.address) if p.address else None,
+        "state": p.state,
+        "since": _when(p.since),
+        "direction": p.direction,
+        "rtt_ms": round(p.rtt * 1000, 3) if p.rtt is not None else None,
+        "bytes_in": p.bytes_in,
+        "bytes_out": p.bytes_out,
+        "last_error": p.last_error,
+        "next_attempt": _when(p.next_attempt) if p.next_attempt else None,
+        # Filled in by consensus and the Unreal: history not yet sent, transfers under way.
+        "pending_history": None,
+        "transfers": [],
+    }
 
 
 def _version_facts(v: Version | None) -> dict[str, Any] | None:

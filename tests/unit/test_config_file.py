@@ -49,6 +49,10 @@ min_free = "5%"
 interval = "15m"
 rest = "30s"
 
+[network]
+keepalive = "10s"
+timeout = "30s"
+
 [[arena]]
 name = "photos"
 root = "{home}/real/photos"
@@ -72,6 +76,7 @@ def test_the_documented_example_parses(home: Path) -> None:
     assert c.node.listen == Address("0.0.0.0", 7733)
     assert c.cache.max_size == Size(bytes=20 << 30) and c.cache.min_free == Size(percent=5)
     assert (c.consensus.interval, c.consensus.rest) == (900.0, 30.0)
+    assert (c.network.keepalive, c.network.timeout, c.network.handshake_timeout) == (10.0, 30.0, 10.0)
     assert [(a.name, a.root, a.mode) for a in c.arenas] == [
         ("photos", home / "real" / "photos", Mode.UNREAL),
         ("family/docs", home / "real" / "docs", Mode.REAL),  # relative to the file; real by default
@@ -85,6 +90,9 @@ def test_defaults(home: Path) -> None:
     c = config.load(write(home, f'[node]\nmountpoint = "{home}/mnt"\ndata_dir = "{home}/d"\n'))
     assert c.node.listen is None and c.arenas == () and c.peers == ()
     assert c.cache.max_size == Size(percent=10) and c.consensus.rest == 30.0
+    assert c.network == config.NetworkConfig(
+        keepalive=15.0, timeout=45.0, handshake_timeout=10.0, reconnect_max=60.0
+    )
 
 
 MISTAKES = [
@@ -152,6 +160,10 @@ def test_each_mistake_names_the_file_and_key(home: Path, extra: str, key: str, w
         ("consensus", "rest", '"30 parsecs"', "a duration"),
         ("consensus", "interval", '"0s"', "positive"),
         ("consensus", "interval", "[1]", "a duration"),
+        ("network", "keepalive", '"soon"', "a duration"),
+        ("network", "timeout", '"5s"', "more than network.keepalive"),
+        ("network", "reconnect_max", "60", "with a unit"),
+        ("network", "retries", "3", "unknown key"),
     ],
 )
 def test_bad_values(home: Path, section: str, key: str, value: str, words: str) -> None:

@@ -1,0 +1,358 @@
+"""The household: who we listen to, whom we dial, one connection per peer, and each peer's state.
+
+`Household.run` serves the listening sockets (if `node.listen` is set) and
+keeps one dialer task per configured peer with an address. A dialer dials
+while its peer has no live connection, backing off exponentially (capped,
+jittered) after each failure and starting over once a connection has worked.
+A deaf peer (no address) is reached only through the connection it opens to
+us, which carries requests both ways like any other.
+
+Both peers may dial each other at once. Each side then holds two
+connections and keeps the same one by `keep_new`, a rule both evaluate
+alike: the connection dialed by the peer with the smaller key wins, and of
+two dialed by the same peer the newer wins (that peer only redials when it
+has given up on the older). The loser is closed with a goodbye; a dialer
+whose connection lost waits while the winner lives, so nothing flaps.
+
+`update` applies a reloaded `[[peer]]` list: new peers are dialed (and
+accepted), removed or changed ones disconnected, without a restart.
+Everything runs in the caller's trio thread; `status` is a snapshot for
+``.realize/peers``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from realizefs.config import NetworkConfig, PeerConfig, format_key
+from realizefs.errors import PeerRefused
+from realizefs.peers import tls
+from realizefs.peers.connection import Connection, Handler, Timing
+from realizefs.peers.identity import Identity
+from realizefs.peers.messages import Hello
+from realizefs.peers.transport import Acceptor, Refused, Transport, dial
+from realizefs.types import Address
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 1.0  # seconds before the first redial; doubled after each failure
+MAX_HANDSHAKES = 64  # connections still proving who they are; more are dropped at once
+
+
+def backoff_delay(attempt: int, cap: float, rng: random.Random) -> float:
+    """Seconds to wait before dial *attempt* (0 after a success): doubling, capped, jittered."""
+    ceiling = min(cap, BACKOFF_START * 2 ** min(attempt, 32))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def keep_new(existing_dialer: bytes, new_dialer: bytes) -> bool:
+    """Whether a new connection replaces the live one, given the key of each one's dialer."""
+    return new_dialer == existing_dialer or new_dialer < existing_dialer
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """What ``.realize/peers`` shows of one configured peer."""
+
+    name: str
+    key: bytes
+    address: Address | None
+    state: str  # connected, connecting, disconnected or "refused: <reason>"
+    since: float  # wall-clock time the state began
+    direction: str | None  # "outbound" or "inbound" while connected
+    rtt: float | None  # seconds, from the latest keepalive
+    bytes_in: int
+    bytes_out: int
+    last_error: str | None
+    next_attempt: float | None  # wall-clock time of the next dial, if waiting
+
+
+@dataclass(eq=False)
+class _Peer:
+    config: PeerConfig
+    since: float
+    state: str = "disconnected"
+    connection: Connection | None = None
+    last_error: str | None = None
+    next_attempt: float | None = None
+    bytes_in: int = 0  # of the connections that have ended
+    bytes_out: int = 0
+    logged: str | None = None  # the last reason logged, not to repeat it at each retry
+    changed: trio.Event = field(default_factory=trio.Event)
+    dialer: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def set_state(self, state: str, now: float, error: str | None = None) -> None:
+        if state != self.state:
+            self.state, self.since = state, now
+        if error is not None:
+            self.last_error = error
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class Household:
+    """The connections of this peer to the others of *peers*."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        hello: Hello,
+        network: NetworkConfig,
+        peers: Sequence[PeerConfig],
+        handler: Handler,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.identity = identity
+        self.hello = hello
+        self.network = network
+        self.handler = handler
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.timing = Timing(network.keepalive, network.timeout, network.handshake_timeout)
+        self._acceptor = Acceptor(identity.private_key, frozenset(p.key for p in peers))
+        self._client_context = tls.client_context(identity.private_key)
+        self._peers: dict[str, _Peer] = {}
+        self._initial = tuple(peers)
+        self._nursery: trio.Nursery | None = None
+        self._handshakes = trio.Semaphore(MAX_HANDSHAKES)
+
+    # ------------------------------------------------------------ life
+
+    async def listen(self, address: Address) -> list[trio.SocketListener]:
+        """Open the listening sockets on *address* (before `run`, so errors come first)."""
+        return await trio.open_tcp_listeners(address.port, host=address.host)
+
+    async def run(
+        self,
+        listeners: Sequence[trio.SocketListener] = (),
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for listener in listeners:
+                nursery.start_soon(self._accept, listener)
+            for peer in self._initial:
+                self._add(peer)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def close(self, reason: str) -> None:
+        """Say goodbye to every connected peer (before the caller cancels `run`)."""
+        async with trio.open_nursery() as nursery:
+            for peer in self._peers.values():
+                if peer.connection is not None:
+                    nursery.start_soon(peer.connection.close, reason)
+
+    def update(self, peers: Sequence[PeerConfig]) -> None:
+        """Apply a reloaded peer list: dial new peers, disconnect removed or changed ones."""
+        wanted = {p.name: p for p in peers}
+        self._acceptor.allow(frozenset(p.key for p in peers))
+        for name, peer in list(self._peers.items()):
+            if wanted.get(name) != peer.config:
+                why = "removed from the household" if name not in wanted else "its configuration changed"
+                log.info("peer %s: %s; disconnecting", name, why)
+                self._remove(peer, why)
+        for name, config in wanted.items():
+            if name not in self._peers:
+                self._add(config)
+
+    def _add(self, config: PeerConfig) -> None:
+        assert self._nursery is not None
+        peer = _Peer(config, since=self.clock())
+        self._peers[config.name] = peer
+        if config.address is not None:
+            self._nursery.start_soon(self._dial, peer)
+
+    def _remove(self, peer: _Peer, why: str) -> None:
+        assert self._nursery is not None
+        del self._peers[peer.config.name]
+        peer.dialer.cancel()
+        if peer.connection is not None:
+            self._nursery.start_soon(peer.connection.close, why)
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> list[PeerStatus]:
+        result = []
+        for peer in self._peers.values():
+            conn = peer.connection
+            transport = conn.transport if conn else None
+            result.append(
+                PeerStatus(
+                    name=peer.config.name,
+                    key=peer.config.key,
+                    address=peer.config.address,
+                    state=peer.state,
+                    since=peer.since,
+                    direction=None if transport is None else "outbound" if transport.dialed else "inbound",
+                    rtt=conn.rtt if conn else None,
+                    bytes_in=peer.bytes_in + (transport.bytes_in if transport else 0),
+                    bytes_out=peer.bytes_out + (transport.bytes_out if transport else 0),
+                    last_error=peer.last_error,
+                    next_attempt=peer.next_attempt if peer.state != "connected" else None,
+                )
+            )
+        return result
+
+    def connection(self, name: str) -> Connection | None:
+        """The live connection to the peer *name*, if any."""
+        peer = self._peers.get(name)
+        return peer.connection if peer else None
+
+    # ------------------------------------------------------------ dialing
+
+    async def _dial(self, peer: _Peer) -> None:
+        address = peer.config.address
+        assert address is not None
+        attempt = 0
+        with peer.dialer:
+            while True:
+                while peer.connection is not None:
+                    await peer.changed.wait()
+                peer.next_attempt = None
+                peer.set_state("connecting", self.clock())
+                try:
+                    transport = await dial(
+                        address,
+                        self._client_context,
+                        self.identity.public_key,
+                        peer.config.key,
+                        self.network.handshake_timeout,
+                    )
+                except Refused as exc:
+                    self._refused(peer, f"dialing {address}", exc.reason, exc.offered)
+                except (OSError, trio.TooSlowError) as exc:
+                    why = (
+                        exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or "timed out"
+                    )
+                    self._unreachable(peer, f"cannot connect to {address}: {why}")
+                else:
+                    if await self._serve(peer, transport):
+                        attempt = 0
+                delay = backoff_delay(attempt, self.network.reconnect_max, self.rng)
+                attempt += 1
+                peer.next_attempt = self.clock() + delay
+                await trio.sleep(delay)
+
+    def _unreachable(self, peer: _Peer, why: str) -> None:
+        peer.set_state("disconnected", self.clock(), why)
+        if peer.logged != why:
+            peer.logged = why
+            log.info("peer %s: %s", peer.config.name, why)
+
+    def _refused(self, peer: _Peer | None, where: str, reason: str, offered: bytes | None) -> None:
+        key = format_key(offered) if offered is not None else "none seen"
+        line = f"{where}: {reason} (key offered: {key})"
+        if peer is not None:
+            peer.set_state(f"refused: {reason}", self.clock(), line)
+            if peer.logged == reason:  # the same refusal at each retry: logged once
+                log.debug("refused peer %s again: %s", peer.config.name, line)
+                return
+            peer.logged = reason
+        log.warning("refused %s %s", "peer " + peer.config.name + ":" if peer else "a connection:", line)
+
+    # ------------------------------------------------------------ accepting
+
+    async def _accept(self, listener: trio.SocketListener) -> None:
+        assert self._nursery is not None
+        await trio.serve_listeners(self._inbound, [listener], handler_nursery=self._nursery)
+
+    async def _inbound(self, tcp: trio.SocketStream) -> None:
+        address = _address(tcp)
+        try:
+            self._handshakes.acquire_nowait()
+        except trio.WouldBlock:
+            log.warning(
+                "dropped a connection from %s: %d handshakes already running", address, MAX_HANDSHAKES
+            )
+            await trio.aclose_forcefully(tcp)
+            return
+        try:
+            transport = await self._acceptor.accept(tcp, address, self.network.handshake_timeout)
+        except Refused as exc:
+            self._refused(self._by_key(exc.offered), f"from {address}", exc.reason, exc.offered)
+            return
+        finally:
+            self._handshakes.release()
+        peer = self._by_key(transport.peer_key)
+        if peer is None:  # removed by a reload during the handshake
+            await transport.aclose()
+            return
+        await self._serve(peer, transport)
+
+    def _by_key(self, key: bytes | None) -> _Peer | None:
+        return next((p for p in self._peers.values() if p.config.key == key), None)
+
+    # ------------------------------------------------------------ a connection's life
+
+    async def _serve(self, peer: _Peer, transport: Transport) -> bool:
+        """Exchange hellos and serve the connection; whether it became the peer's connection."""
+        name = peer.config.name
+        conn = Connection(transport, name, self.hello, self.handler, self.timing)
+        try:
+            await conn.open()
+        except PeerRefused as exc:
+            await transport.aclose()
+            where = f"{'dialing' if transport.dialed else 'from'} {transport.address}"
+            self._refused(peer, where, str(exc), transport.peer_key)
+            return False
+        if self._peers.get(name) is not peer:
+            await conn.close("removed from the household")
+            await transport.aclose()
+            return False
+        existing = peer.connection
+        if existing is not None:
+            if not keep_new(self._dialer(existing.transport), self._dialer(transport)):
+                log.info("peer %s: keeping the connection already open, closing a duplicate", name)
+                await conn.close("duplicate connection")
+                await transport.aclose()
+                return False
+            log.info("peer %s: a new connection replaces the one open", name)
+        peer.connection = conn
+        peer.logged = None
+        peer.set_state("connected", self.clock())
+        if existing is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(existing.close, "duplicate connection")
+        log.info(
+            "connected to peer %s (%s, %s)",
+            name,
+            transport.address,
+            "outbound" if transport.dialed else "inbound",
+        )
+        try:
+            await conn.run()
+        finally:
+            peer.bytes_in += transport.bytes_in
+            peer.bytes_out += transport.bytes_out
+            if peer.connection is conn:
+                peer.connection = None
+                reason = conn.closed_reason or "closed"
+                peer.set_state("disconnected", self.clock(), reason)
+                log.info("disconnected from peer %s: %s", name, reason)
+        return True
+
+    def _dialer(self, transport: Transport) -> bytes:
+        return self.identity.public_key if transport.dialed else transport.peer_key
+
+
+def _why(exc: OSError | trio.TooSlowError) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return "timed out"
+
+
+def _address(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "an unknown address"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,213 @@
+"""The one module that touches a peer's byte stream: TLS handshakes, frames in and out.
+
+`Acceptor.accept` and `dial` run the TLS 1.3 handshake over a TCP stream and
+check the peer's key (see `realizefs.peers.tls`), raising `Refused` with the
+reason and the key offered when they refuse; they return a `Transport`.
+A `Transport` sends whole messages under one send lock (frames never
+interleave) and receives them from a single reader; it counts the bytes each
+way. Frames are written shielded from cancellation, since half a frame
+would break the stream; `abort` ends a write stuck on a dead peer. Tests make
+transports over trio's memory streams to drive the protocol
+without TLS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from realizefs.errors import ConnectionLost, PeerRefused
+from realizefs.peers import tls
+from realizefs.peers.frames import FrameDecoder, encode_frame
+from realizefs.peers.messages import Message, decode, encode
+from realizefs.types import Address
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 256 << 10
+
+
+class Refused(PeerRefused):
+    """A handshake refused: *reason* for the log, *offered* the key the peer offered, if known."""
+
+    def __init__(self, reason: str, offered: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.offered = offered
+
+
+@dataclass(eq=False)
+class Transport:
+    """An authenticated (or, in tests, trusted) stream to the peer with *peer_key*."""
+
+    stream: trio.abc.Stream
+    peer_key: bytes
+    address: str
+    dialed: bool  # True if we opened it
+    bytes_in: int = 0
+    bytes_out: int = 0
+    _send_lock: trio.Lock = field(default_factory=trio.Lock)
+    _decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    _received: deque[bytes] = field(default_factory=deque)
+
+    async def send(self, message: Message) -> None:
+        """Send one message; `ConnectionLost` if the stream is gone."""
+        data = encode_frame(encode(message))
+        async with self._send_lock:
+            # Shielded: a frame cancelled half-written would break the TLS stream for every
+            # request on it. A send stuck on a dead peer is ended by `abort` instead.
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise ConnectionLost(f"sending to {self.address}: {_why(exc)}") from None
+            self.bytes_out += len(data)
+
+    async def receive(self) -> Message:
+        """The next message; `ProtocolError` if malformed, `ConnectionLost` at the end."""
+        while not self._received:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionLost(f"receiving from {self.address}: {_why(exc)}") from None
+            if not data:
+                how = "in the middle of a frame" if self._decoder.pending else "by the peer"
+                raise ConnectionLost(f"connection closed {how}")
+            self.bytes_in += len(data)
+            self._received.extend(self._decoder.feed(data))
+        return decode(self._received.popleft())
+
+    def abort(self) -> None:
+        """Close the socket now: a send blocked on a peer that stopped reading fails at once."""
+        stream: object = self.stream
+        while isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        if isinstance(stream, trio.SocketStream):
+            stream.socket.close()
+
+    async def aclose(self, timeout: float = 1.0) -> None:
+        """Close the stream, politely if it answers within *timeout* seconds."""
+        with trio.move_on_after(timeout) as scope:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.stream.aclose()
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(self.stream)
+
+
+def _why(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError):
+        return cause.reason or str(cause)
+    if isinstance(cause, OSError):
+        return cause.strerror or str(cause)
+    return str(exc) or type(exc).__name__
+
+
+def _handshake_error(exc: BaseException) -> str:
+    """A person's reason for a failed TLS handshake."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return "its certificate is not signed by the key it claims"
+    reason = cause.reason if isinstance(cause, ssl.SSLError) else None
+    if reason is not None and "ACCESS_DENIED" in reason:
+        return "the peer does not accept our key (is this peer in its [[peer]] list?)"
+    if reason in {"WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"}:
+        return f"not a TLS 1.3 handshake ({reason.lower().replace('_', ' ')})"
+    if reason is None and isinstance(exc, trio.BrokenResourceError) and cause is None:
+        return "closed during the TLS handshake"
+    return f"TLS handshake failed ({_why(exc)})"
+
+
+async def _send_alert(stream: trio.SSLStream[trio.SocketStream], tcp: trio.SocketStream) -> None:
+    """Send the alert OpenSSL wrote when it failed the handshake, so the client learns why.
+
+    trio marks the stream broken without sending it; it is still in the
+    outgoing buffer (a private attribute: without it, the client sees EOF).
+    """
+    outgoing = getattr(stream, "_outgoing", None)
+    alert = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
+    if alert:
+        with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await tcp.send_all(alert)
+
+
+class Acceptor:
+    """Accepts TLS clients whose key is in the allowed set (which `allow` replaces)."""
+
+    def __init__(self, private_key: Ed25519PrivateKey, allowed: frozenset[bytes]) -> None:
+        self._private_key = private_key
+        self._claims: weakref.WeakKeyDictionary[ssl.SSLObject, bytes | None] = weakref.WeakKeyDictionary()
+        self.allow(allowed)
+
+    def allow(self, allowed: frozenset[bytes]) -> None:
+        self._server = tls.server_context(self._private_key, allowed, self._claims.__setitem__)
+
+    async def accept(self, tcp: trio.SocketStream, address: str, timeout: float) -> Transport:
+        """Handshake with a client on *tcp*; `Refused` (stream closed) if it may not in."""
+        server = self._server
+        stream = trio.SSLStream(tcp, server.context, server_side=True)
+        ssl_object = stream._ssl_object
+        try:
+            with trio.fail_after(timeout):
+                await stream.do_handshake()
+            key = tls.peer_key(ssl_object, server.allowed)
+            if key != self._claims.get(ssl_object):
+                raise tls.KeyMismatch("a certificate for another key than the one it claimed", key)
+        except trio.TooSlowError:
+            await trio.aclose_forcefully(stream)
+            raise Refused(f"no TLS handshake within {timeout:g}s", self._claims.get(ssl_object)) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await _send_alert(stream, tcp)
+            await trio.aclose_forcefully(stream)
+            raise self._refusal(ssl_object, server.allowed, exc) from None
+        except tls.KeyMismatch as exc:
+            await trio.aclose_forcefully(stream)
+            raise Refused(f"it presented {exc}", exc.offered) from None
+        return Transport(stream, key, address, dialed=False)
+
+    def _refusal(self, ssl_object: ssl.SSLObject, allowed: frozenset[bytes], exc: BaseException) -> Refused:
+        if ssl_object not in self._claims:  # the handshake failed before the client named a key
+            return Refused(_handshake_error(exc))
+        offered = self._claims[ssl_object]
+        if offered is None:
+            return Refused("it claimed no key (not a realizefs peer?)")
+        if offered not in allowed:
+            return Refused("its key is not a configured peer", offered)
+        return Refused(_handshake_error(exc), offered)
+
+
+async def dial(
+    address: Address,
+    context: ssl.SSLContext,
+    own_key: bytes,
+    expected_key: bytes,
+    timeout: float,
+) -> Transport:
+    """Connect to *address* and check that the server holds *expected_key*.
+
+    `Refused` if it does not, `OSError` if it cannot be reached, and
+    `trio.TooSlowError` if the TCP connection and handshake take over *timeout*.
+    """
+    with trio.fail_after(timeout):
+        tcp = await trio.open_tcp_stream(address.host, address.port)
+        stream = trio.SSLStream(tcp, context, server_hostname=tls.claim_name(own_key))
+        try:
+            await stream.do_handshake()
+            key = tls.peer_key(stream._ssl_object, expected_key)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await trio.aclose_forcefully(stream)
+            raise Refused(_handshake_error(exc)) from None
+        except tls.KeyMismatch as exc:
+            await trio.aclose_forcefully(stream)
+            raise Refused(f"the server presented {exc}", exc.offered) from None
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    return Transport(stream, key, str(address), dialed=True)

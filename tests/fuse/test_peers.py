@@ -1,0 +1,184 @@
+"""Real daemons finding each other on loopback, as a user sees it in ``.realize/peers``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Daemon, cleanup_base, make_base, wait_for
+
+NETWORK = '\n[network]\nkeepalive = "500ms"\ntimeout = "3s"\nhandshake_timeout = "2s"\nreconnect_max = "1s"\n'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def bases() -> Iterator[list[Path]]:
+    made = [make_base() for _ in range(3)]
+    yield made
+    for base in made:
+        cleanup_base(base)
+
+
+def peers(d: Daemon) -> dict[str, dict[str, Any]]:
+    data = json.loads((d.mountpoint / ".realize" / "peers.json").read_text())
+    return {p["name"]: p for p in data["peers"]}
+
+
+def key(d: Daemon) -> str:
+    value: str = json.loads((d.mountpoint / ".realize" / "identity.json").read_text())["key"]
+    return value
+
+
+def connected(d: Daemon, name: str) -> bool:
+    return peers(d).get(name, {}).get("state") == "connected"
+
+
+class Pair:
+    """Daemons named after their position: a listens, b listens unless deaf, c listens."""
+
+    def __init__(self, bases: list[Path], deaf: bool = False) -> None:
+        self.ports = [free_port() for _ in bases]
+        self.daemons = [
+            Daemon(
+                base,
+                name=name,
+                listen=None if deaf and name == "b" else f"127.0.0.1:{port}",
+                extra=NETWORK,
+            )
+            for base, name, port in zip(bases, "abc"[: len(bases)], self.ports, strict=True)
+        ]
+        for d in self.daemons:
+            d.start()
+        self.keys = [key(d) for d in self.daemons]
+
+    def entry(self, i: int, address: bool = True) -> tuple[str, str, str | None]:
+        d = self.daemons[i]
+        listens = "listen" in d.config_text
+        return ("abc"[i], self.keys[i], f"127.0.0.1:{self.ports[i]}" if address and listens else None)
+
+    def configure(self, i: int, *entries: tuple[str, str, str | None]) -> None:
+        d = self.daemons[i]
+        d.set_peers(entries)
+        d.signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        for d in self.daemons:
+            d.stop()
+
+    def kill(self) -> None:
+        for d in self.daemons:
+            d.kill()
+
+
+def test_two_listening_daemons_connect_once(bases: list[Path]) -> None:
+    pair = Pair(bases[:2])
+    a, b = pair.daemons
+    try:
+        assert peers(a) == {}
+        pair.configure(0, pair.entry(1))
+        pair.configure(1, pair.entry(0))  # both dial
+        wait_for(lambda: connected(a, "b") and connected(b, "a"), 15, "a and b to connect")
+        wait_for(
+            lambda: peers(a)["b"]["rtt_ms"] is not None and peers(b)["a"]["rtt_ms"] is not None, 10, "rtt"
+        )
+        seen_a, seen_b = peers(a)["b"], peers(b)["a"]
+        assert {seen_a["direction"], seen_b["direction"]} == {"inbound", "outbound"}
+        assert seen_a["key"] == pair.keys[1] and seen_a["address"] == f"127.0.0.1:{pair.ports[1]}"
+        assert seen_a["bytes_in"] > 0 and seen_a["bytes_out"] > 0
+        assert seen_a["pending_history"] is None and seen_a["transfers"] == []
+        text = (a.mountpoint / ".realize" / "peers").read_text()
+        assert "1 configured, 1 connected" in text and "connected (" in text and "rtt " in text
+        consensus = json.loads((a.mountpoint / ".realize" / "consensus.json").read_text())
+        assert consensus["connected_peers"] == 1
+        since = seen_a["since"]
+        wait_for(lambda: peers(a)["b"]["bytes_in"] > seen_a["bytes_in"], 10, "keepalives to flow")
+        assert peers(a)["b"]["since"] == since and peers(a)["b"]["state"] == "connected"  # no flapping
+        pair.stop()
+    finally:
+        pair.kill()
+
+
+def test_a_deaf_daemon_is_reachable_over_its_own_connection(bases: list[Path]) -> None:
+    pair = Pair(bases[:2], deaf=True)
+    a, b = pair.daemons
+    try:
+        pair.configure(0, pair.entry(1, address=False))
+        pair.configure(1, pair.entry(0))
+        wait_for(lambda: connected(a, "b") and connected(b, "a"), 15, "the deaf peer to connect")
+        # a pings b over the connection b opened: the round trip proves b answers on it.
+        wait_for(lambda: peers(a)["b"]["rtt_ms"] is not None, 10, "a round trip from a to the deaf b")
+        seen = peers(a)["b"]
+        assert seen["address"] is None and seen["direction"] == "inbound"
+        assert "deaf" in (a.mountpoint / ".realize" / "peers").read_text()
+        pair.stop()
+    finally:
+        pair.kill()
+
+
+def test_a_killed_daemon_is_reconnected_after_restart(bases: list[Path]) -> None:
+    pair = Pair(bases[:2])
+    a, b = pair.daemons
+    try:
+        pair.configure(0, pair.entry(1))
+        pair.configure(1, pair.entry(0, address=False))
+        wait_for(lambda: connected(a, "b"), 15, "a to connect to b")
+        assert b.proc is not None
+        b.proc.kill()
+        b.proc.wait()
+        wait_for(lambda: not connected(a, "b"), 10, "a to notice b is gone")
+        b.kill()  # detaches the dead mount
+        b.start()
+        wait_for(lambda: connected(a, "b") and connected(b, "a"), 15, "a to reconnect to b")
+        pair.stop()
+    finally:
+        pair.kill()
+
+
+def test_sighup_adds_and_removes_peers(bases: list[Path]) -> None:
+    pair = Pair(bases)
+    a, b, c = pair.daemons
+    a.allowed_log.append("refused")  # b keeps dialing a once a has removed it
+    b.allowed_log.append("refused")
+    c.allowed_log.append("refused")  # c dials a before a knows it
+    try:
+        pair.configure(1, pair.entry(0))
+        pair.configure(2, pair.entry(0))
+        pair.configure(0, pair.entry(1, address=False))
+        wait_for(lambda: connected(a, "b"), 15, "a and b to connect")
+        assert not connected(c, "a")
+        pair.configure(0, pair.entry(1, address=False), pair.entry(2, address=False))
+        wait_for(lambda: connected(a, "c") and connected(c, "a"), 15, "c, added, to connect")
+        pair.configure(0, pair.entry(2, address=False))
+        wait_for(lambda: "b" not in peers(a) and not connected(b, "a"), 15, "b, removed, to be disconnected")
+        wait_for(lambda: peers(b)["a"]["state"].startswith("refused"), 15, "a to refuse b")
+        assert "does not accept our key" in peers(b)["a"]["state"]
+        assert connected(a, "c")
+        assert "refused" in a.log() and pair.keys[1] in a.log()  # the offered key is logged
+        pair.stop()
+    finally:
+        pair.kill()
+
+
+def test_a_listen_address_in_use_is_a_clear_error(bases: list[Path]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        d = Daemon(bases[0], listen=f"127.0.0.1:{port}")
+        d.start(wait=False)
+        assert d.proc is not None
+        assert d.proc.wait(timeout=30) == 1
+        assert f"node.listen: cannot listen on 127.0.0.1:{port}" in d.log()
+        d.kill()
