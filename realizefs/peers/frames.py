@@ -31,19 +31,20 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray) -> list[bytes]:
         """Add *data*; the frames it completes, in order."""
-        self._buffer += data
+        buffer = self._buffer
+        buffer += data
         frames = []
         start = 0
-        buffer = self._buffer
-        while len(buffer) - start >= HEADER.size:
-            (length,) = HEADER.unpack_from(buffer, start)
-            if length == 0 or length > self.max_frame:
-                raise ProtocolError(f"a frame of {length} bytes (expected 1 to {self.max_frame})")
-            end = start + HEADER.size + length
-            if len(buffer) < end:
-                break
-            frames.append(bytes(buffer[start + HEADER.size : end]))
-            start = end
+        with memoryview(buffer) as view:  # slices of it copy once, straight into each frame
+            while len(buffer) - start >= HEADER.size:
+                (length,) = HEADER.unpack_from(buffer, start)
+                if length == 0 or length > self.max_frame:
+                    raise ProtocolError(f"a frame of {length} bytes (expected 1 to {self.max_frame})")
+                end = start + HEADER.size + length
+                if len(buffer) < end:
+                    break
+                frames.append(bytes(view[start + HEADER.size : end]))
+                start = end
         del buffer[:start]
         return frames
 

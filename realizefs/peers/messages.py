@@ -17,7 +17,7 @@ requests. Pure: no sockets, no trio.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeAlias
 
 import msgpack
@@ -187,6 +187,7 @@ _FIELDS: dict[int, tuple[type[Message], tuple[Callable[[object], Any], ...]]] = 
     10: (Credit, (_ID, _int(MAX_FRAME * 1024))),
 }
 _KINDS: dict[type[Message], int] = {cls: kind for kind, (cls, _) in _FIELDS.items()}
+_NAMES: dict[type[Message], tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS}
 
 
 def encode(message: Message) -> bytes:
@@ -200,7 +201,7 @@ def encode(message: Message) -> bytes:
             list(message.arenas),
         ]
     else:
-        fields = list(astuple(message)) if not isinstance(message, Data) else [message.id, message.payload]
+        fields = [getattr(message, name) for name in _NAMES[type(message)]]
     return msgpack.packb([_KINDS[type(message)], *fields], use_bin_type=True)  # type: ignore[no-any-return]
 
 

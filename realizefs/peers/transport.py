@@ -32,6 +32,7 @@ from realizefs.types import Address
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 << 10
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class Refused(PeerRefused):
@@ -41,6 +42,103 @@ class Refused(PeerRefused):
         super().__init__(reason)
         self.reason = reason
         self.offered = offered
+
+
+class TlsStream(trio.abc.Stream):
+    """TLS over a trio socket stream, through OpenSSL's memory BIOs.
+
+    Instead of `trio.SSLStream`, which returns one TLS record (16 KiB) per
+    `receive_some` and drops the alert of a failed handshake: a receive here
+    takes all the socket has (up to `RECEIVE_SIZE`) and decrypts every whole
+    record in it at once, and the alert is sent. One task may send (callers
+    hold a lock) while one receives. Bytes OpenSSL produces while reading (a
+    TLS 1.3 key update) are sent ahead of the next write, in order. Every
+    TLS failure is raised as `trio.BrokenResourceError` from the `ssl.SSLError`.
+    """
+
+    def __init__(self, tcp: trio.SocketStream, context: ssl.SSLContext, server_hostname: str | None = None):
+        self.tcp = tcp
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        server_side = context.protocol == ssl.PROTOCOL_TLS_SERVER
+        self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side, server_hostname)
+        self._eof = False
+
+    async def _flush(self) -> None:
+        if data := self._outgoing.read():
+            await self.tcp.send_all(data)
+
+    async def _fill(self) -> None:
+        data = await self.tcp.receive_some(RECEIVE_SIZE)
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+
+    async def do_handshake(self) -> None:
+        while True:
+            try:
+                self.ssl_object.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+            except ssl.SSLError as exc:
+                with contextlib.suppress(*_GONE):
+                    await self._flush()  # the alert telling the peer why
+                raise trio.BrokenResourceError from exc
+            else:
+                await self._flush()
+                return
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[self.ssl_object.write(view) :]
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError from exc
+        await self._flush()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.tcp.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to about *max_bytes* of plaintext; b"" once the peer has closed."""
+        limit = max_bytes or RECEIVE_SIZE
+        while not self._eof:
+            parts: list[bytes] = []
+            size = 0
+            try:
+                while size < limit:
+                    part = self.ssl_object.read(limit - size)
+                    if not part:
+                        break
+                    parts.append(part)
+                    size += len(part)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                self._eof = True
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError from exc
+            if parts:
+                return b"".join(parts)
+            if not self._eof:
+                await self._fill()
+        return b""
+
+    async def aclose(self) -> None:
+        """Send close_notify if the peer still reads, then close the socket."""
+        try:
+            with contextlib.suppress(ssl.SSLError):
+                self.ssl_object.unwrap()
+            with (
+                trio.move_on_after(1),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await self._flush()
+        finally:
+            await self.tcp.aclose()
 
 
 @dataclass(eq=False)
@@ -86,9 +184,7 @@ class Transport:
 
     def abort(self) -> None:
         """Close the socket now: a send blocked on a peer that stopped reading fails at once."""
-        stream: object = self.stream
-        while isinstance(stream, trio.SSLStream):
-            stream = stream.transport_stream
+        stream = self.stream.tcp if isinstance(self.stream, TlsStream) else self.stream
         if isinstance(stream, trio.SocketStream):
             stream.socket.close()
 
@@ -120,22 +216,9 @@ def _handshake_error(exc: BaseException) -> str:
         return "the peer does not accept our key (is this peer in its [[peer]] list?)"
     if reason in {"WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"}:
         return f"not a TLS 1.3 handshake ({reason.lower().replace('_', ' ')})"
-    if reason is None and isinstance(exc, trio.BrokenResourceError) and cause is None:
+    if isinstance(cause, ssl.SSLEOFError) or (cause is None and isinstance(exc, trio.BrokenResourceError)):
         return "closed during the TLS handshake"
     return f"TLS handshake failed ({_why(exc)})"
-
-
-async def _send_alert(stream: trio.SSLStream[trio.SocketStream], tcp: trio.SocketStream) -> None:
-    """Send the alert OpenSSL wrote when it failed the handshake, so the client learns why.
-
-    trio marks the stream broken without sending it; it is still in the
-    outgoing buffer (a private attribute: without it, the client sees EOF).
-    """
-    outgoing = getattr(stream, "_outgoing", None)
-    alert = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
-    if alert:
-        with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await tcp.send_all(alert)
 
 
 class Acceptor:
@@ -152,8 +235,8 @@ class Acceptor:
     async def accept(self, tcp: trio.SocketStream, address: str, timeout: float) -> Transport:
         """Handshake with a client on *tcp*; `Refused` (stream closed) if it may not in."""
         server = self._server
-        stream = trio.SSLStream(tcp, server.context, server_side=True)
-        ssl_object = stream._ssl_object
+        stream = TlsStream(tcp, server.context)
+        ssl_object = stream.ssl_object
         try:
             with trio.fail_after(timeout):
                 await stream.do_handshake()
@@ -164,7 +247,6 @@ class Acceptor:
             await trio.aclose_forcefully(stream)
             raise Refused(f"no TLS handshake within {timeout:g}s", self._claims.get(ssl_object)) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await _send_alert(stream, tcp)
             await trio.aclose_forcefully(stream)
             raise self._refusal(ssl_object, server.allowed, exc) from None
         except tls.KeyMismatch as exc:
@@ -197,10 +279,10 @@ async def dial(
     """
     with trio.fail_after(timeout):
         tcp = await trio.open_tcp_stream(address.host, address.port)
-        stream = trio.SSLStream(tcp, context, server_hostname=tls.claim_name(own_key))
+        stream = TlsStream(tcp, context, server_hostname=tls.claim_name(own_key))
         try:
             await stream.do_handshake()
-            key = tls.peer_key(stream._ssl_object, expected_key)
+            key = tls.peer_key(stream.ssl_object, expected_key)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await trio.aclose_forcefully(stream)
             raise Refused(_handshake_error(exc)) from None
