@@ -17,9 +17,10 @@ done by us, after the handshake, before any protocol byte is sent:
   anchor and fails the handshake.
 - Verification alone is not enough: a configured peer could sign, with its
   own key, a leaf holding *another* key. So after the handshake the leaf's
-  key must be Ed25519, configured, and the one the client claimed in its
-  SNI (below). TLS 1.3's CertificateVerify has proved that the client holds
-  the private key of that leaf, so the client is the peer with that key.
+  key must be Ed25519 and the one the client claimed in its SNI (below),
+  which is configured, or the handshake would have stopped at the claim.
+  TLS 1.3's CertificateVerify has proved that the client holds the private
+  key of that leaf, so the client is the peer with that key.
 - **The client** verifies no chain (``CERT_NONE``): the server's leaf is
   still sent and its CertificateVerify still checked by OpenSSL, so after
   the handshake the leaf's key is compared with the key configured for the
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
@@ -223,11 +225,12 @@ def server_context(
     return ServerContext(context, keys)
 
 
-def peer_key(ssl_object: ssl.SSLObject, expected: bytes | frozenset[bytes]) -> bytes:
-    """The Ed25519 key of the peer's leaf certificate, if it is *expected*.
+def peer_key(ssl_object: ssl.SSLObject, expected: bytes | None, whose: str) -> bytes:
+    """The Ed25519 key of the peer's leaf certificate, if it is the *expected* one.
 
-    Raises `KeyMismatch` naming what was offered otherwise. Call only after
-    the handshake; *expected* is one key (client) or the allowed set (server).
+    Raises `KeyMismatch` otherwise, saying what the certificate holds; *whose*
+    names the expected key in that message ("the one it claimed"). Call only
+    after the handshake.
     """
     der = ssl_object.getpeercert(binary_form=True)
     if der is None:
@@ -237,9 +240,16 @@ def peer_key(ssl_object: ssl.SSLObject, expected: bytes | frozenset[bytes]) -> b
     except ValueError as exc:
         raise KeyMismatch(f"an unreadable certificate ({exc})") from None
     if not isinstance(public, Ed25519PublicKey):
-        raise KeyMismatch(f"a {type(public).__name__.removeprefix('_')} key, not Ed25519")
+        raise KeyMismatch(f"a certificate for {_kind(public)} key, not Ed25519")
     key = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    ok = key == expected if isinstance(expected, bytes) else key in expected
-    if not ok:
-        raise KeyMismatch("a key that is not the one expected", key)
+    if key != expected:
+        raise KeyMismatch(f"a certificate for another key than {whose}", key)
     return key
+
+
+def _kind(public: object) -> str:
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return f"an EC {public.curve.name}"
+    if isinstance(public, rsa.RSAPublicKey):
+        return f"an RSA-{public.key_size}"
+    return f"a {type(public).__name__}"

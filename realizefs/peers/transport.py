@@ -189,12 +189,15 @@ class Transport:
             stream.socket.close()
 
     async def aclose(self, timeout: float = 1.0) -> None:
-        """Close the stream, politely if it answers within *timeout* seconds."""
+        """Close the stream once a send under way has ended, politely if that takes under *timeout* s."""
         with trio.move_on_after(timeout) as scope:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.stream.aclose()
+            async with self._send_lock:
+                with contextlib.suppress(*_GONE):
+                    await self.stream.aclose()
         if scope.cancelled_caught:
-            await trio.aclose_forcefully(self.stream)
+            self.abort()
+            with contextlib.suppress(*_GONE, trio.BusyResourceError):
+                await trio.aclose_forcefully(self.stream)
 
 
 def _why(exc: BaseException) -> str:
@@ -240,9 +243,7 @@ class Acceptor:
         try:
             with trio.fail_after(timeout):
                 await stream.do_handshake()
-            key = tls.peer_key(ssl_object, server.allowed)
-            if key != self._claims.get(ssl_object):
-                raise tls.KeyMismatch("a certificate for another key than the one it claimed", key)
+            key = tls.peer_key(ssl_object, self._claims.get(ssl_object), "the one it claimed")
         except trio.TooSlowError:
             await trio.aclose_forcefully(stream)
             raise Refused(f"no TLS handshake within {timeout:g}s", self._claims.get(ssl_object)) from None
@@ -251,7 +252,7 @@ class Acceptor:
             raise self._refusal(ssl_object, server.allowed, exc) from None
         except tls.KeyMismatch as exc:
             await trio.aclose_forcefully(stream)
-            raise Refused(f"it presented {exc}", exc.offered) from None
+            raise Refused(f"it presented {exc}", exc.offered or self._claims.get(ssl_object)) from None
         return Transport(stream, key, address, dialed=False)
 
     def _refusal(self, ssl_object: ssl.SSLObject, allowed: frozenset[bytes], exc: BaseException) -> Refused:
@@ -282,7 +283,7 @@ async def dial(
         stream = TlsStream(tcp, context, server_hostname=tls.claim_name(own_key))
         try:
             await stream.do_handshake()
-            key = tls.peer_key(stream.ssl_object, expected_key)
+            key = tls.peer_key(stream.ssl_object, expected_key, "the one configured for this peer")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await trio.aclose_forcefully(stream)
             raise Refused(_handshake_error(exc)) from None

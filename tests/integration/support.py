@@ -70,6 +70,11 @@ class Node:
     address: Address | None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
+    @staticmethod
+    def entry(name: str, identity: Identity, address: Address | None = None) -> PeerConfig:
+        """A `[[peer]]` entry for any identity."""
+        return PeerConfig(name, identity.public_key, address)
+
     def peer(self, address: bool = True) -> PeerConfig:
         """This node as a `[[peer]]` entry of another node's config."""
         return PeerConfig(self.name, self.identity.public_key, self.address if address else None)

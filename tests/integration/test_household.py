@@ -204,7 +204,8 @@ def test_malformed_input_closes_that_connection_only(caplog: pytest.LogCaptureFi
         await eventually(lambda: a.state("b") == "connected" and a.state("c") == "connected")
         to_a = c.household.connection("a")
         assert to_a is not None
-        await to_a.transport.stream.send_all(b"\x00\x00\x00\x05\xc1garbage")  # 0xc1: never valid msgpack
+        async with to_a.transport._send_lock:  # between c's own frames (its keepalives)
+            await to_a.transport.stream.send_all(b"\x00\x00\x00\x05\xc1garbage")  # 0xc1: never msgpack
         await eventually(lambda: a.state("c") != "connected", what="a to drop c")
         status = {s.name: s for s in a.household.status()}["c"]
         assert status.last_error is not None and "protocol error" in status.last_error
