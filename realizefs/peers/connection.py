@@ -65,6 +65,10 @@ GRACE = 1.0  # seconds an ending connection's writes (a goodbye) get before its 
 assert MAX_DATA + 64 <= MAX_FRAME
 
 
+class _Lost(ConnectionLost):
+    """This connection ended while a handler was streaming on it."""
+
+
 class Handler(Protocol):
     """What the layer above does with a request from a peer.
 
@@ -112,7 +116,10 @@ class Reply:
         while self.credit <= 0:
             await self._lot.park()
         self.credit -= len(data)
-        await self._connection.transport.send(Data(self._id, data))
+        try:
+            await self._connection.transport.send(Data(self._id, data))
+        except ConnectionLost as exc:
+            raise _Lost(str(exc)) from None
 
 
 @dataclass(eq=False)
@@ -399,6 +406,8 @@ class Connection:
                     value = await self.handler.handle(self.name, request, reply)
                 except RemoteError as exc:
                     answer: Message = Error(request.id, exc.code, exc.message)
+                except _Lost:
+                    raise  # this connection ended under the handler: not the handler's failure
                 except Exception as exc:
                     log.exception("peer %s: serving %r failed", self.name, request.method)
                     answer = Error(request.id, "internal", f"{type(exc).__name__}: {exc}")

@@ -249,8 +249,12 @@ class Household:
             log.info("peer %s: %s", peer.config.name, why)
 
     def _refused(self, peer: _Peer | None, where: str, reason: str, offered: bytes | None) -> None:
-        key = format_key(offered) if offered is not None else "none seen"
-        line = f"{where}: {reason} (key offered: {key})"
+        if offered is not None:
+            line = f"{where}: {reason} (key offered: {format_key(offered)})"
+        elif where.startswith("from"):
+            line = f"{where}: {reason} (no key offered)"
+        else:  # refused by the peer we dialed, before it showed its key
+            line = f"{where}: {reason}"
         if peer is not None:
             peer.set_state(f"refused: {reason}", self.clock(), line)
             if peer.logged == reason:  # the same refusal at each retry: logged once

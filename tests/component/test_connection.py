@@ -7,6 +7,7 @@ Time is trio's `MockClock`, jumping ahead whenever every task waits.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -212,3 +213,20 @@ def test_random_frames_close_only_that_connection(frames: list[bytes]) -> None:
         assert await ended(conn)  # whatever came first, it ended with a reason and raised nothing
 
     run(driver, Recorder())
+
+
+def test_a_peer_gone_in_the_middle_of_a_stream_is_not_a_handler_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    recorder = Recorder()
+
+    async def driver(conn: Connection, peer: Transport) -> None:
+        await peer.send(Request(1, "bulk", {"size": 1 << 30, "part": 1000}, window=1 << 30))
+        assert isinstance(await skip_pings(peer), Data)
+        await peer.stream.aclose()  # the peer vanishes while the handler is sending
+        await ended(conn)
+
+    with caplog.at_level(logging.INFO, logger="realizefs.peers"):
+        conn = run(driver, recorder)
+    assert conn.closed_reason is not None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
