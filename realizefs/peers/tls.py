@@ -103,48 +103,49 @@ def _raw(private_key: Ed25519PrivateKey) -> bytes:
     return private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def _builder(subject: x509.Name, issuer: x509.Name, key: Ed25519PublicKey) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_NOT_BEFORE)
+        .not_valid_after(_NOT_AFTER)
+    )
+
+
 def leaf_certificate(private_key: Ed25519PrivateKey) -> x509.Certificate:
     """Our certificate: our key, issued by `anchor_name` of our key, signed by it."""
     key = _raw(private_key)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"peer {key_label(key)}")])
     return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(anchor_name(key))
-        .public_key(private_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_NOT_BEFORE)
-        .not_valid_after(_NOT_AFTER)
+        _builder(subject, anchor_name(key), private_key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(private_key, None)
     )
 
 
+_CERT_SIGN_ONLY = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
 def anchor_certificate(key: bytes, signer: Ed25519PrivateKey) -> x509.Certificate:
     """A trust anchor for the peer with raw *key*, built locally (signed by *signer*)."""
+    name = anchor_name(key)
     return (
-        x509.CertificateBuilder()
-        .subject_name(anchor_name(key))
-        .issuer_name(anchor_name(key))
-        .public_key(Ed25519PublicKey.from_public_bytes(key))
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_NOT_BEFORE)
-        .not_valid_after(_NOT_AFTER)
+        _builder(name, name, Ed25519PublicKey.from_public_bytes(key))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_CERT_SIGN_ONLY, critical=True)
         .sign(signer, None)
     )
 
