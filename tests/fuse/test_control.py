@@ -64,10 +64,9 @@ def test_peers_lists_configured_peers_disconnected(base: Path) -> None:
     d.start()
     try:
         peers = json.loads(read(d, "peers.json"))["peers"]
-        assert [(p["name"], p["address"], p["state"]) for p in peers] == [
-            ("server", "192.0.2.1:7733", "disconnected"),
-            ("phone", None, "disconnected"),
-        ]
+        assert [(p["name"], p["address"]) for p in peers] == [("server", "192.0.2.1:7733"), ("phone", None)]
+        assert peers[0]["state"] in ("connecting", "disconnected")  # dialed: TEST-NET-1 never answers
+        assert peers[1]["state"] == "disconnected"  # deaf: it must call us
         text = read(d, "peers")
         assert "server" in text and "deaf" in text and "disconnected" in text
         d.stop()

@@ -69,9 +69,12 @@ class Pair:
         return ("abc"[i], self.keys[i], f"127.0.0.1:{self.ports[i]}" if address and listens else None)
 
     def configure(self, i: int, *entries: tuple[str, str, str | None]) -> None:
+        """Set daemon *i*'s peers and wait until it has reloaded them."""
         d = self.daemons[i]
         d.set_peers(entries)
         d.signal(signal.SIGHUP)
+        names = sorted(name for name, _, _ in entries)
+        wait_for(lambda: sorted(peers(d)) == names, 10, "the reload")
 
     def stop(self) -> None:
         for d in self.daemons:
@@ -85,6 +88,8 @@ class Pair:
 def test_two_listening_daemons_connect_once(bases: list[Path]) -> None:
     pair = Pair(bases[:2])
     a, b = pair.daemons
+    for d in pair.daemons:  # whichever reloads first refuses the other's first dial
+        d.allowed_log.append("refused")
     try:
         assert peers(a) == {}
         pair.configure(0, pair.entry(1))
@@ -131,8 +136,8 @@ def test_a_killed_daemon_is_reconnected_after_restart(bases: list[Path]) -> None
     pair = Pair(bases[:2])
     a, b = pair.daemons
     try:
+        pair.configure(1, pair.entry(0, address=False))  # b knows a before a dials it
         pair.configure(0, pair.entry(1))
-        pair.configure(1, pair.entry(0, address=False))
         wait_for(lambda: connected(a, "b"), 15, "a to connect to b")
         assert b.proc is not None
         b.proc.kill()
