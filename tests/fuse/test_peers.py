@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,27 @@ def test_a_killed_daemon_is_reconnected_after_restart(bases: list[Path]) -> None
         b.kill()  # detaches the dead mount
         b.start()
         wait_for(lambda: connected(a, "b") and connected(b, "a"), 15, "a to reconnect to b")
+        pair.stop()
+    finally:
+        pair.kill()
+
+
+def test_a_frozen_daemon_is_dropped_by_keepalive_and_reconnected(bases: list[Path]) -> None:
+    pair = Pair(bases[:2])
+    a, b = pair.daemons
+    try:
+        pair.configure(1, pair.entry(0, address=False))
+        pair.configure(0, pair.entry(1))
+        wait_for(lambda: connected(a, "b") and connected(b, "a"), 15, "a and b to connect")
+        b.signal(signal.SIGSTOP)  # b's mount is not touched while it is stopped
+        try:
+            frozen = time.monotonic()
+            wait_for(lambda: not connected(a, "b"), 10, "a to notice that b froze")
+            assert 2.5 <= time.monotonic() - frozen <= 5, time.monotonic() - frozen  # [network] timeout = 3s
+            assert "keepalive timeout" in (peers(a)["b"]["last_error"] or "")
+        finally:
+            b.signal(signal.SIGCONT)
+        wait_for(lambda: connected(a, "b") and connected(b, "a"), 15, "a and b to reconnect")
         pair.stop()
     finally:
         pair.kill()

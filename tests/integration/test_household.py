@@ -104,6 +104,26 @@ def test_a_frozen_peer_is_detected_by_keepalive_and_reconnected() -> None:
     run_trio(test)
 
 
+def test_a_reset_connection_is_noticed_at_once_and_redialed() -> None:
+    async def test(nursery: trio.Nursery) -> None:
+        b = await start_node(nursery, "b")
+        assert b.address is not None
+        proxy = FreezableProxy(b.address)
+        proxy_address = await nursery.start(proxy.run)
+        a = await start_node(nursery, "a", listen=False)
+        b.household.update([a.peer(address=False)])
+        a.household.update([replace(b.peer(), address=proxy_address)])
+        await eventually(lambda: a.state("b") == "connected" and b.state("a") == "connected")
+        first = a.household.connection("b")
+        await proxy.drop()
+        dropped = trio.current_time()
+        await eventually(lambda: a.state("b") != "connected" or a.household.connection("b") is not first)
+        assert trio.current_time() - dropped < 0.5  # a reset, not a keepalive timeout
+        await eventually(lambda: a.state("b") == "connected" and a.household.connection("b") is not first)
+
+    run_trio(test)
+
+
 async def _pair(nursery: trio.Nursery) -> tuple[Node, Node, Connection]:
     """Two connected nodes, and a's connection to b."""
     a = await start_node(nursery, "a")
