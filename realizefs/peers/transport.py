@@ -132,10 +132,7 @@ class TlsStream(trio.abc.Stream):
         try:
             with contextlib.suppress(ssl.SSLError):
                 self.ssl_object.unwrap()
-            with (
-                trio.move_on_after(1),
-                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-            ):
+            with trio.move_on_after(1), contextlib.suppress(*_GONE):
                 await self._flush()
         finally:
             await self.tcp.aclose()
