@@ -282,7 +282,8 @@ class Household:
         try:
             transport = await self._acceptor.accept(tcp, address, self.network.handshake_timeout)
         except Refused as exc:
-            self._refused(self._by_key(exc.offered), f"from {address}", exc.reason, exc.offered)
+            # Not attributed to the peer whose key it claimed: nothing proved it is that peer.
+            self._refused(None, f"from {address}", exc.reason, exc.offered)
             return
         finally:
             self._handshakes.release()

@@ -162,7 +162,7 @@ class Transport:
                 try:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise ConnectionLost(f"sending to {self.address}: {_why(exc)}") from None
+                    raise ConnectionLost(f"lost while sending: {_why(exc)}") from None
             self.bytes_out += len(data)
 
     async def receive(self) -> Message:
@@ -171,7 +171,7 @@ class Transport:
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ConnectionLost(f"receiving from {self.address}: {_why(exc)}") from None
+                raise ConnectionLost(f"lost while receiving: {_why(exc)}") from None
             if not data:
                 how = "in the middle of a frame" if self._decoder.pending else "by the peer"
                 raise ConnectionLost(f"connection closed {how}")

@@ -446,3 +446,43 @@ def test_the_genuine_peer_gets_in(caplog: pytest.LogCaptureFixture) -> None:
         assert warnings(caplog) == []
 
     against_a(caplog, scenario, control=False)
+
+
+# ---------------------------------------------------------------- bugs found by these tests, fixed
+
+
+def test_an_impostor_does_not_change_a_connected_peers_state(caplog: pytest.LogCaptureFixture) -> None:
+    """A client that only *claims* b's key (SNI) and fails verification is not b.
+
+    Its refusal must not overwrite the status of the genuine b, connected at the time.
+    """
+
+    async def scenario(nursery: trio.Nursery, a: Node, b: Identity) -> None:
+        genuine = await start_node(nursery, "b", [a.peer()], listen=False, identity=b)
+        await eventually(lambda: a.state("b") == "connected" and genuine.state("a") == "connected")
+        live = a.household.connection("b")
+        intruder = new_identity()
+        outcome = await tls_client(a, tls.client_context(intruder.private_key), tls.claim_name(b.public_key))
+        assert_refused(outcome)
+        await eventually(lambda: inbound_refusals(caplog), timeout=IO_LIMIT, what="a to log the refusal")
+        assert a.household.connection("b") is live  # the genuine connection is untouched...
+        assert a.state("b") == "connected", a.state("b")  # ...and so is its status
+
+    against_a(caplog, scenario, control=False)
+
+
+def test_a_redialing_peer_that_hangs_up_is_logged_once_by_the_listener(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """b (misconfigured: another key for a) redials; a logs "closed before its hello" at each try."""
+
+    async def scenario(nursery: trio.Nursery, a: Node, b: Identity) -> None:
+        wrong = Node.entry("a", new_identity(), a.address)
+        client = await start_node(nursery, "b", [wrong], listen=False, identity=b)
+        await trio.sleep(1.2)  # three dials at least (backoff 0.2 to 0.4 s)
+        client.stop()
+        await trio.sleep(SETTLE)
+        lines = inbound_refusals(caplog)
+        assert len(lines) == 1, lines
+
+    against_a(caplog, scenario, control=False)

@@ -78,15 +78,21 @@ def test_a_restarted_peer_is_reconnected() -> None:
     run_trio(test)
 
 
+async def _through_a_proxy(nursery: trio.Nursery) -> tuple[Node, Node, FreezableProxy]:
+    """a dials b through a proxy the test can freeze or cut."""
+    b = await start_node(nursery, "b")
+    assert b.address is not None
+    proxy = FreezableProxy(b.address)
+    proxy_address = await nursery.start(proxy.run)
+    a = await start_node(nursery, "a", listen=False)
+    b.household.update([a.peer(address=False)])
+    a.household.update([replace(b.peer(), address=proxy_address)])
+    return a, b, proxy
+
+
 def test_a_frozen_peer_is_detected_by_keepalive_and_reconnected() -> None:
     async def test(nursery: trio.Nursery) -> None:
-        b = await start_node(nursery, "b")
-        assert b.address is not None
-        proxy = FreezableProxy(b.address)
-        proxy_address = await nursery.start(proxy.run)
-        a = await start_node(nursery, "a", listen=False)
-        b.household.update([a.peer(address=False)])
-        a.household.update([replace(b.peer(), address=proxy_address)])
+        a, _, proxy = await _through_a_proxy(nursery)
         await eventually(lambda: a.state("b") == "connected")
         first = a.household.connection("b")
         await eventually(lambda: first is not None and first.rtt is not None, what="a round-trip time")
@@ -106,13 +112,7 @@ def test_a_frozen_peer_is_detected_by_keepalive_and_reconnected() -> None:
 
 def test_a_reset_connection_is_noticed_at_once_and_redialed() -> None:
     async def test(nursery: trio.Nursery) -> None:
-        b = await start_node(nursery, "b")
-        assert b.address is not None
-        proxy = FreezableProxy(b.address)
-        proxy_address = await nursery.start(proxy.run)
-        a = await start_node(nursery, "a", listen=False)
-        b.household.update([a.peer(address=False)])
-        a.household.update([replace(b.peer(), address=proxy_address)])
+        a, b, proxy = await _through_a_proxy(nursery)
         await eventually(lambda: a.state("b") == "connected" and b.state("a") == "connected")
         first = a.household.connection("b")
         await proxy.drop()
