@@ -6,9 +6,11 @@ version with a reason sent to the peer and raised as `Refused`. `run` is the
 connection's life, in three tasks and the requests it serves:
 
 - the **reader**, the only task that receives. It never waits on the network
-  to send: what it must answer (pongs, "busy") goes through a small outbox
+  to send: what it must answer (pongs, "busy") goes through an outbox
   drained by the **sender** task, so two peers both blocked sending can
-  never stop each other's readers.
+  never stop each other's readers. Only a full outbox (a peer sending a
+  flood of pings) makes the reader wait; a peer that floods and never reads
+  our answers then goes silent for us and the keeper drops it.
 - the **keeper**, which pings every `keepalive` seconds (the pong gives the
   round-trip time) and ends the connection when nothing at all has arrived
   for `timeout` seconds.
@@ -39,6 +41,8 @@ import trio
 from realizefs.errors import ConnectionLost, ProtocolError, RemoteError
 from realizefs.peers.frames import MAX_FRAME
 from realizefs.peers.messages import (
+    MAX_NAME,
+    MAX_TEXT,
     Cancel,
     Credit,
     Data,
@@ -51,6 +55,7 @@ from realizefs.peers.messages import (
     Pong,
     Request,
     Response,
+    Unencodable,
     Value,
 )
 from realizefs.peers.transport import Refused, Transport
@@ -59,10 +64,15 @@ log = logging.getLogger(__name__)
 
 MAX_DATA = 1 << 20  # the largest `Data` payload; a frame also holds its envelope
 MAX_SERVING = 256  # requests from one peer served at once; more are answered "busy"
-OUTBOX = 64  # answers queued by the reader; a peer that never reads them is dropped
+OUTBOX = 64  # answers the reader may queue before it waits for the sender
 DEFAULT_WINDOW = 4 << 20
 GRACE = 1.0  # seconds an ending connection's writes (a goodbye) get before its socket is cut
 assert MAX_DATA + 64 <= MAX_FRAME
+
+
+def _error(call_id: int, code: str, message: str) -> Error:
+    """An error answer within the bounds the peer accepts."""
+    return Error(call_id, code[:MAX_NAME], message[:MAX_TEXT])
 
 
 class _Lost(ConnectionLost):
@@ -244,7 +254,7 @@ class Connection:
 
     async def _say_goodbye(self, reason: str) -> None:
         with trio.move_on_after(1), suppress(ConnectionLost):
-            await self.transport.send(Goodbye(reason))
+            await self.transport.send(Goodbye(reason[:MAX_TEXT]))
 
     # ------------------------------------------------------------ life
 
@@ -308,9 +318,9 @@ class Connection:
         while True:
             message = await self.transport.receive()
             self._last_received = trio.current_time()
-            self._dispatch(message)
+            await self._dispatch(message)
 
-    def _dispatch(self, message: Message) -> None:
+    async def _dispatch(self, message: Message) -> None:
         match message:
             case Data(id=call_id, payload=payload):
                 call = self._call(call_id)
@@ -328,7 +338,7 @@ class Connection:
                     del self._calls[call_id]
                     call.finish(error=RemoteError(code, text))
             case Request():
-                self._start_serving(message)
+                await self._start_serving(message)
             case Cancel(id=call_id):
                 if (serving := self._served(call_id)) is not None:
                     serving[0].cancel()
@@ -336,7 +346,7 @@ class Connection:
                 if (serving := self._served(call_id)) is not None:
                     serving[1].grant(amount)
             case Ping(token=token):
-                self._queue(Pong(token))
+                await self._outbox_in.send(Pong(token))
             case Pong(token=token):
                 sent = self._pings.pop(token, None)
                 if sent is not None:
@@ -359,12 +369,6 @@ class Connection:
             raise ProtocolError(f"a message about request {call_id}, which was never made")
         return serving
 
-    def _queue(self, message: Message) -> None:
-        try:
-            self._outbox_in.send_nowait(message)
-        except trio.WouldBlock:
-            raise ProtocolError(f"the peer does not read our answers ({OUTBOX} queued)") from None
-
     async def _sender(self) -> None:
         async for message in self._outbox_out:
             await self.transport.send(message)
@@ -386,12 +390,12 @@ class Connection:
 
     # ------------------------------------------------------------ serving the peer
 
-    def _start_serving(self, request: Request) -> None:
+    async def _start_serving(self, request: Request) -> None:
         if request.id <= self._last_peer_id:
             raise ProtocolError(f"request id {request.id} is not above the last one ({self._last_peer_id})")
         self._last_peer_id = request.id
         if len(self._serving) >= MAX_SERVING:
-            self._queue(Error(request.id, "busy", f"{MAX_SERVING} requests already running"))
+            await self._outbox_in.send(_error(request.id, "busy", f"{MAX_SERVING} requests already running"))
             return
         scope = trio.CancelScope()
         self._serving[request.id] = (scope, Reply(self, request))
@@ -405,15 +409,19 @@ class Connection:
                 try:
                     value = await self.handler.handle(self.name, request, reply)
                 except RemoteError as exc:
-                    answer: Message = Error(request.id, exc.code, exc.message)
+                    answer: Message = _error(request.id, exc.code, exc.message)
                 except _Lost:
                     raise  # this connection ended under the handler: not the handler's failure
                 except Exception as exc:
                     log.exception("peer %s: serving %r failed", self.name, request.method)
-                    answer = Error(request.id, "internal", f"{type(exc).__name__}: {exc}")
+                    answer = _error(request.id, "internal", f"{type(exc).__name__}: {exc}")
                 else:
                     answer = Response(request.id, value)
-                await self.transport.send(answer)
+                try:
+                    await self.transport.send(answer)
+                except Unencodable as exc:
+                    log.error("peer %s: the answer to %r cannot be sent: %s", self.name, request.method, exc)
+                    await self.transport.send(_error(request.id, "internal", f"unsendable answer: {exc}"))
         except ConnectionLost as exc:
             self._end(str(exc))
             self._cancel_scope.cancel()
@@ -437,7 +445,7 @@ class Connection:
         """Ask the peer to run *method*; its answer, or `RemoteError` / `ConnectionLost`."""
         call_id, call, _ = self._new_call(0)
         try:
-            await self.transport.send(Request(call_id, method, args))
+            await self._ask(Request(call_id, method, args))
             await call.done.wait()
         finally:
             await self._forget(call_id, call)
@@ -454,10 +462,17 @@ class Connection:
             raise ValueError("a stream needs a positive window")
         call_id, call, parts = self._new_call(window)
         try:
-            await self.transport.send(Request(call_id, method, args, window))
+            await self._ask(Request(call_id, method, args, window))
             yield Stream(self, call_id, call, parts)
         finally:
             await self._forget(call_id, call)
+
+    async def _ask(self, request: Request) -> None:
+        try:
+            await self.transport.send(request)
+        except Unencodable:
+            del self._calls[request.id]  # never sent: nothing to cancel at the peer
+            raise
 
     async def _forget(self, call_id: int, call: _Call) -> None:
         """Drop a call; if it had not ended, tell the peer to stop working on it."""

@@ -4,10 +4,12 @@ Each message is a msgpack array whose first element is its kind, followed by
 its fields in a fixed order (the table `_FIELDS`). `decode` accepts only
 exactly that shape, with each field of its type and within its bounds, and
 refuses everything else with `ProtocolError`: unknown kinds, extension
-types, maps keyed by anything but strings, and containers longer than the
+types, maps keyed by anything but strings or bytes, and containers longer than the
 limits below, which msgpack checks before it allocates (a "bomb" declaring
 four billion elements costs nothing). A hello of another protocol version
-is refused with `IncompatibleVersion`, which says which one.
+is refused with `IncompatibleVersion`, which says which one. `encode` refuses
+(`Unencodable`) a message carrying text or values that `decode` would refuse,
+so what we send is never what our peers drop us for.
 
 Directions: `Request`, `Cancel`, `Credit` name an id chosen by the side that
 sent the request; `Data`, `Response`, `Error` answer it. Both sides send
@@ -119,6 +121,10 @@ class Credit:
 Message: TypeAlias = Hello | Goodbye | Ping | Pong | Request | Data | Response | Error | Cancel | Credit
 
 
+class Unencodable(ValueError):
+    """A message we must not send: msgpack cannot carry it, or our own decoder would refuse it."""
+
+
 class IncompatibleVersion(ProtocolError):
     def __init__(self, version: int) -> None:
         super().__init__(f"protocol version {version} is not supported (this peer speaks {PROTOCOL_VERSION})")
@@ -188,10 +194,12 @@ _FIELDS: dict[int, tuple[type[Message], tuple[Callable[[object], Any], ...]]] = 
 }
 _KINDS: dict[type[Message], int] = {cls: kind for kind, (cls, _) in _FIELDS.items()}
 _NAMES: dict[type[Message], tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS}
+# Messages carrying text or values from the layer above: checked by decoding what was encoded.
+_FREE_FORM = (Request, Response, Error, Goodbye)
 
 
 def encode(message: Message) -> bytes:
-    """The msgpack bytes of *message*."""
+    """The msgpack bytes of *message*; `Unencodable` if the peer could not take them."""
     if isinstance(message, Hello):
         fields: list[Value] = [
             MAGIC,
@@ -202,7 +210,18 @@ def encode(message: Message) -> bytes:
         ]
     else:
         fields = [getattr(message, name) for name in _NAMES[type(message)]]
-    return msgpack.packb([_KINDS[type(message)], *fields], use_bin_type=True)  # type: ignore[no-any-return]
+    try:
+        payload: bytes = msgpack.packb([_KINDS[type(message)], *fields], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise Unencodable(f"{type(message).__name__}: {exc}") from None
+    if len(payload) > MAX_FRAME:
+        raise Unencodable(f"{type(message).__name__}: {len(payload)} bytes, more than a frame holds")
+    if isinstance(message, _FREE_FORM):
+        try:
+            decode(payload)
+        except ProtocolError as exc:
+            raise Unencodable(f"the peer would refuse it: {exc}") from None
+    return payload
 
 
 def _refuse_ext(code: int, data: bytes) -> object:

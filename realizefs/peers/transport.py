@@ -153,7 +153,7 @@ class Transport:
     _received: deque[bytes] = field(default_factory=deque)
 
     async def send(self, message: Message) -> None:
-        """Send one message; `ConnectionLost` if the stream is gone."""
+        """Send one message; `ConnectionLost` if the stream is gone, `Unencodable` (nothing sent)."""
         data = encode_frame(encode(message))
         async with self._send_lock:
             # Shielded: a frame cancelled half-written would break the TLS stream for every
@@ -167,6 +167,12 @@ class Transport:
 
     async def receive(self) -> Message:
         """The next message; `ProtocolError` if malformed, `ConnectionLost` at the end."""
+        if self._received:
+            # Let the other tasks run between messages that arrived together (the sender
+            # drains the answers to a burst of pings as the reader takes them).
+            await trio.lowlevel.checkpoint()
+        else:
+            self._received.extend(self._decoder.feed(b""))  # an error found after earlier frames
         while not self._received:
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)

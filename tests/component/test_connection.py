@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from realizefs.errors import RemoteError
-from realizefs.peers.connection import Connection, NoMethods, Timing
+from realizefs.peers.connection import Connection, Handler, NoMethods, Reply, Timing
 from realizefs.peers.frames import encode_frame
 from realizefs.peers.messages import (
+    MAX_TEXT,
     Cancel,
     Credit,
     Data,
@@ -31,6 +32,8 @@ from realizefs.peers.messages import (
     Pong,
     Request,
     Response,
+    Unencodable,
+    Value,
     encode,
 )
 from realizefs.peers.transport import Transport
@@ -42,7 +45,7 @@ HELLO = Hello("them", b"\x01" * 16, ("a",))
 Driver = Callable[[Connection, Transport], Awaitable[None]]
 
 
-def run(driver: Driver, handler: Recorder | NoMethods | None = None) -> Connection:
+def run(driver: Driver, handler: Handler | None = None) -> Connection:
     """Open a connection (listening side) against a hand-driven peer; run *driver*; the connection."""
     ours, theirs = trio.testing.memory_stream_pair()
     conn = Connection(
@@ -230,3 +233,55 @@ def test_a_peer_gone_in_the_middle_of_a_stream_is_not_a_handler_failure(
         conn = run(driver, recorder)
     assert conn.closed_reason is not None
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+class Awkward:
+    """A handler whose answers cannot go on the wire as they are."""
+
+    async def handle(self, peer: str, request: Request, reply: Reply) -> Value:
+        if request.method == "huge":
+            return b"x" * (3 << 20)  # more than a frame holds
+        if request.method == "big-int":
+            return 2**64  # msgpack has no such integer
+        raise RuntimeError("y" * 5000)  # longer than an error message may be
+
+
+def test_answers_that_cannot_be_sent_become_errors_and_the_connection_lives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def driver(conn: Connection, peer: Transport) -> None:
+        for i, method in enumerate(("huge", "big-int", "long-error"), 1):
+            await peer.send(Request(i, method, None))
+            answer = await skip_pings(peer)  # decoded by the same rules as a real peer's
+            assert isinstance(answer, Error) and answer.id == i and answer.code == "internal", answer
+            assert len(answer.message) <= MAX_TEXT
+        assert conn.closed_reason is None
+
+    with caplog.at_level(logging.ERROR, logger="realizefs.peers"):
+        run(driver, Awkward())
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 3  # each handler bug is logged
+
+
+def test_a_request_that_cannot_be_sent_is_refused_here_and_nothing_reaches_the_peer() -> None:
+    async def driver(conn: Connection, peer: Transport) -> None:
+        with pytest.raises(Unencodable):
+            await conn.request("stat", "p" * (70 << 10))  # longer than a string may be
+        await peer.send(Request(1, "echo", "still fine"))
+        assert await skip_pings(peer) == Response(1, "still fine")  # no Cancel for it came first
+        assert conn.closed_reason is None
+
+    run(driver, Recorder())
+
+
+def test_a_burst_of_pings_is_answered_in_full() -> None:
+    async def driver(conn: Connection, peer: Transport) -> None:
+        await peer.stream.send_all(b"".join(encode_frame(encode(Ping(i))) for i in range(1, 201)))
+        tokens: list[int] = []
+        while len(tokens) < 200:
+            message = await peer.receive()
+            if isinstance(message, Pong):
+                tokens.append(message.token)
+        assert tokens == list(range(1, 201))
+        assert conn.closed_reason is None
+
+    run(driver)
