@@ -13,9 +13,11 @@ import ctypes
 import errno
 import logging
 import os
+import resource
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,6 +49,8 @@ GOODBYE_TIMEOUT = 2.0  # telling connected peers we are leaving
 READ_AHEAD_KB = 1024
 MNT_DETACH = 2
 PEER_ID_BYTES = 8  # a peer's id in version vectors: the start of its public key
+WANTED_FDS = 1 << 20  # the descriptor limit asked for (as root; the kernel's fs.nr_open default)
+RESERVED_FDS = 4096  # descriptors kept for open files, peers, the store and the watcher
 
 
 class Daemon:
@@ -59,7 +63,9 @@ class Daemon:
         self.started = time.time()
         self.indexer = Indexer(Index(store, identity.public_key[:PEER_ID_BYTES]), config.consensus.rest)
         self.control = Control(self, self.indexer)
-        self.namespace = Namespace(config.arenas, self.control.files(), self.indexer.hash_of)
+        self.namespace = Namespace(
+            config.arenas, self.control.files(), self.indexer.hash_of, max_pins=_descriptor_budget()
+        )
         self.control.namespace = self.namespace
         self.watcher = Watcher()
         self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
@@ -112,6 +118,25 @@ class Daemon:
         self.household.update(new.peers)
         log.info("config reloaded: %d arenas, %d peers", len(new.arenas), len(new.peers))
         _status(self)
+
+
+def _descriptor_budget() -> int:
+    """Raise the descriptor limit as far as allowed; how many the namespace may pin.
+
+    The namespace holds one descriptor per inode the kernel references (see
+    `realizefs.vfs.namespace`); `RESERVED_FDS` are left for open files, peers,
+    the store and the watcher."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limit in (max(hard, WANTED_FDS), hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        except (OSError, ValueError):
+            continue
+        soft = limit
+        break
+    budget = max(0, soft - RESERVED_FDS)
+    log.debug("descriptor limit %d: up to %d inodes pinned", soft, budget)
+    return budget
 
 
 def _check_own_key(config: Config, public_key: bytes) -> None:
@@ -184,6 +209,9 @@ async def _serve(daemon: Daemon) -> None:
         listeners = await _listen(daemon)
         pyfuse3.init(Operations(daemon.namespace), str(mountpoint), _mount_options())
         try:
+            # The FUSE loop runs outside the services' nursery: the services (and the worker
+            # threads they wait for, which may wait on a request only this loop answers) end
+            # first, the loop after them, and the session is closed last.
             async with trio.open_nursery() as nursery:
 
                 async def fuse_main() -> None:
@@ -192,31 +220,39 @@ async def _serve(daemon: Daemon) -> None:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(fuse_main)
-                nursery.start_soon(daemon.cache_sync.run)
-                nursery.start_soon(daemon.indexer.run)
-                nursery.start_soon(daemon.household.run, listeners)
-                # Never touch the mount from this thread: it is the one that answers.
-                with trio.fail_after(MOUNT_TIMEOUT):
-                    st = await trio.to_thread.run_sync(os.stat, mountpoint)
-                _raise_read_ahead(st.st_dev)
-                log.info("mounted %d arenas on %s", len(daemon.config.arenas), mountpoint)
-                systemd.notify("READY=1")
-                _status(daemon)
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        await daemon.reload()
-                        continue
-                    log.info("%s: unmounting", signal.Signals(signum).name)
-                    systemd.notify("STOPPING=1", "STATUS=unmounting")
-                    with trio.move_on_after(GOODBYE_TIMEOUT):
-                        await daemon.household.close("shutting down")
-                    break
+                async with trio.open_nursery() as services:
+                    services.start_soon(daemon.cache_sync.run)
+                    services.start_soon(daemon.indexer.run)
+                    services.start_soon(daemon.household.run, listeners)
+                    await _until_stopped(daemon, signals)
+                    services.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
             daemon.namespace.close()
             daemon.watcher.close()
             log.info("unmounted %s", mountpoint)
+
+
+async def _until_stopped(daemon: Daemon, signals: AsyncIterator[int]) -> None:
+    """Announce the mount, then serve reloads until SIGTERM or SIGINT."""
+    mountpoint = daemon.config.node.mountpoint
+    # Never touch the mount from this thread: it is the one that answers.
+    with trio.fail_after(MOUNT_TIMEOUT):
+        st = await trio.to_thread.run_sync(os.stat, mountpoint)
+    _raise_read_ahead(st.st_dev)
+    log.info("mounted %d arenas on %s", len(daemon.config.arenas), mountpoint)
+    systemd.notify("READY=1")
+    _status(daemon)
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            await daemon.reload()
+            continue
+        log.info("%s: unmounting", signal.Signals(signum).name)
+        systemd.notify("STOPPING=1", "STATUS=unmounting")
+        with trio.move_on_after(GOODBYE_TIMEOUT):
+            await daemon.household.close("shutting down")
+        return
 
 
 def run(config_path: Path) -> int:

@@ -91,6 +91,12 @@ class NoData(FsError):
     errno = _errno.ENODATA
 
 
+class Stale(FsError):
+    """The inode no longer names the object it was looked up as: the kernel looks the name up again."""
+
+    errno = _errno.ESTALE
+
+
 class NotSupported(FsError):
     errno = _errno.EOPNOTSUPP
 

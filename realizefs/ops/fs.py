@@ -233,7 +233,7 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, name, entry(attr), index + 1):
                 break
             if not dots:
-                self.ns.inodes.looked_up(attr.ino)
+                self.ns.listed(fh, name, attr.ino)
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -241,7 +241,12 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        self.ns.fsyncdir(fh)
+        fd = self.ns.open_for_fsyncdir(fh)
+        if fd is not None:
+            try:
+                await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+            finally:
+                os.close(fd)
 
     @handler
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:

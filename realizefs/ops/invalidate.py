@@ -8,13 +8,17 @@ in a backing directory without going through the mount, this task tells the
 kernel to forget what it cached about it, so the change shows at once.
 Invalidation calls can block on a directory lock held by a request in
 progress, which this event loop must answer: they run in a worker thread.
+That thread is never abandoned: cancelling `run` waits for it, so it cannot
+still be inside libfuse when the session is closed. The daemon therefore
+cancels this task while the FUSE loop still answers, and closes the session
+only after it has returned.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import pyfuse3
 import trio
@@ -28,10 +32,17 @@ log = logging.getLogger(__name__)
 
 
 class KernelCacheSync:
-    def __init__(self, namespace: Namespace, watcher: Watcher, indexer: Indexer) -> None:
+    def __init__(
+        self,
+        namespace: Namespace,
+        watcher: Watcher,
+        indexer: Indexer,
+        invalidate: Callable[[Invalidation], None] | None = None,
+    ) -> None:
         self.namespace = namespace
         self.watcher = watcher
         self.indexer = indexer  # told of the same changes, after the kernel
+        self.invalidate = invalidate or _invalidate  # runs in a worker thread
         self._watched: set[Hashable] = set()
 
     def watch_arenas(self) -> None:
@@ -60,7 +71,7 @@ class KernelCacheSync:
                     log.exception("cannot process %d changes from the watcher", len(changes))
                     continue
             if todo:
-                await trio.to_thread.run_sync(_invalidate, todo, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(self.invalidate, todo)  # cancelling waits for it
 
     def _gather(self, changes: list[Change]) -> Invalidation:
         by_tree: dict[Hashable, list[Change]] = defaultdict(list)
@@ -75,9 +86,7 @@ class KernelCacheSync:
                 self.indexer.changed(names[tree], items)
             except Exception:
                 log.exception("%s: the indexer could not take %d changes", names[tree], len(items))
-            part = backing_changed(self.namespace, tree, items)
-            total.entries |= part.entries
-            total.attrs |= part.attrs
+            total.update(backing_changed(self.namespace, tree, items))
         return total
 
 
@@ -87,6 +96,8 @@ def _invalidate(todo: Invalidation) -> None:
         _quietly(pyfuse3.invalidate_entry, parent, name)
     for ino in todo.attrs:
         _quietly(pyfuse3.invalidate_inode, ino, True)
+    for ino in todo.data:
+        _quietly(pyfuse3.invalidate_inode, ino, False)
 
 
 def _quietly(call: object, *args: object) -> None:

@@ -15,7 +15,11 @@ and then given to the user (`Owner`), following the directory's setgid rule.
 
 Every `OSError` leaves this module as a `FsError` with the same errno.
 All calls are blocking and short, except `fsync`/`read` style calls that the
-caller runs in a worker thread.
+caller runs in a worker thread. Calls may come from several threads at once
+(the indexer walks in workers): `close` takes effect for new calls at once,
+but the root's descriptor is closed only when the last call using it has
+returned, so a call in flight never resolves a path against a reused
+descriptor number (another directory).
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from __future__ import annotations
 import ctypes
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from realizefs.errors import NotPermitted, NotSupported, from_oserror
+from realizefs.errors import NotFound, NotPermitted, NotSupported, from_oserror
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -76,6 +81,14 @@ def proc_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def reopen(fd: int, flags: int) -> int:
+    """Open the object *fd* (an ``O_PATH`` descriptor) with *flags*, even if unlinked or renamed."""
+    try:
+        return os.open(proc_path(fd), (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC)
+    except OSError as exc:
+        raise from_oserror(exc) from None
+
+
 def split(rel: bytes) -> tuple[bytes, bytes]:
     """``b"a/b/c"`` -> ``(b"a/b", b"c")``."""
     parent, _, name = rel.rpartition(b"/")
@@ -95,28 +108,68 @@ class Owner:
     in_group: Callable[[int], bool]  # whether the user belongs to a group (supplementary too)
 
 
+class _RootFd:
+    """A descriptor closed only once no call is using it; after `close`, no new call may."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._users = 0
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def use(self) -> Iterator[int]:
+        with self._lock:
+            if self._closed:
+                raise NotFound("the arena is no longer served")
+            self._users += 1
+        try:
+            yield self._fd
+        finally:
+            with self._lock:
+                self._users -= 1
+                last = self._closed and self._users == 0
+            if last:
+                os.close(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            last = self._users == 0
+        if last:
+            os.close(self._fd)
+
+
 class Backing:
     """The backing directory of one arena."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         try:
-            self._root_fd = os.open(root, _DIR)
+            self._root = _RootFd(os.open(root, _DIR))
         except OSError as exc:
             raise from_oserror(exc) from None
         self._is_root = os.geteuid() == 0
 
     def close(self) -> None:
-        os.close(self._root_fd)
+        """No new call; the root's descriptor closes when the calls under way are done."""
+        self._root.close()
+
+    def _at_root(self, rel: bytes, flags: int, mode: int = 0) -> int:
+        """openat2 of *rel* beneath the root (FsError on failure); the caller closes it."""
+        with self._root.use() as root:
+            try:
+                return _openat2(root, rel or b".", flags | os.O_CLOEXEC, mode)
+            except OSError as exc:
+                raise from_oserror(exc) from None
 
     # ------------------------------------------------------------ resolving
 
     @contextmanager
     def _open(self, rel: bytes, flags: int = _PATH, mode: int = 0) -> Iterator[int]:
-        try:
-            fd = _openat2(self._root_fd, rel or b".", flags | os.O_CLOEXEC, mode)
-        except OSError as exc:
-            raise from_oserror(exc) from None
+        fd = self._at_root(rel, flags, mode)
         try:
             yield fd
         except OSError as exc:
@@ -131,7 +184,8 @@ class Backing:
 
     def stat(self, rel: bytes) -> os.stat_result:
         if not rel:
-            return os.fstat(self._root_fd)
+            with self._root.use() as root:
+                return os.fstat(root)
         parent, name = split(rel)
         with self._parent(parent) as pfd:
             return os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -155,13 +209,23 @@ class Backing:
 
     def open(self, rel: bytes, flags: int) -> int:
         """A descriptor for an existing file (the caller closes it)."""
+        return self._at_root(rel, flags | os.O_NOFOLLOW)
+
+    def pin(self, rel: bytes) -> tuple[int, os.stat_result]:
+        """An ``O_PATH`` descriptor of the object at *rel* (not followed) and its attributes.
+
+        The descriptor stays the object whatever later happens to the name; `reopen`
+        opens it for I/O. The caller closes it."""
+        fd = self._at_root(rel, _PATH)
         try:
-            return _openat2(self._root_fd, rel, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return fd, os.fstat(fd)
         except OSError as exc:
+            os.close(fd)
             raise from_oserror(exc) from None
 
     def statvfs(self) -> os.statvfs_result:
-        return os.fstatvfs(self._root_fd)
+        with self._root.use() as root:
+            return os.fstatvfs(root)
 
     # ------------------------------------------------------------ creating
 
@@ -283,10 +347,6 @@ class Backing:
             raise from_oserror(exc) from None
         finally:
             os.close(fd)
-
-    def fsync_dir(self, rel: bytes) -> None:
-        with self._open(rel, os.O_RDONLY | os.O_DIRECTORY) as fd:
-            os.fsync(fd)
 
     @contextmanager
     def object_path(self, rel: bytes) -> Iterator[tuple[str, os.stat_result]]:

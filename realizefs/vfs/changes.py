@@ -3,10 +3,12 @@
 Each changed path the kernel may hold (one the namespace gave an inode) is
 compared with what the kernel was last told: an entry that is gone, changed
 kind or now names another backing object is dropped (the path gets a new
-inode; files open through the mount keep the old one); an object whose ctime
-moved has its attributes dropped, after which the kernel drops cached pages
-itself if size or mtime changed. Changes made through the mount were already
-told, so they cost nothing more.
+inode; files open through the mount keep the old one), and so is an entry
+whose node an operation already found stale; an object whose ctime moved has
+its attributes dropped, and a regular file its cached pages too (its content
+may have changed with size and mtime put back, as ``cp -p`` and ``rsync -t``
+do). Changes made through the mount were already told, so they cost nothing
+more.
 
 Pure bookkeeping over the namespace plus one lstat per changed path; the
 invalidations themselves are sent by `realizefs.ops.invalidate`.
@@ -22,18 +24,24 @@ from dataclasses import dataclass, field
 from realizefs.errors import FsError
 from realizefs.real.backing import join
 from realizefs.real.watcher import Change
-from realizefs.vfs.namespace import Arena, Namespace
+from realizefs.vfs.namespace import Arena, Namespace, ident
 
 
 @dataclass
 class Invalidation:
-    """Kernel caches to drop: directory entries (parent, name) and attributes (inode)."""
+    """Kernel caches to drop: directory entries (parent, name), attributes, and attributes and pages."""
 
     entries: set[tuple[int, bytes]] = field(default_factory=set)
     attrs: set[int] = field(default_factory=set)
+    data: set[int] = field(default_factory=set)  # regular files: cached pages too
 
     def __bool__(self) -> bool:
-        return bool(self.entries or self.attrs)
+        return bool(self.entries or self.attrs or self.data)
+
+    def update(self, other: Invalidation) -> None:
+        self.entries |= other.entries
+        self.attrs |= other.attrs
+        self.data |= other.data
 
 
 def backing_changed(ns: Namespace, arena_ino: int, changes: Iterable[Change]) -> Invalidation:
@@ -54,17 +62,22 @@ def backing_changed(ns: Namespace, arena_ino: int, changes: Iterable[Change]) ->
         child = ns.inodes.child(dir_ino, name)
         node = ns.inodes.node(child) if child is not None else None
         if child is None or node is None:
-            continue  # the kernel holds nothing there
+            if ns.take_stale(dir_ino, name):
+                out.entries.add((dir_ino, name))
+            continue  # otherwise the kernel holds nothing there
         st = _lstat(arena, join(dirs[dir_ino], name))
-        told = ns.told(child)
-        if st is None or stat.S_IFMT(st.st_mode) != node.kind or (told and told[1] != st.st_ino):
+        if (
+            st is None
+            or stat.S_IFMT(st.st_mode) != node.kind
+            or (node.ident is not None and node.ident != ident(st))
+        ):
             out.entries.add((dir_ino, name))
             ns.forget_entry(dir_ino, name)
-        elif told is None or told[0] != st.st_ctime_ns:
-            out.attrs.add(child)
+        elif ns.told(child) != st.st_ctime_ns:
+            (out.data if stat.S_ISREG(st.st_mode) else out.attrs).add(child)
     for dir_ino, rel in dirs.items():
         st = _lstat(arena, rel)
-        if st is not None and ns.told(dir_ino) != (st.st_ctime_ns, st.st_ino):
+        if st is not None and ns.told(dir_ino) != st.st_ctime_ns:
             out.attrs.add(dir_ino)
     return out
 

@@ -2,14 +2,20 @@
 
 A tree of nodes, each known by (parent inode, name), so that renaming a
 directory is one update whatever it holds, and a file renamed through the
-mount keeps its inode number. A path keeps its number for the life of the
-mount, also after the kernel forgets it, as long as it exists with the same
-kind of object (a path whose kind changed, say file to directory, gets a new
-number so the kernel never mistakes one for the other).
+mount keeps its inode number.
 
-A node removed from the tree (unlinked, or replaced by a rename) while the
-kernel still holds references or open handles becomes an *orphan*: it keeps
-its number, answers through its open handles, and disappears once forgotten.
+A node *is* the backing object it was looked up as, known by its identity
+(device and inode number of the backing object). A path keeps its number for
+the life of the mount, also after the kernel forgets it, as long as it leads
+to the same object; when the name comes to lead to another object (a
+rename-replace or a delete and create in the backing tree, a kind change),
+the name gets a new node and number, so the kernel never caches one object's
+pages or attributes under another's inode.
+
+A node removed from the tree (unlinked, replaced by a rename, or found to be
+stale) while the kernel still holds references or open handles becomes an
+*orphan*: it keeps its number, answers through its open handles, and
+disappears once forgotten.
 
 Pure data structure: no I/O, no trio; called from the event loop thread only.
 """
@@ -22,11 +28,15 @@ from dataclasses import dataclass
 ROOT_INODE = 1
 
 
+Ident = tuple[int, int]  # (st_dev, st_ino) of the backing object
+
+
 @dataclass(slots=True)
 class Node:
     parent: int  # 0 for the root and for orphans
     name: bytes
     kind: int  # stat.S_IFMT of the object, 0 if not known yet
+    ident: Ident | None = None  # the backing object; None for virtual nodes
     lookups: int = 0
     opens: int = 0
 
@@ -49,22 +59,31 @@ class InodeTable:
     def child(self, parent: int, name: bytes) -> int | None:
         return self._children.get((parent, name))
 
-    def add(self, parent: int, name: bytes, kind: int, ino: int | None = None) -> int:
-        """The inode of *name* in *parent*, creating it (or renumbering on a kind change)."""
+    def add(self, parent: int, name: bytes, kind: int, ident: Ident | None = None) -> int:
+        """The inode of *name* in *parent*: the node there if it is the same object, else a new one.
+
+        The node there is kept when its kind and identity match (either side unknown
+        matches); otherwise it becomes an orphan and the name gets a new number."""
         key = (parent, name)
         existing = self._children.get(key)
         if existing is not None:
             node = self._nodes[existing]
-            if node.kind == kind or not node.kind or not kind:
+            same_kind = node.kind == kind or not node.kind or not kind
+            same_object = node.ident == ident or node.ident is None or ident is None
+            if same_kind and same_object:
                 node.kind = node.kind or kind
+                node.ident = node.ident or ident
                 return existing
             self.detach(parent, name)
-        if ino is None:
-            ino = self._next
-            self._next += 1
-        self._nodes[ino] = Node(parent, name, kind)
+        ino = self._next
+        self._next += 1
+        self._nodes[ino] = Node(parent, name, kind, ident)
         self._children[key] = ino
         return ino
+
+    def is_orphan(self, ino: int) -> bool:
+        node = self._nodes.get(ino)
+        return node is not None and node.parent == 0 and ino != ROOT_INODE
 
     def path(self, ino: int) -> list[bytes] | None:
         """Names from the root down to *ino*; None for an orphan or unknown inode."""

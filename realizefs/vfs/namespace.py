@@ -5,12 +5,26 @@ arena names with a ``/``, ``.realize/`` and its files) or a path inside an
 arena, which it serves from the arena's Real through `realizefs.real`.
 Operations take and return inodes, names and `Attr`; they raise `FsError`.
 
+Node identity: an arena inode is the backing object it was looked up as
+(`realizefs.vfs.inodes`). While the kernel holds a reference to a node, the
+node holds an ``O_PATH`` descriptor of its object (a *pin*, up to `max_pins`
+of them): it is opened and stat'ed through that descriptor, so it stays that
+object when the name is renamed over or removed in the backing tree, exactly
+as an inode on the disk does, and an open racing a rename gets the old file
+or the new one, never an error. Without a pin (over the budget), every
+operation that reaches a node by its path checks that the path still leads
+to that object; when it does not, the node is detached as an orphan and the
+call fails with ``ESTALE``, on which the kernel looks the name up again and
+retries. Either way a node is never opened onto another object, so no page
+of one file lands in another's inode.
+
 Kernel caching: attributes and entries of arena paths may be cached by the
 kernel for `ATTR_TTL` seconds, which bounds how long a change made directly in
 the backing directory can go unseen. Virtual files are never cached. An
 open file keeps the kernel's page cache (``keep_cache``) only while the
-backing file's (size, mtime, inode) are what they were at the last open or
-close through the mount.
+backing file's (size, mtime, ctime) are what they were at the last open or
+close through the mount: the ctime moves with every change of content and no
+user can set it back, unlike the mtime (``cp -p``, ``rsync -t``).
 
 Concurrency: every method runs on the event loop thread and does short
 blocking system calls; reads, writes and fsyncs of file contents are done by
@@ -33,12 +47,13 @@ from realizefs.errors import (
     NoData,
     NotFound,
     NotPermitted,
+    Stale,
     from_oserror,
 )
-from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join
+from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join, reopen
 from realizefs.vfs import attributes
 from realizefs.vfs.attrs import Attr, FsStats
-from realizefs.vfs.inodes import ROOT_INODE, InodeTable
+from realizefs.vfs.inodes import ROOT_INODE, Ident, InodeTable
 from realizefs.vfs.virtual import VirtualDir, VirtualFile
 
 log = logging.getLogger(__name__)
@@ -52,6 +67,9 @@ WATCHED_TTL = 30.0
 ATTR_TTL = 1.0
 # Virtual directories and arena roots change only on reload, which invalidates them.
 VIRTUAL_TTL = 3600.0
+# Pins (see the module doc) held at most: one descriptor each. The daemon sets this from
+# its descriptor limit; the kernel's own inode cache bounds how many are wanted.
+MAX_PINS = 1 << 16
 CONTROL_DIR = b".realize"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # The kernel orders appends and handles O_DIRECT alignment itself: the backing
@@ -84,7 +102,16 @@ class DirHandle:
     entries: list[tuple[bytes, Attr]] = field(default_factory=list)
 
 
-Stamp = tuple[int, int, int]  # size, mtime_ns, backing inode
+Stamp = tuple[int, int, int]  # size, mtime_ns, ctime_ns
+
+
+def ident(st: os.stat_result) -> Ident:
+    """The identity of a backing object."""
+    return st.st_dev, st.st_ino
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 class Namespace:
@@ -93,12 +120,16 @@ class Namespace:
         arenas: Iterable[ArenaConfig],
         control: Iterable[VirtualFile],
         content_hash: Callable[[str, bytes], bytes | None] = lambda arena, rel: None,
+        max_pins: int = MAX_PINS,
     ) -> None:
         self.inodes = InodeTable()
+        self.max_pins = max_pins
+        self._pins: dict[int, int] = {}  # inode -> O_PATH descriptor of its object
         self._content_hash = content_hash  # the indexed hash of a rested Real file
         self.ttl = ATTR_TTL  # raised to WATCHED_TTL once every arena is watched
-        # inode -> (ctime, backing inode) of what the kernel was last given
-        self._told: dict[int, tuple[int, int]] = {}
+        self._told: dict[int, int] = {}  # inode -> ctime of what the kernel was last given
+        # entries that led to a node found stale before the kernel was told: see `take_stale`
+        self._stale_entries: set[tuple[int, bytes]] = set()
         self._virtual_dirs: dict[int, VirtualDir] = {ROOT_INODE: VirtualDir()}
         self._virtual_files: dict[int, VirtualFile] = {}
         self._arenas: dict[int, Arena] = {}
@@ -176,6 +207,9 @@ class Namespace:
             if isinstance(handle, FileHandle) and handle.fd >= 0:
                 os.close(handle.fd)
         self._handles.clear()
+        for fd in self._pins.values():
+            os.close(fd)
+        self._pins.clear()
         for arena in self._arenas.values():
             arena.backing.close()
 
@@ -186,9 +220,11 @@ class Namespace:
         names: list[bytes] = []
         cur = ino
         while (arena := self._arenas.get(cur)) is None:
+            if cur in self._virtual_dirs:
+                raise NotPermitted()
             node = self.inodes.node(cur)
-            if node is None or node.parent == 0 or cur in self._virtual_dirs or cur in self._virtual_files:
-                raise NotFound() if cur not in self._virtual_dirs else NotPermitted()
+            if node is None or node.parent == 0 or cur in self._virtual_files:
+                raise Stale()  # unlinked, replaced or forgotten: the kernel looks the name up again
             names.append(node.name)
             cur = node.parent
         names.reverse()
@@ -208,35 +244,116 @@ class Namespace:
         return Attr(ino, mode, nlink, 0, 0, size, t, t, t, timeout=attr_ttl, entry_timeout=VIRTUAL_TTL)
 
     def _attr(self, ino: int, st: os.stat_result) -> Attr:
-        self._told[ino] = (st.st_ctime_ns, st.st_ino)
+        self._told[ino] = st.st_ctime_ns
         return Attr.from_stat(ino, st, self.ttl, VIRTUAL_TTL if ino in self._arenas else self.ttl)
+
+    def _here(self, ino: int) -> tuple[Arena, bytes, os.stat_result]:
+        """Arena, path and attributes of the object *ino* names; `Stale` if the path leads elsewhere."""
+        arena, rel = self._locate(ino)
+        try:
+            st = arena.backing.stat(rel)
+        except NotFound:
+            raise self._stale(ino) from None
+        self._check(ino, st)
+        return arena, rel, st
+
+    def _check(self, ino: int, st: os.stat_result) -> None:
+        """Raise `Stale` if *st* is not the object *ino* was looked up as."""
+        node = self.inodes.node(ino)
+        if node is not None and node.ident is not None and node.ident != ident(st):
+            raise self._stale(ino)
+
+    def _stale(self, ino: int) -> Stale:
+        """*ino*'s path leads to another object, or none: make it an orphan (see the module doc)."""
+        node = self.inodes.node(ino)
+        if node is not None and node.parent:
+            self._stale_entries.add((node.parent, node.name))
+            self.inodes.detach(node.parent, node.name)
+            self._settle(ino)
+        return Stale()
+
+    def _settle(self, ino: int) -> None:
+        """Drop what is kept about an inode the kernel no longer references, or the table no longer holds."""
+        node = self.inodes.node(ino)
+        if node is None or node.lookups <= 0:
+            pin = self._pins.pop(ino, None)
+            if pin is not None:
+                os.close(pin)
+        if node is None:
+            self._told.pop(ino, None)
+            self._stamps.pop(ino, None)
+
+    def _pin(self, arena: Arena, rel: bytes) -> tuple[int | None, os.stat_result]:
+        """A pin of the object at *rel* if the budget allows (else None), and its attributes."""
+        if len(self._pins) >= self.max_pins:
+            return None, arena.backing.stat(rel)
+        return arena.backing.pin(rel)
+
+    def _referenced(self, ino: int, pin: int | None) -> None:
+        """The kernel took a reference to *ino*; keep *pin* (of the same object) while it holds one."""
+        self.inodes.looked_up(ino)
+        if pin is None:
+            return
+        if ino in self._pins or len(self._pins) >= self.max_pins:
+            os.close(pin)
+        else:
+            self._pins[ino] = pin
 
     # ------------------------------------------------------------ lookups
 
     def lookup(self, parent: int, name: bytes) -> Attr:
         """Attributes of *name* in *parent*; counts one kernel reference on success."""
-        attr = self._peek(parent, name)
-        self.inodes.looked_up(attr.ino)
-        return attr
-
-    def _peek(self, parent: int, name: bytes) -> Attr:
         vdir = self._virtual_dirs.get(parent)
         if vdir is not None:
             ino = vdir.children.get(name)
             if ino is None:
                 raise NotFound()
+            self.inodes.looked_up(ino)
             return self.getattr(ino)
         arena, rel = self._locate(parent)
-        path = join(rel, name)
         try:
-            st = arena.backing.stat(path)
+            pin, st = self._pin(arena, join(rel, name))
         except NotFound:
-            self.inodes.detach(parent, name)
+            self._detach(parent, name)
             raise
-        return self._attr(self.inodes.add(parent, name, stat.S_IFMT(st.st_mode)), st)
+        ino = self._add(parent, name, st)
+        self._referenced(ino, pin)
+        return self._attr(ino, st)
+
+    def _add(self, parent: int, name: bytes, st: os.stat_result) -> int:
+        """The node of *name* in *parent*, which holds the object *st* describes."""
+        self._stale_entries.discard((parent, name))
+        old = self.inodes.child(parent, name)
+        ino = self.inodes.add(parent, name, stat.S_IFMT(st.st_mode), ident(st))
+        if old is not None and old != ino:
+            self._settle(old)
+        return ino
+
+    def _detach(self, parent: int, name: bytes) -> None:
+        gone = self.inodes.detach(parent, name)
+        if gone is not None:
+            self._settle(gone)
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
+        self._settle(ino)
+
+    def listed(self, fh: int, name: bytes, ino: int) -> None:
+        """readdirplus gave the kernel *name* (inode *ino*) from the listing *fh*: one reference."""
+        handle = self._handles.get(fh)
+        node = self.inodes.node(ino)
+        pin = None
+        if isinstance(handle, DirHandle) and node is not None and not self.is_virtual(handle.ino):
+            try:
+                arena, rel = self._locate(handle.ino)
+                pin, st = self._pin(arena, join(rel, name))
+            except FsError:
+                pass  # gone since the listing: the kernel finds out at its next call
+            else:
+                if pin is not None and node.ident != ident(st):
+                    os.close(pin)  # replaced since the listing: leave the node to its path check
+                    pin = None
+        self._referenced(ino, pin)
 
     def getattr(self, ino: int) -> Attr:
         if self.is_virtual(ino):
@@ -244,11 +361,14 @@ class Namespace:
         fds = self._fds_by_ino.get(ino)
         if fds:  # answers for open files that were unlinked or renamed away too
             return self._attr(ino, _fstat(fds[0]))
-        arena, rel = self._locate(ino)
-        return self._attr(ino, arena.backing.stat(rel))
+        pin = self._pins.get(ino)
+        if pin is not None:
+            return self._attr(ino, _fstat(pin))
+        _, _, st = self._here(ino)
+        return self._attr(ino, st)
 
     def readlink(self, ino: int) -> bytes:
-        arena, rel = self._locate(ino)
+        arena, rel, _ = self._here(ino)
         return arena.backing.readlink(rel)
 
     # ------------------------------------------------------------ changing attributes
@@ -279,7 +399,7 @@ class Namespace:
                 return self._attr(ino, os.fstat(fd))
         except OSError as exc:
             raise from_oserror(exc) from None
-        arena, rel = self._locate(ino)
+        arena, rel, _ = self._here(ino)
         backing = arena.backing
         if size is not None:
             backing.truncate(rel, size)
@@ -310,43 +430,59 @@ class Namespace:
 
     def wrote(self, handle: FileHandle) -> None:
         """After a write through the mount: the kernel knows, no invalidation needed."""
-        st = os.fstat(handle.fd)
-        self._told[handle.ino] = (st.st_ctime_ns, st.st_ino)
+        self._told[handle.ino] = os.fstat(handle.fd).st_ctime_ns
 
-    def _created(self, parent: int, name: bytes, st: os.stat_result) -> Attr:
-        ino = self.inodes.add(parent, name, stat.S_IFMT(st.st_mode))
-        self.inodes.looked_up(ino)
+    def _created(self, parent: int, name: bytes, st: os.stat_result, pin: int | None) -> Attr:
+        """The new object *st* at *name* in *parent*, referenced by the kernel; *pin*: of it, or None."""
+        ino = self._add(parent, name, st)
+        self._referenced(ino, pin)
         return self._attr(ino, st)
 
-    def mkdir(self, parent: int, name: bytes, mode: int, owner: Owner) -> Attr:
+    def _pin_new(self, arena: Arena, rel: bytes, st: os.stat_result) -> int | None:
+        """A pin of the object just made at *rel*, if it is still there (and the budget allows)."""
+        try:
+            pin, now = self._pin(arena, rel)
+        except FsError:
+            return None
+        if pin is not None and ident(now) != ident(st):
+            os.close(pin)
+            return None
+        return pin
+
+    def _make(self, parent: int, name: bytes, make: Callable[[Backing, bytes], os.stat_result]) -> Attr:
         arena, rel = self._arena_dir(parent)
-        return self._created(parent, name, arena.backing.mkdir(rel, name, mode, owner))
+        st = make(arena.backing, rel)
+        return self._created(parent, name, st, self._pin_new(arena, join(rel, name), st))
+
+    def mkdir(self, parent: int, name: bytes, mode: int, owner: Owner) -> Attr:
+        return self._make(parent, name, lambda backing, rel: backing.mkdir(rel, name, mode, owner))
 
     def mknod(self, parent: int, name: bytes, mode: int, owner: Owner) -> Attr:
-        arena, rel = self._arena_dir(parent)
-        return self._created(parent, name, arena.backing.mkfifo(rel, name, mode, owner))
+        return self._make(parent, name, lambda backing, rel: backing.mkfifo(rel, name, mode, owner))
 
     def symlink(self, parent: int, name: bytes, target: bytes, owner: Owner) -> Attr:
-        arena, rel = self._arena_dir(parent)
-        return self._created(parent, name, arena.backing.symlink(rel, name, target, owner))
+        return self._make(parent, name, lambda backing, rel: backing.symlink(rel, name, target, owner))
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, owner: Owner) -> tuple[int, Attr]:
         arena, rel = self._arena_dir(parent)
         fd, st = arena.backing.create(rel, name, flags, mode, owner)
-        attr = self._created(parent, name, st)
+        pin = None
+        if len(self._pins) < self.max_pins:
+            pin = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)  # the very object created
+        attr = self._created(parent, name, st, pin)
         return self._open_fd(attr.ino, fd), attr
 
     def unlink(self, parent: int, name: bytes) -> None:
         arena, rel = self._arena_dir(parent)
         arena.backing.unlink(rel, name)
-        self.inodes.detach(parent, name)
+        self._detach(parent, name)
 
     def rmdir(self, parent: int, name: bytes) -> None:
         if self._virtual_dirs.get(parent, VirtualDir()).children.get(name):
             raise NotPermitted("arenas are removed in the config")
         arena, rel = self._arena_dir(parent)
         arena.backing.rmdir(rel, name)
-        self.inodes.detach(parent, name)
+        self._detach(parent, name)
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
         arena_a, rel_a = self._arena_dir(old_parent)
@@ -357,7 +493,10 @@ class Namespace:
         if flags & RENAME_EXCHANGE:
             self.inodes.exchange(old_parent, old_name, new_parent, new_name)
         else:
+            replaced = self.inodes.child(new_parent, new_name)
             self.inodes.move(old_parent, old_name, new_parent, new_name)
+            if replaced is not None:
+                self._settle(replaced)
 
     # ------------------------------------------------------------ files
 
@@ -375,10 +514,22 @@ class Namespace:
 
     def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open a Real file: (handle, whether the kernel may keep its cached pages)."""
-        arena, rel = self._locate(ino)
-        fd = arena.backing.open(rel, flags & ~_NOT_PASSED)
-        st = os.fstat(fd)
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        pin = self._pins.get(ino)
+        if pin is not None:
+            fd = reopen(pin, flags & ~_NOT_PASSED)
+        else:
+            arena, rel = self._locate(ino)
+            try:
+                fd = arena.backing.open(rel, flags & ~_NOT_PASSED)
+            except NotFound:
+                raise self._stale(ino) from None
+        try:
+            st = os.fstat(fd)
+            self._check(ino, st)
+        except BaseException:
+            os.close(fd)
+            raise
+        stamp = _stamp(st)
         keep = self._stamps.get(ino) == stamp
         self._stamps[ino] = stamp
         return self._open_fd(ino, fd), keep
@@ -409,9 +560,8 @@ class Namespace:
         handle = self._handles.pop(fh, None)
         if isinstance(handle, FileHandle) and handle.fd >= 0:
             try:
-                st = os.fstat(handle.fd)
-                if self._stamps.get(handle.ino) is not None:
-                    self._stamps[handle.ino] = (st.st_size, st.st_mtime_ns, st.st_ino)
+                if handle.ino in self._stamps:
+                    self._stamps[handle.ino] = _stamp(os.fstat(handle.fd))
             finally:
                 os.close(handle.fd)
                 fds = self._fds_by_ino.get(handle.ino, [])
@@ -419,6 +569,7 @@ class Namespace:
                 if not fds:
                     self._fds_by_ino.pop(handle.ino, None)
                 self.inodes.closed(handle.ino)
+                self._settle(handle.ino)
 
     # ------------------------------------------------------------ directories
 
@@ -432,9 +583,9 @@ class Namespace:
         if vdir is not None:
             entries.extend((name, self.getattr(child)) for name, child in sorted(vdir.children.items()))
         else:
-            arena, rel = self._locate(ino)
+            arena, rel, _ = self._here(ino)
             for name, st in arena.backing.listdir(rel):
-                entries.append((name, self._attr(self.inodes.add(ino, name, stat.S_IFMT(st.st_mode)), st)))
+                entries.append((name, self._attr(self._add(ino, name, st), st)))
         return self._new_fh(DirHandle(ino, entries))
 
     def _dotdot(self, ino: int) -> Attr:
@@ -455,11 +606,16 @@ class Namespace:
     def releasedir(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
-    def fsyncdir(self, fh: int) -> None:
+    def open_for_fsyncdir(self, fh: int) -> int | None:
+        """A descriptor of the listed directory for the caller to fsync (in a worker) and close."""
         handle = self._handles.get(fh)
-        if isinstance(handle, DirHandle) and not self.is_virtual(handle.ino):
-            arena, rel = self._locate(handle.ino)
-            arena.backing.fsync_dir(rel)
+        if not isinstance(handle, DirHandle) or self.is_virtual(handle.ino):
+            return None
+        pin = self._pins.get(handle.ino)
+        if pin is not None:
+            return reopen(pin, os.O_RDONLY | os.O_DIRECTORY)
+        arena, rel, _ = self._here(handle.ino)
+        return arena.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
 
     def statfs(self) -> FsStats:
         """The backing filesystems' numbers, summed over distinct filesystems."""
@@ -494,25 +650,25 @@ class Namespace:
     def getxattr(self, ino: int, name: bytes) -> bytes:
         if self.is_virtual(ino):
             raise NoData()
-        arena, rel = self._locate(ino)
+        arena, rel, _ = self._here(ino)
         return attributes.get(arena.backing, rel, name, arena.config.mode, self._hash_of(arena, rel))
 
     def listxattr(self, ino: int) -> list[bytes]:
         if self.is_virtual(ino):
             return []
-        arena, rel = self._locate(ino)
-        return attributes.names(arena.backing, rel, self.getattr(ino).kind, self._hash_of(arena, rel))
+        arena, rel, st = self._here(ino)
+        return attributes.names(arena.backing, rel, stat.S_IFMT(st.st_mode), self._hash_of(arena, rel))
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         if self.is_virtual(ino):
             raise NotPermitted("realizefs's own files and directories have no attributes to set")
-        arena, rel = self._locate(ino)
+        arena, rel, _ = self._here(ino)
         attributes.put(arena.backing, rel, name, value, _where(arena, rel))
 
     def removexattr(self, ino: int, name: bytes) -> None:
         if self.is_virtual(ino):
             raise NotPermitted()
-        arena, rel = self._locate(ino)
+        arena, rel, _ = self._here(ino)
         attributes.remove(arena.backing, rel, name, _where(arena, rel))
 
     def _hash_of(self, arena: Arena, rel: bytes) -> Callable[[], bytes | None]:
@@ -524,16 +680,21 @@ class Namespace:
         """The arena whose root is *ino*."""
         return self._arenas.get(ino)
 
-    def told(self, ino: int) -> tuple[int, int] | None:
-        """(ctime, backing inode) of what the kernel was last given for *ino*."""
+    def told(self, ino: int) -> int | None:
+        """The ctime of what the kernel was last given for *ino*."""
         return self._told.get(ino)
 
     def forget_entry(self, parent: int, name: bytes) -> None:
         """The backing object at *name* went away or was replaced behind our back."""
-        gone = self.inodes.detach(parent, name)
-        if gone is not None:
-            self._stamps.pop(gone, None)
-            self._told.pop(gone, None)
+        self._stale_entries.discard((parent, name))
+        self._detach(parent, name)
+
+    def take_stale(self, parent: int, name: bytes) -> bool:
+        """Whether *name* led the kernel to a node found stale since (the kernel must forget it)."""
+        if (parent, name) in self._stale_entries:
+            self._stale_entries.discard((parent, name))
+            return True
+        return False
 
 
 def _where(arena: Arena, rel: bytes) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from realizefs.config import ArenaConfig
-from realizefs.errors import FsError, NotFound, NotPermitted
+from realizefs.errors import FsError, NotFound, NotPermitted, Stale
 from realizefs.real.backing import Owner
 from realizefs.real.watcher import Change
 from realizefs.types import Mode
@@ -99,7 +99,7 @@ def test_direct_changes_are_invalidated(ns: Namespace, root: Path) -> None:
     (root / "f").write_text("two")  # behind the kernel's back
     (root / "g").unlink()
     todo = backing_changed(ns, a, [Change(a, b"", b"f", MODIFY), Change(a, b"", b"g", DELETE)])
-    assert f in todo.attrs
+    assert f in todo.data and f not in todo.attrs  # its cached pages too, not only its attributes
     assert (a, b"g") in todo.entries and ns.inodes.child(a, b"g") is None
     assert g not in todo.attrs
     unknown = backing_changed(ns, a, [Change(a, b"never/seen", b"x", CREATE)])
@@ -114,3 +114,163 @@ def test_inode_survives_rename_and_kind_change_gets_a_new_one(ns: Namespace, roo
     os.rmdir(root / "e")
     (root / "e").write_text("now a file")
     assert ns.lookup(a, b"e").ino != d
+
+
+# ---------------------------------------------------------------- node identity
+
+
+def read_all(ns: Namespace, fh: int) -> bytes:
+    return os.pread(ns.file(fh).fd, 1 << 16, 0)
+
+
+@pytest.fixture
+def unpinned(root: Path) -> Iterator[Namespace]:
+    """A namespace over its descriptor budget: nodes are reached by path and checked."""
+    namespace = Namespace([ArenaConfig("a", root, Mode.REAL)], [], max_pins=0)
+    yield namespace
+    namespace.close()
+
+
+def test_a_pinned_node_stays_the_object_it_was_looked_up_as(ns: Namespace, root: Path) -> None:
+    """A rename-replace in the backing tree: the old inode is still the old file, as on the disk."""
+    a = arena(ns)
+    (root / "f").write_text("old")
+    old = ns.lookup(a, b"f").ino
+    (root / "tmp").write_text("new")
+    os.rename(root / "tmp", root / "f")  # the kernel has not been told yet
+    fh, _ = ns.open(old, os.O_RDONLY)  # an open that raced the rename gets the old file
+    assert read_all(ns, fh) == b"old"
+    ns.release(fh)
+    assert ns.getattr(old).nlink == 0  # it answers as an unlinked file
+    todo = backing_changed(ns, a, [Change(a, b"", b"f", 0x80)])  # IN_MOVED_TO
+    assert (a, b"f") in todo.entries and ns.inodes.is_orphan(old)
+    new = ns.lookup(a, b"f").ino
+    assert new != old
+    fh, keep = ns.open(new, os.O_RDONLY)
+    assert read_all(ns, fh) == b"new" and not keep
+    ns.release(fh)
+    ns.forget(old, 1)
+    assert old not in ns.inodes
+    with pytest.raises(Stale):
+        ns.getattr(old)
+
+
+def test_pins_last_as_long_as_the_kernel_references(ns: Namespace, root: Path) -> None:
+    a = arena(ns)
+    (root / "f").write_text("x")
+    f = ns.lookup(a, b"f").ino
+    ns.lookup(a, b"f")
+    fds = len(os.listdir("/proc/self/fd"))
+    ns.forget(f, 1)
+    assert len(os.listdir("/proc/self/fd")) == fds  # one reference left
+    ns.forget(f, 1)
+    assert len(os.listdir("/proc/self/fd")) == fds - 1
+    assert ns.inodes.child(a, b"f") == f  # the path keeps its number
+
+
+def test_an_unpinned_node_is_never_opened_onto_the_object_that_replaced_it(
+    unpinned: Namespace, root: Path
+) -> None:
+    """Without a pin the path is checked: the old inode is stale, the name gets a new one."""
+    ns = unpinned
+    a = arena(ns)
+    (root / "f").write_text("old")
+    old = ns.lookup(a, b"f").ino
+    fh_old, _ = ns.open(old, os.O_RDONLY)
+    (root / "tmp").write_text("new")
+    os.rename(root / "tmp", root / "f")  # the kernel has not been told yet
+    with pytest.raises(Stale):
+        ns.open(old, os.O_RDONLY)  # ESTALE: the kernel looks "f" up again
+    assert ns.inodes.is_orphan(old)
+    assert read_all(ns, fh_old) == b"old"  # what was open stays the old file
+    assert ns.getattr(old).size == 3  # answered by its open descriptor
+    new = ns.lookup(a, b"f").ino
+    assert new != old
+    fh_new, keep = ns.open(new, os.O_RDONLY)
+    assert read_all(ns, fh_new) == b"new" and not keep
+    ns.release(fh_old)
+    ns.forget(old, 1)
+    assert old not in ns.inodes
+    with pytest.raises(Stale):
+        ns.getattr(old)
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda ns, ino: ns.getattr(ino),
+        lambda ns, ino: ns.open(ino, os.O_RDONLY),
+        lambda ns, ino: ns.setattr(ino, None, mode=0o600),
+        lambda ns, ino: ns.getxattr(ino, b"user.x"),
+        lambda ns, ino: ns.listxattr(ino),
+        lambda ns, ino: ns.setxattr(ino, b"user.x", b"1"),
+        lambda ns, ino: ns.removexattr(ino, b"user.x"),
+    ],
+)
+def test_every_path_operation_checks_the_object(
+    unpinned: Namespace, root: Path, operation: Callable[[Namespace, int], object]
+) -> None:
+    ns = unpinned
+    a = arena(ns)
+    (root / "f").write_text("old")
+    os.setxattr(root / "f", "user.x", b"0")
+    old = ns.lookup(a, b"f").ino
+    (root / "tmp").write_text("new")
+    os.chmod(root / "tmp", 0o644)
+    os.rename(root / "tmp", root / "f")
+    with pytest.raises(Stale):
+        operation(ns, old)
+    assert stat.S_IMODE(os.stat(root / "f").st_mode) == 0o644  # the new object was not touched
+    assert "user.x" not in os.listxattr(root / "f")
+
+
+def test_a_removed_object_is_stale_and_its_entry_is_invalidated(unpinned: Namespace, root: Path) -> None:
+    ns = unpinned
+    a = arena(ns)
+    (root / "f").write_text("x")
+    f = ns.lookup(a, b"f").ino
+    (root / "f").unlink()
+    with pytest.raises(Stale):
+        ns.open(f, os.O_RDONLY)
+    todo = backing_changed(ns, a, [Change(a, b"", b"f", DELETE)])
+    assert (a, b"f") in todo.entries  # the kernel may still hold the name: it must drop it
+    with pytest.raises(NotFound):
+        ns.lookup(a, b"f")
+
+
+def test_a_file_replaced_through_the_mount_is_stale_for_late_openers(unpinned: Namespace, root: Path) -> None:
+    """rename(tmp, f) through the mount while a reader holds f's old inode: ESTALE, never ENOENT."""
+    ns = unpinned
+    a = arena(ns)
+    (root / "f").write_text("one")
+    old = ns.lookup(a, b"f").ino
+    fh, _ = ns.create(a, b"tmp", 0o644, os.O_WRONLY, ROOT)
+    ns.release(fh)
+    ns.rename(a, b"tmp", a, b"f", 0)
+    with pytest.raises(Stale):
+        ns.open(old, os.O_RDONLY)
+
+
+def test_content_changed_with_size_and_mtime_put_back_drops_the_cached_pages(
+    ns: Namespace, root: Path
+) -> None:
+    """What rsync --inplace -t and cp -p do: only the ctime tells."""
+    a = arena(ns)
+    path = root / "f"
+    path.write_bytes(b"aaaa")
+    f = ns.lookup(a, b"f").ino
+    fh, _ = ns.open(f, os.O_RDONLY)
+    ns.release(fh)
+    fh, keep = ns.open(f, os.O_RDONLY)
+    ns.release(fh)
+    assert keep  # unchanged: the kernel keeps its pages
+    before = path.stat()
+    while path.stat().st_ctime_ns == before.st_ctime_ns:  # a coarse clock may need a tick to move
+        with open(path, "r+b") as out:
+            out.write(b"bbbb")
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    fh, keep = ns.open(f, os.O_RDONLY)
+    assert not keep
+    assert read_all(ns, fh) == b"bbbb"
+    ns.release(fh)
