@@ -1,15 +1,16 @@
 """The composition root: config -> store and identity -> namespace -> mount -> signals.
 
 `run` is the whole life of the daemon: it validates the config (exit status
-2 on a mistake, before anything is mounted), opens the store and the identity
-(exit status 1 if they cannot be used), mounts, tells systemd it is ready once
+2 on a mistake, before anything is mounted), refuses a mountpoint something
+live is mounted on (detaching a realizefs mount whose daemon died) before it
+creates anything in data_dir, opens the store and the identity (exit status 1
+if any of these fails), mounts, tells systemd it is ready once
 the mount answers, reloads the config on SIGHUP and unmounts cleanly on
 SIGTERM or SIGINT. Nothing imports this module.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from realizefs import __version__, systemd
+from realizefs import __version__, mounttable, systemd
 from realizefs import config as config_mod
 from realizefs.config import Config
 from realizefs.errors import ConfigError, IdentityError, StoreError
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 MOUNT_TIMEOUT = 30.0
 GOODBYE_TIMEOUT = 2.0  # telling connected peers we are leaving
 READ_AHEAD_KB = 1024
-MNT_DETACH = 2
+FSNAME = SUBTYPE = "realizefs"  # the mount table shows fstype fuse.<subtype>, source <fsname>
 PEER_ID_BYTES = 8  # a peer's id in version vectors: the start of its public key
 WANTED_FDS = 1 << 20  # the descriptor limit asked for (as root; the kernel's fs.nr_open default)
 RESERVED_FDS = 4096  # descriptors kept for open files, peers, the store and the watcher
@@ -151,7 +152,7 @@ def _status(daemon: Daemon) -> None:
 
 
 def _mount_options() -> set[str]:
-    options = {"fsname=realizefs", "subtype=realizefs", "default_permissions"}
+    options = {f"fsname={FSNAME}", f"subtype={SUBTYPE}", "default_permissions"}
     if os.geteuid() == 0 or _user_allow_other():
         options.add("allow_other")  # the mount serves every local user
     return options
@@ -166,20 +167,35 @@ def _user_allow_other() -> bool:
 
 
 def _clear_dead_mount(mountpoint: Path) -> None:
-    """Detach a mount left by a daemon that died; refuse a live one."""
+    """Detach a realizefs mount whose daemon is gone; refuse a live one or anything else mounted there."""
+    path = mounttable.canonical(mountpoint)
     try:
-        os.stat(mountpoint)
+        mount = mounttable.mounted_on(path, mounttable.parse_mountinfo(mounttable.MOUNTINFO.read_bytes()))
     except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            raise
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.umount2(os.fsencode(mountpoint), MNT_DETACH) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"cannot detach the dead mount on {mountpoint}: {os.strerror(err)}") from None
-        log.warning("detached a dead mount on %s left by an earlier run", mountpoint)
+        raise OSError(
+            exc.errno, f"cannot read the mount table {mounttable.MOUNTINFO}: {exc.strerror}"
+        ) from None
+    if mount is None:
         return
-    if os.path.ismount(mountpoint):
-        raise OSError(errno.EBUSY, f"{mountpoint} is already a mount point (another realizefs?)")
+    if mount.fstype != f"fuse.{SUBTYPE}":
+        raise OSError(
+            errno.EBUSY,
+            f"{mountpoint} is already a mount point ({mount.fstype} from {mount.source}); "
+            "unmount it or choose another node.mountpoint",
+        )
+    err = mounttable.probe(path)
+    if err == errno.ETIMEDOUT:
+        raise OSError(
+            errno.EBUSY,
+            f"{mountpoint} is already a mount point: a realizefs there does not answer "
+            f"within {mounttable.PROBE_TIMEOUT:.0f} s; stop it, or unmount with: fusermount3 -u {mountpoint}",
+        )
+    if not mounttable.is_dead(err):
+        raise OSError(
+            errno.EBUSY, f"{mountpoint} is already a mount point: a running realizefs answers there"
+        )
+    mounttable.detach(path)
+    log.warning("detached a dead mount on %s (device %d:%d) left by an earlier run", mountpoint, *mount.dev)
 
 
 def _raise_read_ahead(dev: int) -> None:
@@ -266,6 +282,7 @@ def run(config_path: Path) -> int:
     log.info("realizefs %s starting: node %s, config %s", __version__, config.node.name, config.path)
     try:
         check_kernel_support()
+        _clear_dead_mount(config.node.mountpoint)  # before anything is created in data_dir
         store = Store(config.node.data_dir)
     except (StoreError, OSError) as exc:
         log.error("%s", exc)
@@ -273,7 +290,6 @@ def run(config_path: Path) -> int:
     try:
         identity = identity_mod.load_or_create(config.node.data_dir)
         _check_own_key(config, identity.public_key)
-        _clear_dead_mount(config.node.mountpoint)
         daemon = Daemon(config, store, identity)
         # A second SIGTERM/SIGINT while unmounting must not kill the daemon half-way:
         # _serve receives them while it runs, and they are ignored afterwards.

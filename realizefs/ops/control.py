@@ -6,9 +6,9 @@ Contents are rendered when a file is opened, from the `NodeView` the daemon
 provides. ``consensus`` accepts the command ``now``;
 any other text is refused with EINVAL.
 
-Real file and byte counts come from the content index (counted in a worker
-thread), with the files still waiting to be hashed and those that could not be
-read.
+Real file and byte counts come from the content index, which keeps them with
+every write (one LMDB read, so in the event loop), with the files still waiting
+to be hashed and those that could not be read.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class Control:
         now = self.clock()
         arenas: list[dict[str, Any]] = []
         for arena in self.namespace.arenas if self.namespace else []:
-            counts = await trio.to_thread.run_sync(self.indexer.counts, arena.name)
+            counts = self.indexer.counts(arena.name)
             real = asdict(counts) | {
                 "unreadable": sum(1 for name, _ in self.indexer.stats.unreadable if name == arena.name),
                 "scanned": self.indexer.scanned(arena.name),

@@ -1,10 +1,11 @@
 """The content index: what each arena's Real holds, as a tree of nodes in LMDB.
 
-Layout (schema version 2, see `realizefs.store.schema`):
+Layout (schema version 3, see `realizefs.store.schema`):
 
 ``nodes``
     key: parent node id (8 bytes, big-endian) + entry name (bytes, at most 255)
-    value: msgpack array ``[id, kind, size, mtime_ns, mode, hash, target, pending, vv]``
+    value (`realizefs.store.records`): msgpack array
+    ``[id, kind, size, mtime_ns, mode, hash, target, pending, vv]``
     where *kind* is ``KIND_FILE``, ``KIND_DIR`` or ``KIND_LINK``; *hash* is the
     32-byte BLAKE3 of the file's last settled content (nil before the first);
     *pending* says the file changed since (being written, or resting) and
@@ -19,7 +20,8 @@ Layout (schema version 2, see `realizefs.store.schema`):
     content; kept when the last such file goes (pruning comes with peers'
     acknowledgements).
 ``meta`` keys ``arena:<name>`` -> the arena root's node id; ``next_id`` -> the
-    next node id to hand out (8 bytes).
+    next node id to hand out (8 bytes); ``counts:<root id>`` -> what the arena
+    holds, changed by every write in its own transaction (`realizefs.store.records`).
 ``history``
     See `realizefs.store.history`: every change recorded with an *op* is
     appended there in the same transaction, with the path's version vector
@@ -40,54 +42,29 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import msgpack
 
-from realizefs.store import history
+from realizefs.store import history, records
+from realizefs.store.records import (
+    KIND_DIR,
+    KIND_FILE,
+    KIND_LINK,
+    Counts,
+    Record,
+    pack,
+    tally,
+    tally_value,
+    to_record,
+    unpack,
+)
 from realizefs.store.schema import Store
 
-KIND_FILE, KIND_DIR, KIND_LINK = 1, 2, 3
+__all__ = ["KIND_DIR", "KIND_FILE", "KIND_LINK", "Counts", "Index", "Record"]
+
 _ID = struct.Struct(">Q")
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    kind: int
-    size: int = 0
-    mtime_ns: int = 0
-    mode: int = 0
-    hash: bytes | None = None
-    target: bytes | None = None
-    changed: bool = False  # content changed since *hash* (stored as "pending")
-    vv: dict[bytes, int] = field(default_factory=dict, compare=False)
-
-    @property
-    def pending(self) -> bool:
-        """A file whose current content is not hashed yet."""
-        return self.kind == KIND_FILE and (self.hash is None or self.changed)
-
-    @property
-    def settled_hash(self) -> bytes | None:
-        return None if self.pending else self.hash
-
-    def version(self) -> history.Version:
-        """As the history tells it: no hash while the content is not hashed yet."""
-        return history.Version(self.settled_hash, self.size, self.mtime_ns, self.mode, self.target)
-
-    def base(self) -> history.Version:
-        """The version a new content replaces: the last one hashed."""
-        return history.Version(self.hash, self.size, self.mtime_ns, self.mode, self.target)
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    files: int = 0
-    bytes: int = 0
-    directories: int = 0
-    links: int = 0
-    pending: int = 0
 
 
 class Index:
@@ -157,10 +134,12 @@ class Index:
         return int(node)
 
     def _walk(self, txn: Any, root: int, path: Sequence[bytes]) -> int | None:
+        """The node id of the directory *path*; None if it is not an indexed directory."""
         node: int | None = root
         for name in path:
             raw = txn.get(_ID.pack(node) + name, db=self._nodes) if node is not None else None
-            node = _unpack(raw)[0] if raw is not None else None
+            value = unpack(raw) if raw is not None else None
+            node = value[0] if value is not None and value[1] == KIND_DIR else None
         return node
 
     def _key(self, txn: Any, root: int, path: Sequence[bytes]) -> bytes | None:
@@ -177,7 +156,7 @@ class Index:
         with self._reading() as txn:
             key = self._key(txn, root, path)
             raw = txn.get(key, db=self._nodes) if key is not None else None
-            return _record(_unpack(raw)) if raw is not None else None
+            return to_record(unpack(raw)) if raw is not None else None
 
     def children(self, root: int, path: Sequence[bytes]) -> dict[bytes, Record]:
         """The entries of a directory."""
@@ -187,17 +166,10 @@ class Index:
 
     def _children(self, txn: Any, node: int) -> Iterator[tuple[bytes, Record]]:
         for name, value in self._child_items(txn, node):
-            yield name, _record(value)
+            yield name, to_record(value)
 
-    def _child_items(self, txn: Any, node: int) -> Iterator[tuple[bytes, list[Any]]]:
-        prefix = _ID.pack(node)
-        cursor = txn.cursor(db=self._nodes)
-        if not cursor.set_range(prefix):
-            return
-        for key, raw in cursor:
-            if not key.startswith(prefix):
-                return
-            yield bytes(key[8:]), _unpack(raw)
+    def _child_items(self, txn: Any, node: int) -> list[tuple[bytes, list[Any]]]:
+        return records.children(txn, self._nodes, node)
 
     def manifest(self, content_hash: bytes) -> list[tuple[int, int, bytes]] | None:
         with self._reading() as txn:
@@ -208,23 +180,14 @@ class Index:
         return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
 
     def counts(self, root: int) -> Counts:
-        """What the arena's index holds (a walk of its records)."""
-        files = size = dirs = links = pending = 0
+        """What the arena's index holds: kept by every write, so one read."""
         with self._reading() as txn:
-            todo = [root]
-            while todo:
-                for _, value in self._child_items(txn, todo.pop()):
-                    record = _record(value)
-                    if record.kind == KIND_DIR:
-                        dirs += 1
-                        todo.append(value[0])
-                    elif record.kind == KIND_LINK:
-                        links += 1
-                    else:
-                        files += 1
-                        size += record.size
-                        pending += record.pending
-        return Counts(files, size, dirs, links, pending)
+            return records.read_counts(txn, self._meta, root)
+
+    def recount(self, root: int) -> Counts:
+        """The same as `counts`, by walking the arena's records."""
+        with self._reading() as txn:
+            return records.recount(txn, self._nodes, root)
 
     # ------------------------------------------------------------ writing
 
@@ -247,9 +210,10 @@ class Index:
             if key is None:
                 return False
             raw = txn.get(key, db=self._nodes)
-            old = _unpack(raw) if raw is not None else None
+            old = unpack(raw) if raw is not None else None
+            delta = tally(record) - tally_value(old)
             if old is not None and old[1] == KIND_DIR and record.kind != KIND_DIR:
-                self._drop_below(txn, old[0], root, list(path))
+                delta -= self._drop_below(txn, old[0], root, list(path))
             if old is not None and (old[1] == KIND_DIR) == (record.kind == KIND_DIR):
                 node = old[0]
             else:
@@ -258,9 +222,10 @@ class Index:
             vv = dict(old[8]) if old is not None else {}
             if op is not None:
                 vv[self.me] = vv.get(self.me, 0) + 1
-                before = _record(old).base() if old is not None else None
+                before = to_record(old).base() if old is not None else None
                 self._log(txn, root, op, path, None, before, record.version(), vv)
-            txn.put(key, _pack(node, record, vv), db=self._nodes)
+            txn.put(key, pack(node, record, vv), db=self._nodes)
+            records.add_counts(txn, self._meta, root, delta)
             if record.hash is not None and chunks is not None:
                 flat = [x for chunk in chunks for x in chunk]
                 txn.put(record.hash, msgpack.packb(flat), db=self._manifests, overwrite=False)
@@ -298,16 +263,17 @@ class Index:
             raw = txn.get(key, db=self._nodes) if key is not None else None
             if key is None or raw is None:
                 return False
-            value = _unpack(raw)
-            self._drop_below(txn, value[0], root if logged else None, list(path))
+            value = unpack(raw)
+            gone = self._drop_below(txn, value[0], root if logged else None, list(path)) + tally_value(value)
             if logged:
                 self._log_gone(txn, root, list(path), value)
             txn.delete(key, db=self._nodes)
             txn.delete(_ID.pack(value[0]), db=self._parents)
+            records.add_counts(txn, self._meta, root, -gone)
             return True
 
     def _log_gone(self, txn: Any, root: int, path: list[bytes], value: list[Any]) -> None:
-        record = _record(value)
+        record = to_record(value)
         if record.kind == KIND_FILE and record.hash is None:
             return  # never settled, so never in the history: its going is no news either
         vv = dict(value[8])
@@ -319,6 +285,9 @@ class Index:
         """Move *old* (with all below it) to *new*, replacing what was there: one update."""
         if not old or not new:
             return False
+        shorter = min(len(old), len(new))
+        if list(old[:shorter]) == list(new[:shorter]) and len(old) != len(new):
+            return False  # into itself, or over its own ancestor: rename(2) refuses both
         with self._writing() as txn:
             old_parent = self._walk(txn, root, old[:-1])
             new_parent = self._walk(txn, root, new[:-1])
@@ -326,24 +295,27 @@ class Index:
                 return False
             old_key = _ID.pack(old_parent) + old[-1]
             new_key = _ID.pack(new_parent) + new[-1]
+            if old_key == new_key:
+                return txn.get(old_key, db=self._nodes) is not None  # rename(2) onto itself: nothing changes
             raw = txn.get(old_key, db=self._nodes)
             if raw is None:
                 return False
-            value = _unpack(raw)
+            value = unpack(raw)
             vv = dict(value[8])
             before = None
             base: bytes | None = None
+            delta = -tally_value(value)  # the moved record may change below, so it is counted again
             raw_replaced = txn.get(new_key, db=self._nodes)
             if raw_replaced is not None:  # an atomic save: the new version follows the replaced one
-                replaced = _unpack(raw_replaced)
-                self._drop_below(txn, replaced[0], None, list(new))
+                replaced = unpack(raw_replaced)
+                delta -= self._drop_below(txn, replaced[0], None, list(new)) + tally_value(replaced)
                 txn.delete(_ID.pack(replaced[0]), db=self._parents)
-                replaced_record = _record(replaced)
+                replaced_record = to_record(replaced)
                 before = replaced_record.version()
                 base = replaced_record.hash  # its last hashed content, even if changed since
                 for peer, count in replaced[8].items():
                     vv[peer] = max(vv.get(peer, 0), count)
-            record = _record(value)
+            record = to_record(value)
             if record.kind == KIND_FILE and record.hash is None and not base:
                 logged = False  # a file not in the history yet (an editor's temporary file)
             if logged:
@@ -355,30 +327,21 @@ class Index:
             if logged:
                 self._log(txn, root, "rename", new, old, before, record.version(), vv)
             txn.delete(old_key, db=self._nodes)
-            txn.put(new_key, _pack(value[0], record, vv), db=self._nodes)
+            txn.put(new_key, pack(value[0], record, vv), db=self._nodes)
             txn.put(_ID.pack(value[0]), new_key, db=self._parents)
+            records.add_counts(txn, self._meta, root, delta + tally(record))
             return True
 
-    def _drop_below(self, txn: Any, node: int, root: int | None, path: list[bytes]) -> None:
-        """Forget everything below the directory *node*; with a *root*, log each as gone."""
-        for name, value in list(self._child_items(txn, node)):
+    def _drop_below(self, txn: Any, node: int, root: int | None, path: list[bytes]) -> Counts:
+        """Forget everything below the directory *node*, and how much that was; with a *root*,
+        log each as gone."""
+        gone = Counts()
+        for name, value in self._child_items(txn, node):
             if value[1] == KIND_DIR:
-                self._drop_below(txn, value[0], root, [*path, name])
+                gone += self._drop_below(txn, value[0], root, [*path, name])
             if root is not None:
                 self._log_gone(txn, root, [*path, name], value)
             txn.delete(_ID.pack(node) + name, db=self._nodes)
             txn.delete(_ID.pack(value[0]), db=self._parents)
-
-
-def _pack(node: int, r: Record, vv: dict[bytes, int]) -> bytes:
-    value = [node, r.kind, r.size, r.mtime_ns, r.mode, r.hash, r.target, r.changed, vv]
-    return msgpack.packb(value)  # type: ignore[no-any-return]
-
-
-def _unpack(raw: bytes) -> list[Any]:
-    return msgpack.unpackb(raw, strict_map_key=False)  # type: ignore[no-any-return]
-
-
-def _record(value: list[Any]) -> Record:
-    _, kind, size, mtime_ns, mode, content_hash, target, changed, vv = value
-    return Record(kind, size, mtime_ns, mode, content_hash, target, changed, vv)
+            gone += tally_value(value)
+        return gone

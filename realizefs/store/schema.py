@@ -3,8 +3,9 @@
 This module owns every named database, its key layout and value format, and
 the schema version checked at start. Keep this docstring the reference.
 
-Schema version 2 (version 1 had ``meta`` only; the upgrade adds the empty
-databases of the content index):
+Schema version 3 (version 1 had ``meta`` only; the upgrade to 2 adds the
+empty databases of the content index; the upgrade to 3 counts each arena's
+index once into its kept ``counts:`` key):
 
 ``meta``
     Small facts about the store, keys are ASCII names:
@@ -14,6 +15,7 @@ databases of the content index):
       that this store was recreated and needs a full index.
     - ``created_ns``: 8-byte big-endian unsigned int, creation time (ns since epoch).
     - ``arena:<name>``, ``next_id``: see `realizefs.store.index`.
+    - ``counts:<root id>``: see `realizefs.store.records`.
 
 ``nodes``, ``parents``, ``manifests``
     The content index, documented in `realizefs.store.index`.
@@ -45,10 +47,11 @@ from typing import Any
 import lmdb
 
 from realizefs.errors import StoreError
+from realizefs.store import records
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DATABASES = (b"meta", b"nodes", b"parents", b"manifests", b"history")
 MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 
@@ -60,8 +63,21 @@ def _add_index(txn: Any, dbs: dict[bytes, Any]) -> None:
     """1 -> 2: the content index's databases, created empty when the store opens."""
 
 
+def _keep_counts(txn: Any, dbs: dict[bytes, Any]) -> None:
+    """2 -> 3: count each arena's index once; from now on every write keeps the count."""
+    cursor = txn.cursor(db=dbs[b"meta"])
+    arenas = []
+    if cursor.set_range(b"arena:"):
+        for key, raw in cursor:
+            if not bytes(key).startswith(b"arena:"):
+                break
+            arenas.append(_U64.unpack(raw)[0])
+    for root in arenas:
+        records.write_counts(txn, dbs[b"meta"], root, records.recount(txn, dbs[b"nodes"], root))
+
+
 # from-version -> function upgrading a write transaction by one version
-_MIGRATIONS: dict[int, Callable[[Any, dict[bytes, Any]], None]] = {1: _add_index}
+_MIGRATIONS: dict[int, Callable[[Any, dict[bytes, Any]], None]] = {1: _add_index, 2: _keep_counts}
 
 
 class Store:

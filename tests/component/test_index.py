@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
 from realizefs.store.schema import SCHEMA_VERSION, Store
@@ -34,6 +39,7 @@ def test_records_live_under_their_directories(store: Store) -> None:
     assert index.put(root, p("2024/a.jpg"), Record(KIND_FILE, 3, 7, 0o644, H1), [(0, 3, H2)])
     assert index.put(root, p("link"), Record(KIND_LINK, target=b"2024/a.jpg"))
     assert not index.put(root, p("missing/b.jpg"), Record(KIND_FILE))  # parent not indexed
+    assert not index.put(root, p("2024/a.jpg/b.jpg"), Record(KIND_FILE))  # parent not a directory
     assert index.get(root, p("2024/a.jpg")) == Record(KIND_FILE, 3, 7, 0o644, H1)
     assert index.get(root, p("link")) == Record(KIND_LINK, target=b"2024/a.jpg")
     assert index.manifest(H1) == [(0, 3, H2)]
@@ -54,6 +60,10 @@ def test_a_directory_rename_is_one_update_and_keeps_everything(store: Store) -> 
     assert index.get(root, p("d")) is None
     assert index.counts(root) == Counts(files=1, bytes=1, directories=2)
     assert not index.rename(root, p("nothing"), p("y"))
+    assert not index.rename(root, p("x"), p("x/e/g")) and not index.rename(root, p("x/e/f"), p("x"))
+    assert index.rename(root, p("x"), p("x")) and index.counts(root) == Counts(
+        files=1, bytes=1, directories=2
+    )
 
 
 def test_delete_forgets_everything_below(store: Store) -> None:
@@ -100,10 +110,78 @@ def test_a_version_1_store_is_upgraded(tmp_path: Path) -> None:
         txn.put(b"schema_version", struct.pack(">I", 1), db=meta)
     env.close()
     with Store(tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         index = Index(store, ME)
         root = index.arena_root("a")
         assert index.put(root, p("f"), Record(KIND_FILE))
+
+
+def test_a_version_2_store_gets_its_counts_once(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        index = Index(store, ME)
+        a, b = index.arena_root("a"), index.arena_root("b")
+        index.put(a, p("d"), Record(KIND_DIR))
+        index.put(a, p("d/f"), Record(KIND_FILE, 3, hash=H1))
+        index.put(a, p("g"), Record(KIND_FILE, 4))
+        index.put(b, p("l"), Record(KIND_LINK, target=b"x"))
+    env = lmdb.open(str(tmp_path / "store"), max_dbs=16)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True) as txn:  # as version 2 left it: no kept counts
+        txn.put(b"schema_version", struct.pack(">I", 2), db=meta)
+        for key in [bytes(k) for k, _ in txn.cursor(db=meta) if bytes(k).startswith(b"counts:")]:
+            txn.delete(key, db=meta)
+    env.close()
+    with Store(tmp_path) as store:
+        assert store.schema_version == 3
+        index = Index(store, ME)
+        a, b = index.arena_root("a"), index.arena_root("b")
+        assert index.counts(a) == Counts(files=2, bytes=7, directories=1, links=0, pending=1)
+        assert index.counts(b) == Counts(links=1)
+        assert index.counts(index.arena_root("new")) == Counts()
+
+
+names = st.lists(st.sampled_from([b"a", b"b"]), min_size=1, max_size=3)
+records = st.builds(
+    Record,
+    st.sampled_from([KIND_FILE, KIND_DIR, KIND_LINK]),
+    st.integers(0, 1000),
+    hash=st.sampled_from([None, H1]),
+    changed=st.booleans(),
+)
+operations = st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 1), names, records, st.booleans()),
+    st.tuples(st.just("delete"), st.integers(0, 1), names, st.booleans()),
+    st.tuples(st.just("rename"), st.integers(0, 1), names, names, st.booleans()),
+)
+
+
+def test_kept_counts_always_equal_a_recount(store: Store) -> None:
+    index = Index(store, ME)
+    runs = itertools.count()
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(st.lists(operations, max_size=30), st.booleans())
+    def check(steps: list[tuple[Any, ...]], batched: bool) -> None:
+        run = next(runs)
+        roots = (index.arena_root(f"a{run}"), index.arena_root(f"b{run}"))
+        with index.batch() if batched else nullcontext():
+            for op, arena, path, *args in steps:
+                root = roots[arena]
+                if op == "put":  # mkdir -p, then the record: trees grow deep quickly
+                    record, logged = args
+                    for depth in range(1, len(path)):
+                        parent = index.get(root, path[:depth])
+                        if parent is None or parent.kind != KIND_DIR:
+                            index.put(root, path[:depth], Record(KIND_DIR))
+                    index.put(root, path, record, op="create" if logged else None)
+                elif op == "delete":
+                    index.delete(root, path, logged=args[0])
+                else:
+                    new, logged = args
+                    index.rename(root, path, new, logged=logged)
+                assert [index.counts(r) for r in roots] == [index.recount(r) for r in roots]
+
+    check()
 
 
 def ops(index: Index, root: int) -> list[tuple[str, bytes, bytes | None]]:

@@ -1,11 +1,17 @@
-"""SIGKILL at any moment: after a restart the index matches the disk and the history is whole."""
+"""SIGKILL at any moment: a restart takes the mount back, the index matches the disk, the history is whole.
+
+And what the restart must not take: a live, a stuck or a foreign mount on the mountpoint.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,6 +21,98 @@ from realizefs.peers.identity import load_or_create
 from realizefs.store.index import KIND_FILE, Index
 from realizefs.store.schema import Store
 from tests.support import Daemon, wait_for
+
+
+def run_daemon(d: Daemon) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "realizefs", "--config", str(d.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def on_the_same_mountpoint(d: Daemon) -> Daemon:
+    """A second daemon with its own data_dir and Real, configured to mount where *d* does."""
+    other = Daemon(d.base / "other")
+    other.config_path.write_text(
+        other.config_path.read_text().replace(str(other.mountpoint), str(d.mountpoint))
+    )
+    return other
+
+
+def test_restart_after_sigkill_detaches_the_dead_mount_the_kernel_still_stats(base: Path) -> None:
+    d = Daemon(base)
+    d.start()
+    try:
+        (d.mnt() / "f").write_text("kept")
+        os.stat(d.mountpoint)  # the root's attributes are cached for an hour from here on
+        d.signal(signal.SIGKILL)
+        assert d.proc is not None
+        d.proc.wait()
+        assert os.stat(d.mountpoint).st_ino == 1  # answered from the cache: stat cannot tell it is dead
+        try:
+            os.listdir(d.mountpoint)
+            raise AssertionError("the mount still answers")
+        except OSError as exc:
+            assert exc.errno == errno.ENOTCONN
+        d.allowed_log.append(f"detached a dead mount on {d.mountpoint} ")
+        d.start()
+        assert (d.mnt() / "f").read_text() == "kept"
+        assert d.stop() == 0
+        warnings = [line for line in d.log().splitlines() if " WARNING " in line]
+        assert len(warnings) == 1 and str(d.mountpoint) in warnings[0]
+    finally:
+        d.kill()
+
+
+def test_a_live_mount_is_refused_before_anything_is_created(base: Path) -> None:
+    d = Daemon(base)
+    d.start()
+    try:
+        other = on_the_same_mountpoint(d)
+        result = run_daemon(other)
+        assert result.returncode == 1
+        assert f"{d.mountpoint} is already a mount point: a running realizefs answers there" in result.stderr
+        assert sorted(os.listdir(other.data_dir)) == []  # no store, no lock, no identity key
+        (d.mnt() / "still").write_text("works")
+        assert (d.root() / "still").read_text() == "works"
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def test_a_stuck_realizefs_is_refused_not_detached(base: Path) -> None:
+    d = Daemon(base)
+    d.start()
+    try:
+        os.stat(d.mountpoint)  # cached: the second daemon's config check does not wait on the stuck one
+        d.signal(signal.SIGSTOP)
+        try:
+            result = run_daemon(on_the_same_mountpoint(d))
+        finally:
+            d.signal(signal.SIGCONT)
+        assert result.returncode == 1
+        assert "does not answer" in result.stderr and f"fusermount3 -u {d.mountpoint}" in result.stderr
+        (d.mnt() / "still").write_text("works")
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def test_a_foreign_filesystem_on_the_mountpoint_is_refused_and_left_alone(base: Path) -> None:
+    d = Daemon(base)
+    d.mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "elsewhere", str(d.mountpoint)], check=True)
+    try:
+        result = run_daemon(d)
+        assert result.returncode == 1
+        assert f"{d.mountpoint} is already a mount point (tmpfs from elsewhere)" in result.stderr
+        assert os.path.ismount(d.mountpoint)
+        assert not (d.data_dir / "store").exists()
+    finally:
+        subprocess.run(["umount", str(d.mountpoint)], check=True)
 
 
 def writer(root: Path, stop: threading.Event, seed: int) -> None:
