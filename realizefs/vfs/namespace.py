@@ -22,8 +22,8 @@ Kernel caching: attributes and entries of arena paths may be cached by the
 kernel for `ATTR_TTL` seconds, which bounds how long a change made directly in
 the backing directory can go unseen. Virtual files are never cached. An
 open file keeps the kernel's page cache (``keep_cache``) only while the
-backing file's (size, mtime, ctime) are what they were at the last open or
-close through the mount: the ctime moves with every change of content and no
+backing file's (size, mtime, ctime) are what they were at the last open of,
+or write to, it through the mount: the ctime moves with every change of content and no
 user can set it back, unlike the mtime (``cp -p``, ``rsync -t``).
 
 Concurrency: every method runs on the event loop thread and does short
@@ -429,8 +429,11 @@ class Namespace:
         return self._locate(parent)
 
     def wrote(self, handle: FileHandle) -> None:
-        """After a write through the mount: the kernel knows, no invalidation needed."""
-        self._told[handle.ino] = os.fstat(handle.fd).st_ctime_ns
+        """After a write through the mount: the kernel knows, no invalidation needed, pages still good."""
+        st = os.fstat(handle.fd)
+        self._told[handle.ino] = st.st_ctime_ns
+        if handle.ino in self._stamps:
+            self._stamps[handle.ino] = _stamp(st)
 
     def _created(self, parent: int, name: bytes, st: os.stat_result, pin: int | None) -> Attr:
         """The new object *st* at *name* in *parent*, referenced by the kernel; *pin*: of it, or None."""
@@ -559,17 +562,15 @@ class Namespace:
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if isinstance(handle, FileHandle) and handle.fd >= 0:
-            try:
-                if handle.ino in self._stamps:
-                    self._stamps[handle.ino] = _stamp(os.fstat(handle.fd))
-            finally:
-                os.close(handle.fd)
-                fds = self._fds_by_ino.get(handle.ino, [])
-                fds.remove(handle.fd)
-                if not fds:
-                    self._fds_by_ino.pop(handle.ino, None)
-                self.inodes.closed(handle.ino)
-                self._settle(handle.ino)
+            # No new stamp here: the kernel sends the release after close(2) has returned,
+            # so a change made in the backing tree meanwhile would pass for one it has seen.
+            os.close(handle.fd)
+            fds = self._fds_by_ino.get(handle.ino, [])
+            fds.remove(handle.fd)
+            if not fds:
+                self._fds_by_ino.pop(handle.ino, None)
+            self.inodes.closed(handle.ino)
+            self._settle(handle.ino)
 
     # ------------------------------------------------------------ directories
 
