@@ -4,7 +4,8 @@
 mount answers, and on `stop` asserts the daemon exited 0, unmounted, and
 logged no unexpected WARNING or ERROR line. `wait_for` polls a condition
 with a deadline instead of sleeping. `reserve_port` holds a TCP port for a
-listener that may stop and start again.
+listener that may stop and start again. `examples` scales a property test's
+count of examples with the hypothesis profile (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
+
+from hypothesis import settings
 
 T = TypeVar("T")
 
@@ -56,6 +59,11 @@ def reserve_port(host: str = "127.0.0.1") -> socket.socket:
     reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     reservation.bind((host, 0))
     return reservation
+
+
+def examples(n: int) -> int:
+    """*n* hypothesis examples, scaled as the active profile scales its default of 100."""
+    return max(1, n * settings().max_examples // 100)
 
 
 def make_base() -> Path:

@@ -49,6 +49,9 @@ IO_LIMIT = 5.0  # the bound on any hand-made client's I/O
 
 PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
+# Refusals are logged at WARNING: that is what these tests are about (point 3).
+pytestmark = pytest.mark.expect_log(r"^refused ")
+
 
 # ---------------------------------------------------------------- helpers
 

@@ -194,6 +194,7 @@ def test_leaving_a_stream_cancels_the_transfer_at_the_peer() -> None:
     run_trio(test)
 
 
+@pytest.mark.expect_log(r"protocol version \d+ is not supported")
 def test_another_protocol_version_is_refused_with_the_reason_on_both_sides(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -215,6 +216,7 @@ def test_another_protocol_version_is_refused_with_the_reason_on_both_sides(
     assert any("protocol version" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.expect_log(r"^peer c \(.*\): protocol error: not a msgpack message")
 def test_malformed_input_closes_that_connection_only(caplog: pytest.LogCaptureFixture) -> None:
     async def test(nursery: trio.Nursery) -> None:
         a = await start_node(nursery, "a")
@@ -238,6 +240,7 @@ def test_malformed_input_closes_that_connection_only(caplog: pytest.LogCaptureFi
     assert [r for r in caplog.records if "protocol error" in r.getMessage()]
 
 
+@pytest.mark.expect_log(r"^refused ")
 def test_reloading_adds_and_removes_peers() -> None:
     async def test(nursery: trio.Nursery) -> None:
         a = await start_node(nursery, "a")

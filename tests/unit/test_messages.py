@@ -40,6 +40,7 @@ from realizefs.peers.messages import (
     decode,
     encode,
 )
+from tests.support import examples
 
 MAX_ID = 2**63 - 1
 MAX_AMOUNT = MAX_FRAME * 1024  # the largest window or credit
@@ -144,14 +145,14 @@ messages: st.SearchStrategy[Message] = st.one_of(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(messages)
 def test_round_trip(message: Message) -> None:
     decoded = decode(encode(message))
     assert decoded == message and type(decoded) is type(message)
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(messages, st.binary(min_size=1, max_size=8))
 def test_a_message_is_exactly_its_bytes(message: Message, extra: bytes) -> None:
     wire = encode(message)
