@@ -4,7 +4,8 @@
 loopback port (or deaf), and a handler that records what it served.
 `FreezableProxy` forwards TCP between two ports and can freeze (stop
 forwarding, keep the sockets open, as a frozen process or a pulled cable
-would) or drop everything.
+would) or drop everything; a ``once`` proxy forwards one connection and then
+refuses the others.
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ async def eventually(condition: Callable[[], object], timeout: float = 10.0, wha
 class FreezableProxy:
     """A TCP forwarder from an ephemeral loopback port to *target*; `frozen` stops it."""
 
-    def __init__(self, target: Address) -> None:
+    def __init__(self, target: Address, once: bool = False) -> None:
         self.target = target
+        self.once = once
         self.frozen = False
         self.address: Address | None = None
         self._thaw = trio.Event()
@@ -151,6 +153,11 @@ class FreezableProxy:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.address = Address("127.0.0.1", listeners[0].socket.getsockname()[1])
         task_status.started(self.address)
+        if self.once:
+            client = await listeners[0].accept()
+            await listeners[0].aclose()  # the next connection is refused by the kernel
+            await self._forward(client)
+            return
         await trio.serve_listeners(self._forward, listeners)
 
     async def _forward(self, client: trio.SocketStream) -> None:
