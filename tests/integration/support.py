@@ -25,6 +25,7 @@ from realizefs.peers.household import Household
 from realizefs.peers.identity import Identity
 from realizefs.peers.messages import PROTOCOL_VERSION, Hello, Request, Value
 from realizefs.types import Address
+from tests.support import MIN_DEADLINE
 
 FAST = NetworkConfig(keepalive=0.2, timeout=1.0, handshake_timeout=1.0, reconnect_max=0.4)
 
@@ -116,7 +117,8 @@ async def start_node(
 
 
 async def eventually(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    """Wait until *condition* holds, checking every 10 ms; fail after *timeout* seconds."""
+    """Wait until *condition* holds (checked every 10 ms); fail after *timeout* s (at least 30)."""
+    timeout = max(timeout, MIN_DEADLINE)
     with trio.move_on_after(timeout):
         while not condition():
             await trio.sleep(0.01)
@@ -183,7 +185,7 @@ class FreezableProxy:
 Runner = Callable[[trio.Nursery], Awaitable[None]]
 
 
-def run_trio(test: Runner, timeout: float = 30.0) -> None:
+def run_trio(test: Runner, timeout: float = 4 * MIN_DEADLINE) -> None:
     """Run *test* with a nursery under a deadline; the nursery is cancelled when it returns."""
 
     async def main() -> None:

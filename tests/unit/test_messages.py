@@ -10,7 +10,6 @@ accepted, so the refusals are not a decoder that refuses everything.
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 from typing import Any
 
@@ -412,16 +411,13 @@ def test_a_bomb_fails_fast_without_allocating(header: str, where: str) -> None:
     before = {"the message": "", "a response's value": "930701", "a request's args": "950501a16d"}
     data = bytes.fromhex(before[where] + header) + b"\x00" * 64
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         why = refused(data)
-        elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert "not a msgpack message" in why, why
-    assert elapsed < 0.1, elapsed
-    assert peak < 1 << 20, peak  # what it declares is never allocated
+    assert peak < 1 << 20, peak  # what it declares is never allocated (nor walked: no time is measured)
 
 
 @pytest.mark.parametrize(
@@ -435,9 +431,7 @@ def test_a_bomb_fails_fast_without_allocating(header: str, where: str) -> None:
     ],
 )
 def test_deep_nesting_is_refused(what: str, data: bytes) -> None:
-    started = time.perf_counter()
     assert "not a msgpack message" in refused(data)
-    assert time.perf_counter() - started < 0.5
 
 
 # ---------------------------------------------------------------- versions
