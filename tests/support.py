@@ -3,7 +3,9 @@
 `Daemon` writes a config, starts ``python -m realizefs`` on it, waits until the
 mount answers, and on `stop` asserts the daemon exited 0, unmounted, and
 logged no unexpected WARNING or ERROR line. `wait_for` polls a condition
-with a deadline instead of sleeping.
+with a deadline instead of sleeping. `reserve_port` holds a TCP port for a
+listener that may stop and start again. `examples` scales a property test's
+count of examples with the hypothesis profile (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,15 +23,21 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+from hypothesis import settings
+
 T = TypeVar("T")
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and os.geteuid() == 0
 NOBODY = 65534
 WATCHDOG_SECONDS = 240.0  # below pytest's 300 s timeout
+# A deadline only bounds how long a failing test takes: no condition gets less than
+# this, so that a busy machine makes tests slower, not failed.
+MIN_DEADLINE = 30.0
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll *condition* until it returns something truthy; fail after *timeout* seconds."""
+    """Poll *condition* until it returns something truthy; fail after *timeout* s (at least 30)."""
+    timeout = max(timeout, MIN_DEADLINE)
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
@@ -39,6 +48,26 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def reserve_port(host: str = "127.0.0.1") -> socket.socket:
+    """A socket holding a free TCP port on *host* for the caller's listeners; close it when done.
+
+    Bound with SO_REUSEADDR and never listening, it keeps the port from everyone else on
+    the machine: Linux gives it to no bind(0) and uses it as the source port of no
+    outgoing connection. Yet a listener that sets SO_REUSEADDR too (trio's do) can bind
+    it, and bind it again after a restart. A port merely found free (bound, then
+    closed) is taken by whoever comes first while its listener is down.
+    """
+    reservation = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reservation.bind((host, 0))
+    return reservation
+
+
+def examples(n: int) -> int:
+    """*n* hypothesis examples, scaled as the active profile scales its default of 100."""
+    return max(1, n * settings().max_examples // 100)
 
 
 def make_base() -> Path:

@@ -38,6 +38,7 @@ from realizefs.peers.messages import (
 )
 from realizefs.peers.transport import Transport
 from tests.integration.support import Recorder
+from tests.support import examples
 
 TIMING = Timing(keepalive=10.0, timeout=30.0, hello_timeout=5.0)
 HELLO = Hello("them", b"\x01" * 16, ("a",))
@@ -173,6 +174,7 @@ VIOLATIONS: list[tuple[str, list[Message], str]] = [
 ]
 
 
+@pytest.mark.expect_log(r": protocol error: .*; closing the connection$")
 @pytest.mark.parametrize(("what", "messages", "words"), VIOLATIONS, ids=[v[0] for v in VIOLATIONS])
 def test_protocol_violations_close_the_connection(what: str, messages: list[Message], words: str) -> None:
     async def driver(conn: Connection, peer: Transport) -> None:
@@ -187,6 +189,7 @@ def test_protocol_violations_close_the_connection(what: str, messages: list[Mess
     run(driver, Recorder())
 
 
+@pytest.mark.expect_log(r": protocol error: data beyond the window")
 def test_data_beyond_the_window_closes_the_connection() -> None:
     async def driver(conn: Connection, peer: Transport) -> None:
         async with trio.open_nursery() as nursery:
@@ -206,7 +209,8 @@ def test_data_beyond_the_window_closes_the_connection() -> None:
     run(driver)
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.mark.expect_log(r": protocol error: .*; closing the connection$")
+@settings(max_examples=examples(60), deadline=None)
 @given(st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=5))
 def test_random_frames_close_only_that_connection(frames: list[bytes]) -> None:
     async def driver(conn: Connection, peer: Transport) -> None:
@@ -246,6 +250,10 @@ class Awkward:
         raise RuntimeError("y" * 5000)  # longer than an error message may be
 
 
+@pytest.mark.expect_log(
+    r"^peer them: the answer to '(huge|big-int)' cannot be sent: ",
+    r"^peer them: serving 'long-error' failed$",
+)
 def test_answers_that_cannot_be_sent_become_errors_and_the_connection_lives(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -12,16 +13,19 @@ from typing import Any
 
 import pytest
 
-from tests.support import Daemon, cleanup_base, make_base, wait_for
+from tests.support import Daemon, cleanup_base, make_base, reserve_port, wait_for
 
-NETWORK = '\n[network]\nkeepalive = "500ms"\ntimeout = "3s"\nhandshake_timeout = "2s"\nreconnect_max = "1s"\n'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+TIMEOUT = 3.0  # [network] timeout
+KEEPALIVE = 0.5
+NETWORK = "\n[network]\n" + "".join(
+    f'{key} = "{value}"\n'
+    for key, value in [
+        ("keepalive", f"{KEEPALIVE * 1000:g}ms"),
+        ("timeout", f"{TIMEOUT:g}s"),
+        ("handshake_timeout", "2s"),
+        ("reconnect_max", "1s"),
+    ]
+)
 
 
 @pytest.fixture
@@ -46,11 +50,57 @@ def connected(d: Daemon, name: str) -> bool:
     return peers(d).get(name, {}).get("state") == "connected"
 
 
+def freeze_until_dropped(d: Daemon, name: str, freeze: Daemon, timeout: float = 120.0) -> tuple[float, float]:
+    """SIGSTOP *freeze* and poll *d*'s status of peer *name* until it is no longer connected.
+
+    Returns two `time.monotonic` instants: one before *d* last read anything from the
+    peer, and one after *d* dropped it; their difference bounds from above the silence
+    *d* waited for. The first is the start of the poll before the one that saw
+    ``bytes_in`` last grow (a message counts in ``bytes_in`` before it is marked
+    received): so the peer is stopped only once a first growth has been seen.
+    """
+    deadline = time.monotonic() + timeout
+    previous = time.monotonic()
+    bytes_in = peers(d)[name]["bytes_in"]
+    received_after: float | None = None
+    stopped = False
+    while True:
+        started = time.monotonic()
+        status = peers(d)[name]
+        if status["bytes_in"] != bytes_in:
+            bytes_in, received_after = status["bytes_in"], previous
+            if not stopped:
+                freeze.signal(signal.SIGSTOP)
+                stopped = True
+        if status["state"] != "connected":
+            assert stopped, f"{name} dropped before it was stopped: {status}"
+            assert received_after is not None
+            return received_after, time.monotonic()
+        assert started < deadline, f"{name} still connected after {timeout}s"
+        previous = started
+        time.sleep(0.02)  # a poll's interval, not a condition
+
+
+def messages_over(d: Daemon, name: str, n: int) -> None:
+    """Wait until *d*'s ``bytes_in`` from peer *name* has been seen to grow *n* times."""
+    seen: list[int] = [peers(d)[name]["bytes_in"], 0]
+
+    def grown() -> bool:
+        now: int = peers(d)[name]["bytes_in"]
+        if now != seen[0]:
+            seen[:] = [now, seen[1] + 1]
+        return seen[1] >= n
+
+    wait_for(grown, 120, f"{n} reads from {name}")
+
+
 class Pair:
     """Daemons named after their position: a listens, b listens unless deaf, c listens."""
 
     def __init__(self, bases: list[Path], deaf: bool = False) -> None:
-        self.ports = [free_port() for _ in bases]
+        # Held until the end: a daemon restarted on its port finds it free.
+        self.reservations = [reserve_port() for _ in bases]
+        self.ports: list[int] = [r.getsockname()[1] for r in self.reservations]
         self.daemons = [
             Daemon(
                 base,
@@ -84,6 +134,8 @@ class Pair:
     def kill(self) -> None:
         for d in self.daemons:
             d.kill()
+        for reservation in self.reservations:
+            reservation.close()
 
 
 def test_two_listening_daemons_connect_once(bases: list[Path]) -> None:
@@ -109,8 +161,10 @@ def test_two_listening_daemons_connect_once(bases: list[Path]) -> None:
         consensus = json.loads((a.mountpoint / ".realize" / "consensus.json").read_text())
         assert consensus["connected_peers"] == 1
         since = seen_a["since"]
-        wait_for(lambda: peers(a)["b"]["bytes_in"] > seen_a["bytes_in"], 10, "keepalives to flow")
-        assert peers(a)["b"]["since"] == since and peers(a)["b"]["state"] == "connected"  # no flapping
+        # No flapping: the connection outlives the timeout, counted in b's keepalive traffic
+        # (two messages at most per keepalive period: b's ping and b's pong).
+        messages_over(a, "b", int(2 * (TIMEOUT + 1) / KEEPALIVE))
+        assert peers(a)["b"]["since"] == since and peers(a)["b"]["state"] == "connected"
         pair.stop()
     finally:
         pair.kill()
@@ -159,14 +213,15 @@ def test_a_frozen_daemon_is_dropped_by_keepalive_and_reconnected(bases: list[Pat
         pair.configure(1, pair.entry(0, address=False))
         pair.configure(0, pair.entry(1))
         wait_for(lambda: connected(a, "b") and connected(b, "a"), 15, "a and b to connect")
-        b.signal(signal.SIGSTOP)  # b's mount is not touched while it is stopped
-        try:
-            frozen = time.monotonic()
-            wait_for(lambda: not connected(a, "b"), 10, "a to notice that b froze")
-            assert 2.5 <= time.monotonic() - frozen <= 5, time.monotonic() - frozen  # [network] timeout = 3s
-            assert "keepalive timeout" in (peers(a)["b"]["last_error"] or "")
+        try:  # b's mount is not touched while it is stopped
+            received_after, dropped_by = freeze_until_dropped(a, "b", b)
         finally:
             b.signal(signal.SIGCONT)
+        # Not before the timeout: measured from a lower bound of when a last read from b.
+        assert dropped_by - received_after >= TIMEOUT, (received_after, dropped_by)
+        last_error = peers(a)["b"]["last_error"] or ""
+        silent = re.fullmatch(r"no answer for (\d+)s \(keepalive timeout\)", last_error)
+        assert silent and int(silent[1]) >= TIMEOUT, last_error  # a's own measure of the silence
         wait_for(lambda: connected(a, "b") and connected(b, "a"), 15, "a and b to reconnect")
         pair.stop()
     finally:
@@ -184,7 +239,7 @@ def test_sighup_adds_and_removes_peers(bases: list[Path]) -> None:
         pair.configure(2, pair.entry(0))
         pair.configure(0, pair.entry(1, address=False))
         wait_for(lambda: connected(a, "b"), 15, "a and b to connect")
-        assert not connected(c, "a")
+        wait_for(lambda: peers(c)["a"]["state"].startswith("refused"), 15, "a to refuse c, unknown yet")
         pair.configure(0, pair.entry(1, address=False), pair.entry(2, address=False))
         wait_for(lambda: connected(a, "c") and connected(c, "a"), 15, "c, added, to connect")
         pair.configure(0, pair.entry(2, address=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -256,17 +257,79 @@ def test_open_file_survives_unlink_and_rename(daemon: Daemon) -> None:
         os.close(fd)
 
 
-def test_fsync_and_fsyncdir(daemon: Daemon) -> None:
-    mnt = daemon.mnt()
-    fd = os.open(mnt / "f", os.O_CREAT | os.O_WRONLY, 0o644)
+class Strace:
+    """``strace`` attached to every thread of a process, recording some system calls with their fds' paths."""
+
+    def __init__(self, pid: int, calls: str, output: Path) -> None:
+        self.pid, self.output = pid, output
+        self.proc = subprocess.Popen(
+            ["strace", "-f", "-qq", "-y", "-e", f"trace={calls}", "-o", str(output), "-p", str(pid)],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_for(self._attached, 30, "strace to attach to every thread")
+
+    def _attached(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"strace exited {self.proc.returncode}: {self.proc.stderr!r}")
+        tasks = list(Path(f"/proc/{self.pid}/task").iterdir())
+        return all(f"TracerPid:\t{self.proc.pid}\n" in (task / "status").read_text() for task in tasks)
+
+    def stop(self) -> list[str]:
+        """Detach (the daemon goes on); the calls recorded, one line each.
+
+        A call another thread's call interrupted (``123 fsync(6</p> <unfinished ...>``,
+        later ``123 <... fsync resumed>) = 0``) is joined back into one line.
+        """
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=30)
+        assert self.proc.returncode in (0, -15), err
+        lines: list[str] = []
+        unfinished: dict[str, str] = {}
+        for line in self.output.read_text().splitlines():
+            pid, _, call = line.partition(" ")
+            if call.endswith(" <unfinished ...>"):
+                unfinished[pid] = call.removesuffix(" <unfinished ...>")
+            elif (resumed := re.match(r"<\.\.\. \w+ resumed>", call)) and pid in unfinished:
+                lines.append(f"{pid} {unfinished.pop(pid)}{call[resumed.end() :]}")
+            else:
+                lines.append(line)
+        return lines
+
+
+def test_fsync_and_fsyncdir_reach_the_backing_objects(daemon: Daemon, base: Path) -> None:
+    mnt, root = daemon.mnt(), daemon.root()
+    (mnt / "d").mkdir()
+    assert daemon.proc is not None
+    trace = Strace(daemon.proc.pid, "fsync,fdatasync", base / "strace.out")
     try:
-        os.write(fd, b"x" * 100_000)
-        os.fsync(fd)
-        os.fdatasync(fd)
+        fd = os.open(mnt / "f", os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"x" * 100_000)
+            os.fsync(fd)
+            os.write(fd, b"y")
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        for directory in (mnt, mnt / "d"):
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
     finally:
-        os.close(fd)
-    dfd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        lines = trace.stop()
+    assert (root / "f").read_bytes() == b"x" * 100_000 + b"y"
+    # "[pid N] fsync(7</path>) = 0", or "<... fsync resumed>) = 0" after another thread's line
+    calls = {
+        (m["call"], m["path"])
+        for line in lines
+        if (m := re.search(r"\b(?P<call>fsync|fdatasync)\(\d+<(?P<path>[^>]*)>\) = 0$", line))
+    }
+    for expected in [
+        ("fsync", root / "f"),
+        ("fdatasync", root / "f"),
+        ("fsync", root),
+        ("fsync", root / "d"),
+    ]:
+        assert (expected[0], str(expected[1])) in calls, (expected, lines)

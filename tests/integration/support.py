@@ -4,7 +4,8 @@
 loopback port (or deaf), and a handler that records what it served.
 `FreezableProxy` forwards TCP between two ports and can freeze (stop
 forwarding, keep the sockets open, as a frozen process or a pulled cable
-would) or drop everything.
+would) or drop everything; a ``once`` proxy forwards one connection and then
+refuses the others.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from realizefs.peers.household import Household
 from realizefs.peers.identity import Identity
 from realizefs.peers.messages import PROTOCOL_VERSION, Hello, Request, Value
 from realizefs.types import Address
+from tests.support import MIN_DEADLINE
 
 FAST = NetworkConfig(keepalive=0.2, timeout=1.0, handshake_timeout=1.0, reconnect_max=0.4)
 
@@ -115,7 +117,8 @@ async def start_node(
 
 
 async def eventually(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    """Wait until *condition* holds, checking every 10 ms; fail after *timeout* seconds."""
+    """Wait until *condition* holds (checked every 10 ms); fail after *timeout* s (at least 30)."""
+    timeout = max(timeout, MIN_DEADLINE)
     with trio.move_on_after(timeout):
         while not condition():
             await trio.sleep(0.01)
@@ -126,8 +129,9 @@ async def eventually(condition: Callable[[], object], timeout: float = 10.0, wha
 class FreezableProxy:
     """A TCP forwarder from an ephemeral loopback port to *target*; `frozen` stops it."""
 
-    def __init__(self, target: Address) -> None:
+    def __init__(self, target: Address, once: bool = False) -> None:
         self.target = target
+        self.once = once
         self.frozen = False
         self.address: Address | None = None
         self._thaw = trio.Event()
@@ -151,6 +155,11 @@ class FreezableProxy:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.address = Address("127.0.0.1", listeners[0].socket.getsockname()[1])
         task_status.started(self.address)
+        if self.once:
+            client = await listeners[0].accept()
+            await listeners[0].aclose()  # the next connection is refused by the kernel
+            await self._forward(client)
+            return
         await trio.serve_listeners(self._forward, listeners)
 
     async def _forward(self, client: trio.SocketStream) -> None:
@@ -176,7 +185,7 @@ class FreezableProxy:
 Runner = Callable[[trio.Nursery], Awaitable[None]]
 
 
-def run_trio(test: Runner, timeout: float = 30.0) -> None:
+def run_trio(test: Runner, timeout: float = 4 * MIN_DEADLINE) -> None:
     """Run *test* with a nursery under a deadline; the nursery is cancelled when it returns."""
 
     async def main() -> None:

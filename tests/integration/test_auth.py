@@ -22,11 +22,12 @@ import os
 import re
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -41,13 +42,24 @@ from realizefs.peers.frames import FrameDecoder, encode_frame
 from realizefs.peers.identity import Identity
 from realizefs.peers.messages import Hello, decode, encode
 from realizefs.peers.transport import Refused, TlsStream, Transport, dial
-from tests.integration.support import FAST, Node, Recorder, eventually, new_identity, run_trio, start_node
+from tests.integration.support import (
+    FAST,
+    FreezableProxy,
+    Node,
+    Recorder,
+    eventually,
+    new_identity,
+    run_trio,
+    start_node,
+)
 
 HOUSEHOLD = "realizefs.peers.household"
-SETTLE = 0.3  # seconds to wait after a refusal for anything that should not happen
-IO_LIMIT = 5.0  # the bound on any hand-made client's I/O
+IO_LIMIT = 20.0  # the bound on any hand-made client's I/O
 
 PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+# Refusals are logged at WARNING: that is what these tests are about (point 3).
+pytestmark = pytest.mark.expect_log(r"^refused ")
 
 
 # ---------------------------------------------------------------- helpers
@@ -61,6 +73,23 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def inbound_refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The refusals logged by the listening side: those of a connection *from* somewhere."""
     return [line for line in warnings(caplog) if line.startswith("refused") and ": from " in line]
+
+
+def refusals_of(caplog: pytest.LogCaptureFixture, name: str, where: str) -> list[str]:
+    """Every refusal of peer *name* on a connection *where* ("dialing" or "from"), repeats included.
+
+    A repeat of the same refusal is logged at DEBUG only: one line per connection refused.
+    """
+    pattern = re.compile(f"refused peer {re.escape(name)}( again)?: {where} ")
+    return [r.getMessage() for r in caplog.records if r.name == HOUSEHOLD and pattern.match(r.getMessage())]
+
+
+async def settled() -> None:
+    """Until every task of this process waits: whatever a finished connection was to cause has happened.
+
+    Loopback delivers at once, so nothing still in flight can wake a task later.
+    """
+    await trio.testing.wait_all_tasks_blocked()
 
 
 def raw_key(key: Ed25519PrivateKey) -> bytes:
@@ -91,7 +120,7 @@ async def refused_once(
     *address* is the client's ``host:port``, or None for "127.0.0.1, any port".
     """
     await eventually(lambda: inbound_refusals(caplog), timeout=IO_LIMIT, what="a to log the refusal")
-    await trio.sleep(SETTLE)  # nothing more comes: no second line, no late connection
+    await settled()  # nothing more comes: no second line, no late connection
     nothing_reached(a)
     lines = inbound_refusals(caplog)
     assert len(lines) == 1, lines
@@ -130,7 +159,7 @@ def against_a(caplog: pytest.LogCaptureFixture, scenario: Scenario, *, control: 
         if control:
             await genuine_b_gets_in(nursery, a, b)
 
-    with caplog.at_level(logging.WARNING, logger=HOUSEHOLD):
+    with caplog.at_level(logging.DEBUG, logger=HOUSEHOLD):  # DEBUG: each repeated refusal
         run_trio(test)
 
 
@@ -167,9 +196,9 @@ async def tls_client(a: Node, context: ssl.SSLContext, claim: str | None) -> Out
 
 async def raw_client(a: Node, data: bytes) -> tuple[str, bytes, float]:
     """Send *data* (if any) on plain TCP and read to EOF; address, bytes read, seconds to EOF."""
+    started = trio.current_time()  # before a can have accepted it
     stream = await trio.open_tcp_stream("127.0.0.1", port_of(a))
     host, port = stream.socket.getsockname()[:2]
-    started = trio.current_time()
     received = b""
     try:
         with trio.fail_after(IO_LIMIT):
@@ -232,11 +261,14 @@ def test_an_unknown_client_key_is_refused(caplog: pytest.LogCaptureFixture) -> N
     c = new_identity()
 
     async def scenario(nursery: trio.Nursery, a: Node, b: Identity) -> None:
-        client = await start_node(nursery, "c", [a.peer()], listen=False, identity=c)
-        await eventually(lambda: client.state("a").startswith("refused: "), what="c to be refused")
-        client.stop()  # before its first redial (>= 0.2 s away): one attempt, one line at a
-        state = client.state("a")
-        assert "the peer does not accept our key" in state, state
+        assert a.address is not None
+        proxy = FreezableProxy(a.address, once=True)  # c's redials never reach a: one line at a
+        to_a = replace(a.peer(), address=await nursery.start(proxy.run))
+        client = await start_node(nursery, "c", [to_a], listen=False, identity=c)
+        await eventually(lambda: refusals_of(caplog, "a", "dialing"), what="c to be refused")
+        client.stop()
+        refused = refusals_of(caplog, "a", "dialing")[0]
+        assert "the peer does not accept our key" in refused, refused
         assert client.household.connection("a") is None
         line = await refused_once(caplog, a, None, c.public_key)
         assert re.search(r": from 127\.0\.0\.1:\d+: its key is not a configured peer \(", line), line
@@ -254,14 +286,14 @@ def test_an_unknown_server_key_is_refused_by_the_dialer(caplog: pytest.LogCaptur
         await eventually(lambda: client.state("a").startswith("refused: "), what="b to refuse a")
         state = client.state("a")
         assert "the server presented a certificate for another key" in state, state
-        await trio.sleep(1.0)  # b redials (backoff capped at 0.4 s): a refusal logged once all the same
+        await eventually(lambda: len(refusals_of(caplog, "a", "dialing")) >= 3, what="b to dial three times")
         outbound = [line for line in warnings(caplog) if line.startswith("refused peer a: dialing ")]
         assert len(outbound) == 1, outbound
         assert f"dialing {a.address}: " in outbound[0], outbound
         assert outbound[0].endswith(f"(key offered: {format_key(a.identity.public_key)})"), outbound
         assert client.household.connection("a") is None and client.handler.served == []
         client.stop()
-        await trio.sleep(SETTLE)
+        await settled()
         nothing_reached(a)
         # a, whose TLS handshake with b succeeded (b's key is configured), saw b hang up
         # before any hello: no request of b's was ever read.
@@ -369,7 +401,7 @@ def test_a_silent_client_is_dropped_after_the_handshake_timeout(caplog: pytest.L
     async def scenario(nursery: trio.Nursery, a: Node, b: Identity) -> None:
         address, received, waited = await raw_client(a, b"")  # connects, never speaks, reads EOF
         assert received == b""
-        assert 0.9 * timeout <= waited <= timeout + 0.75, waited
+        assert waited >= timeout, waited
         line = await refused_once(caplog, a, address, None)
         assert f"no TLS handshake within {timeout:g}s" in line, line
 
@@ -474,14 +506,14 @@ def test_an_impostor_does_not_change_a_connected_peers_state(caplog: pytest.LogC
 def test_a_redialing_peer_that_hangs_up_is_logged_once_by_the_listener(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """b (misconfigured: another key for a) redials; a logs "closed before its hello" at each try."""
+    """b (misconfigured: another key for a) redials; a refuses "closed before its hello" at each try."""
 
     async def scenario(nursery: trio.Nursery, a: Node, b: Identity) -> None:
         wrong = Node.entry("a", new_identity(), a.address)
         client = await start_node(nursery, "b", [wrong], listen=False, identity=b)
-        await trio.sleep(1.2)  # three dials at least (backoff 0.2 to 0.4 s)
+        await eventually(lambda: len(refusals_of(caplog, "b", "from")) >= 3, what="a to refuse three dials")
         client.stop()
-        await trio.sleep(SETTLE)
+        await settled()
         lines = inbound_refusals(caplog)
         assert len(lines) == 1, lines
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from realizefs.errors import ProtocolError
 from realizefs.peers.frames import MAX_FRAME, FrameDecoder, encode_frame
+from tests.support import examples
 
 # ---------------------------------------------------------------- encoding
 
@@ -109,7 +110,7 @@ def test_a_frame_is_released_only_by_its_last_byte() -> None:
     assert decoder.feed(frame[-1:]) == [b"payload"] and decoder.pending == 0
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     st.lists(st.binary(min_size=1, max_size=600), max_size=10),
     st.lists(st.integers(0, 10_000), max_size=12),
@@ -122,7 +123,7 @@ def test_random_splits(payloads: list[bytes], cuts: list[int]) -> None:
     assert decoder.pending == 0
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.binary(min_size=1, max_size=300), st.binary(min_size=1, max_size=300), st.integers(0, 10_000))
 def test_a_partial_frame_stays_pending(whole: bytes, partial: bytes, cut: int) -> None:
     tail = encode_frame(partial)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from realizefs.vfs.inodes import ROOT_INODE, InodeTable
+from tests.support import examples
 
 F, D = stat.S_IFREG, stat.S_IFDIR
 
@@ -70,7 +71,7 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(ops)
 def test_paths_stay_consistent(operations: list[tuple[str, bytes, bytes, int]]) -> None:
     t = InodeTable()

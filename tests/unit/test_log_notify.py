@@ -32,6 +32,7 @@ def emit(stream: io.StringIO) -> list[str]:
     return stream.getvalue().splitlines()
 
 
+@pytest.mark.expect_log(r"^two\nlines$", r"^error$")
 def test_journal_lines_carry_priorities_and_no_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
     stream = io.StringIO()
@@ -44,6 +45,7 @@ def test_journal_lines_carry_priorities_and_no_time(monkeypatch: pytest.MonkeyPa
     ]
 
 
+@pytest.mark.expect_log(r"^two\nlines$", r"^error$")
 def test_console_lines_carry_time_and_level(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     stream = io.StringIO()
@@ -74,6 +76,7 @@ def test_notify_without_systemd_does_nothing(monkeypatch: pytest.MonkeyPatch) ->
     assert systemd.notify("READY=1") is False
 
 
+@pytest.mark.expect_log("^cannot notify systemd at ")
 def test_notify_to_nowhere_is_not_fatal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

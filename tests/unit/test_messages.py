@@ -10,7 +10,6 @@ accepted, so the refusals are not a decoder that refuses everything.
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 from typing import Any
 
@@ -40,6 +39,7 @@ from realizefs.peers.messages import (
     decode,
     encode,
 )
+from tests.support import examples
 
 MAX_ID = 2**63 - 1
 MAX_AMOUNT = MAX_FRAME * 1024  # the largest window or credit
@@ -144,14 +144,14 @@ messages: st.SearchStrategy[Message] = st.one_of(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(messages)
 def test_round_trip(message: Message) -> None:
     decoded = decode(encode(message))
     assert decoded == message and type(decoded) is type(message)
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(messages, st.binary(min_size=1, max_size=8))
 def test_a_message_is_exactly_its_bytes(message: Message, extra: bytes) -> None:
     wire = encode(message)
@@ -411,16 +411,13 @@ def test_a_bomb_fails_fast_without_allocating(header: str, where: str) -> None:
     before = {"the message": "", "a response's value": "930701", "a request's args": "950501a16d"}
     data = bytes.fromhex(before[where] + header) + b"\x00" * 64
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         why = refused(data)
-        elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert "not a msgpack message" in why, why
-    assert elapsed < 0.1, elapsed
-    assert peak < 1 << 20, peak  # what it declares is never allocated
+    assert peak < 1 << 20, peak  # what it declares is never allocated (nor walked: no time is measured)
 
 
 @pytest.mark.parametrize(
@@ -434,9 +431,7 @@ def test_a_bomb_fails_fast_without_allocating(header: str, where: str) -> None:
     ],
 )
 def test_deep_nesting_is_refused(what: str, data: bytes) -> None:
-    started = time.perf_counter()
     assert "not a msgpack message" in refused(data)
-    assert time.perf_counter() - started < 0.5
 
 
 # ---------------------------------------------------------------- versions

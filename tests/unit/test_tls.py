@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from realizefs.peers import tls
+from tests.support import examples
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -64,7 +65,7 @@ def test_key_label_known_answers(key: bytes, label: str) -> None:
     assert tls.label_key(label) == key
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.binary(min_size=32, max_size=32))
 def test_every_key_has_a_dns_label_that_spells_it_back(key: bytes) -> None:
     label = tls.key_label(key)
@@ -73,7 +74,7 @@ def test_every_key_has_a_dns_label_that_spells_it_back(key: bytes) -> None:
     assert tls.label_key(label) == key
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz234567ABZ019=-\u0131\u017f", min_size=50, max_size=54))
 def test_a_label_is_accepted_only_in_its_one_spelling(label: str) -> None:
     key = tls.label_key(label)
@@ -128,7 +129,7 @@ def test_claim_name_known_answer() -> None:
     assert tls.claimed_key("a" * 52 + ".key.realize") == bytes(32)
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(st.binary(min_size=32, max_size=32))
 def test_a_claim_names_its_key(key: bytes) -> None:
     name = tls.claim_name(key)

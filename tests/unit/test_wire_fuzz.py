@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, example, given, settings
@@ -45,6 +46,7 @@ from realizefs.peers.messages import (
     encode,
 )
 from realizefs.peers.transport import Transport
+from tests.support import examples
 
 TIMING = Timing(keepalive=10.0, timeout=30.0, hello_timeout=5.0)
 OUR_HELLO = Hello("us", b"\x02" * 16, ())
@@ -132,7 +134,7 @@ def check_only_protocol_errors(data: bytes, cuts: list[int]) -> None:
         assert encode(decode(encode(message))) == encode(message)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.binary(max_size=400), st.lists(st.integers(0, 1000), max_size=4))
 @example(b"\x00\x00\x00\x00", [])
 @example(b"\xff\xff\xff\xff", [])
@@ -141,13 +143,13 @@ def test_random_bytes(data: bytes, cuts: list[int]) -> None:
     check_only_protocol_errors(data, cuts)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(mutated(VALID), st.lists(st.integers(0, 1000), max_size=4))
 def test_mutated_frames_of_valid_messages(data: bytes, cuts: list[int]) -> None:
     check_only_protocol_errors(data, cuts)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     st.lists(st.sampled_from(SAMPLES))
     .map(lambda ms: [encode(m) for m in ms])
@@ -158,7 +160,7 @@ def test_mutated_payloads_in_whole_frames(payloads: tuple[bytes, ...]) -> None:
     check_only_protocol_errors(b"".join(encode_frame(p) for p in payloads if p), [])
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(msgpack_values | message_shaped)
 def test_random_msgpack_values(value: Any) -> None:
     check_only_protocol_errors(encode_frame(pack(value)), [])
@@ -367,7 +369,8 @@ garbage_frames = st.lists(st.binary(min_size=1, max_size=30), min_size=1, max_si
 )
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.expect_log(r": protocol error: .*; closing the connection$")
+@settings(max_examples=examples(50), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.binary(max_size=200)
     | streams
@@ -429,6 +432,7 @@ def test_an_unknown_method_is_answered_with_an_error_and_the_connection_stays_up
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+@pytest.mark.expect_log(r": protocol error: a frame of \d+ bytes \(expected 1 to \d+\); closing")
 def test_an_oversize_frame_closes_that_connection_with_a_goodbye() -> None:
     outcome = feed_connection(encode_frame(encode(Ping(1))) + bytes.fromhex("00200001"))
     reason = "protocol error: a frame of 2097153 bytes (expected 1 to 2097152)"
