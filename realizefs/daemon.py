@@ -26,6 +26,7 @@ from realizefs import __version__, systemd
 from realizefs import config as config_mod
 from realizefs.config import Config
 from realizefs.errors import ConfigError, IdentityError, StoreError
+from realizefs.ops import fallocate
 from realizefs.ops.control import Control
 from realizefs.ops.fs import Operations
 from realizefs.ops.invalidate import KernelCacheSync
@@ -183,6 +184,7 @@ async def _serve(daemon: Daemon) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         listeners = await _listen(daemon)
         pyfuse3.init(Operations(daemon.namespace), str(mountpoint), _mount_options())
+        fallocate.install(daemon.namespace)  # pyfuse3 has no fallocate handler: see the module
         try:
             async with trio.open_nursery() as nursery:
 
