@@ -102,7 +102,11 @@ def elf_symbols(path: str | Path, names: set[str]) -> dict[str, Symbol]:
     A name defined twice with different values is refused (`NotInstalled`);
     names not found are simply absent from the answer.
     """
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size < 64:
+            raise NotInstalled(f"{path} is not a little-endian ELF64 file")
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    with m:
         if m[:4] != b"\x7fELF" or m[4] != 2 or m[5] != 1:
             raise NotInstalled(f"{path} is not a little-endian ELF64 file")
         (shoff,) = struct.unpack_from("<Q", m, 0x28)
@@ -114,18 +118,18 @@ def elf_symbols(path: str | Path, names: set[str]) -> dict[str, Symbol]:
             _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize = struct.unpack_from(
                 "<IIQQQQIIQQ", m, shoff + i * 64
             )
-            if offset + size > len(m):
-                raise NotInstalled(f"{path}: section {i} lies beyond the file")
             return kind, offset, size, link, entsize
 
         found: dict[str, Symbol] = {}
-        symtabs = [section(i) for i in range(shnum) if section(i)[0] == _SHT_SYMTAB]
+        symtabs = [s for s in map(section, range(shnum)) if s[0] == _SHT_SYMTAB]
         if not symtabs:
             raise NotInstalled(f"{path} has no symbol table (stripped)")
         for _kind, offset, size, link, entsize in symtabs:
             if entsize != 24 or link >= shnum:
                 raise NotInstalled(f"{path}: unexpected symbol table")
             _k, str_offset, str_size, _l, _e = section(link)
+            if offset + size > len(m) or str_offset + str_size > len(m):
+                raise NotInstalled(f"{path}: the symbol table lies beyond the file")
             for pos in range(offset, offset + size - size % 24, 24):
                 st_name, st_info, _other, _shndx, value, sym_size = struct.unpack_from("<IBBHQQ", m, pos)
                 if st_name >= str_size:
@@ -308,7 +312,7 @@ def install(namespace: Namespace) -> bool:
         fallocate = Fallocate(namespace, slot.library)
         _installed.append(fallocate)
         pointer.value = ctypes.cast(fallocate.callback, ctypes.c_void_p).value
-    except (NotInstalled, OSError, AttributeError) as exc:
+    except Exception as exc:  # nothing was written: the mount works as without this module
         log.info("fallocate stays unsupported on the mount: %s", exc)
         return False
     log.debug("fallocate passes through (op table at session+%d)", slot.table_offset)
