@@ -7,10 +7,12 @@ directory is listed, so nothing created meanwhile is missed. New directories
 (created, or moved in) are watched as they appear; a directory moved within a
 tree keeps its watches under its new path; one moved out or deleted drops them
 (only the watches it had when it left: a new directory of the same name keeps
-its own). A move is checked against the disk (a watch is per inode, so
-watching a path again names the watch of what is there): when the watches do
-not match, as after a ``RENAME_EXCHANGE``, both paths are watched anew from
-the disk. A move whose two halves arrive in two reads is still paired.
+its own). A moved directory is watched again from the disk below its new
+path (a watch is per inode: watching a path again finds the watch of what is
+there, and what was created in it just before the move, reported under a path
+that no longer led to it, gets its watch); the old path is checked the same
+way, so after a ``RENAME_EXCHANGE`` both sides are watched where they are. A
+move whose two halves arrive in two reads is still paired.
 
 `changes()` returns batches of `Change`, or `None` when the kernel's queue
 overflowed and events were lost (the watches are then set up anew, and the
@@ -152,10 +154,12 @@ class Watcher:
             where = self._dirs.get(wd)
             if where is not None and where[0] == tree and _under(where[1], old):
                 self._dirs[wd] = (tree, new + where[1][len(old) :])
-        if not (self._holds(tree, new) and self._holds(tree, old)):
-            # the disk says otherwise (an exchange, or moved again since): ask it
-            log.debug("watches of %r and %r do not match the disk: watching them anew", old, new)
-            self._watch_below(tree, new)
+        # A directory created inside it just before the move was reported under the old
+        # path, which no longer led to it: it could not be watched then. Watch the moved
+        # tree from the disk (a watched directory keeps its watch: each is looked up).
+        self._watch_below(tree, new)
+        if not self._holds(tree, old):  # the disk holds something else there: an exchange
+            log.debug("watches of %r do not match the disk: watching it anew", old)
             self._watch_below(tree, old)
 
     def _holds(self, tree: Hashable, rel: bytes) -> bool:
@@ -208,8 +212,6 @@ class Watcher:
                 source = moved_from.pop(cookie, None) or carried.pop(cookie, None)
                 if source is not None and source[0] == tree:
                     origin = source[1]
-                elif source is not None:
-                    self._forget(source[2])  # into another tree: watched there anew below
                 if is_dir and source is not None and origin is not None:
                     self._moved(tree, origin, path, source[2])
                 elif is_dir:
@@ -217,8 +219,8 @@ class Watcher:
             elif is_dir and mask & F.CREATE:
                 self._watch_below(tree, path)
             batch.append(Change(tree, directory, raw, mask, origin))
-        for _, _, wds in carried.values():  # not paired in this read either: moved out
-            self._forget(wds)
+        for tree, path, wds in carried.values():  # not paired in this read either: moved out
+            self._forget(tree, path, wds)
         self._moved_out = moved_from  # moved out, or paired in the next read
         if overflow:  # directories may have come and gone unseen: watch everything anew
             log.info("inotify queue overflowed: re-watching every arena")
@@ -229,9 +231,12 @@ class Watcher:
             return None
         return batch
 
-    def _forget(self, wds: list[int]) -> None:
+    def _forget(self, tree: Hashable, top: bytes, wds: list[int]) -> None:
+        """Unwatch what left *top*, unless found since elsewhere (moved into another tree)."""
         for wd in wds:
-            self._unwatch(wd)
+            where = self._dirs.get(wd)
+            if where is not None and where[0] == tree and _under(where[1], top):
+                self._unwatch(wd)
 
 
 def _raise_watch_limit(path: Path = WATCH_LIMIT, ceiling: int = MAX_WATCH_LIMIT) -> bool:
