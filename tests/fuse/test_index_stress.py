@@ -23,6 +23,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 RENAME_EXCHANGE = 2
 
 Listing = dict[bytes, tuple[int, bytes | None]]  # path -> (kind, hash of a file)
+Wrong = tuple[bytes, tuple[int, bytes | None], tuple[int, bytes | None]]  # path, on disk, indexed
 
 
 def exchange(a: Path, b: Path) -> None:
@@ -129,11 +130,11 @@ def test_a_storm_of_changes_leaves_the_index_true_to_the_disk(base: Path) -> Non
         d.kill()
     with Store(d.data_dir) as store:
         index = Index(store, load_or_create(d.data_dir).public_key[:8])
-        found: dict[str, tuple[int, list[bytes], list[bytes], list[object]]] = {}
+        found: dict[str, tuple[int, list[bytes], list[bytes], list[Wrong]]] = {}
         for arena in ("a", "b"):
             disk, known = listing(d.root(arena)), indexed(index, arena)
             lost = sorted(disk.keys() - known.keys())
             ghosts = sorted(known.keys() - disk.keys())
             wrong = sorted((p, disk[p], known[p]) for p in disk.keys() & known.keys() if disk[p] != known[p])
             found[arena] = (len(disk), lost, ghosts, wrong)
-    assert all(lost == ghosts == wrong == [] for _, lost, ghosts, wrong in found.values()), found
+    assert all(not lost and not ghosts and not wrong for _, lost, ghosts, wrong in found.values()), found
