@@ -5,7 +5,11 @@ is forgotten, what is new or whose size or mtime changed is indexed as
 *pending* (no hash) and queued for hashing, and a file whose size and mtime
 are unchanged is not read again. Afterwards the watcher's changes arrive
 through `changed`: a renamed file or directory is renamed in the index (no
-re-hash), anything else touched is looked at again.
+re-hash), anything else touched is looked at again. A rename is a claim
+checked against the disk: both of its paths are looked at again afterwards
+(a renamed directory is walked), and a `RENAME_EXCHANGE` (a rename of B to A
+right after one of A to B, both paths present) re-reads both sides in full
+rather than trusting sizes and mtimes, so no side is lost.
 
 A file is hashed once it has rested: no change seen for the configured rest
 period and the same size and mtime at two looks that far apart. A file that
@@ -15,12 +19,20 @@ changes while it is read is queued again; a file that cannot be read is
 reported (log and `unreadable`) and stays pending, never treated as deleted.
 FIFOs, sockets and devices are not indexed.
 
-Concurrency: `run` is one task; walking and hashing happen in worker threads,
-each index update is one short LMDB transaction (safe from any thread).
+Failures are retried: a failed walk of a tree is walked again, and a path
+whose look or rename failed is looked at again, after a backoff that doubles
+up to `MAX_BACKOFF`.
+
+Concurrency: `run` is one task, and everything that touches the disk or
+writes the index (renames, looks, walks, hashing) happens in its worker
+thread, one round at a time, in event order; `changed` and `expect` only
+append to an inbox, so the event loop never waits for a disk or an fsync.
+The pending paths and their heap belong to the round in progress.
 """
 
 from __future__ import annotations
 
+import errno
 import heapq
 import logging
 import os
@@ -42,6 +54,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, bytes]  # (arena name, path)
 BATCH = 256  # paths looked at (and hashed) per round, written in one transaction each way
+MAX_BACKOFF = 300.0  # seconds between retries of what keeps failing, at most
 Signature = tuple[int, int, int, int]  # file type, size, mtime_ns, inode
 
 
@@ -56,6 +69,8 @@ class _Arena:
     root: int  # the arena root's node id in the index
     walks_wanted: int = 1  # raised when events were lost: the tree must be walked again
     walks_done: int = 0  # the walks_wanted value the last finished walk started under
+    failures: int = 0  # walks failed in a row
+    retry_at: float = 0.0  # no walk before this (clock) time after a failure
 
     @property
     def scanned(self) -> bool:
@@ -68,6 +83,18 @@ class _Pending:
     seen: tuple[int, int] | None = None  # (size, mtime) at the last look
     gone: bool = False  # missing at the last look: deleted once missing for a rest period
     quiet: bool = False  # the daemon's own change: indexed, but no history entry
+    force: bool = False  # read again even if size and mtime look unchanged (an exchange)
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """What `changed` and `expect` leave for the indexer's round, in order."""
+
+    arena: str
+    path: bytes
+    moved_from: bytes | None = None
+    expected: Signature | None = None  # with *expect*: the state the daemon left
+    expect: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,16 +123,22 @@ class Indexer:
         rest: float,
         clock: Callable[[], float] = time.monotonic,
         hasher: Callable[[int], Content] = hash_fd,
+        wall: Callable[[], int] = time.time_ns,
     ) -> None:
         self.index = index
         self.rest = rest
-        self.clock = clock
+        self.clock = clock  # called from the event loop only (trio's clock in tests)
+        self.wall = wall  # the time files' mtimes are compared with, in ns
         self.hasher = hasher
         self.stats = Stats()
         self._arenas: dict[str, _Arena] = {}
         self._pending: dict[Key, _Pending] = {}
         self._due: list[tuple[float, Key]] = []  # heap of (due, path); see _next_due
         self._expected: dict[Key, Signature | None] = {}
+        self._inbox: list[_Event] = []  # appended on the event loop, taken by `run`
+        self._failures: dict[Key, int] = {}  # looks failed in a row, for the backoff
+        self._now = 0.0  # the clock and the wall clock at the start of the round in progress
+        self._wall_ns = 0
         self._wake = trio.Event()
 
     # ------------------------------------------------------------ arenas
@@ -114,8 +147,7 @@ class Indexer:
         """Index exactly these arenas; a new one (or a new root) is walked first."""
         for name, a in list(self._arenas.items()):
             if backings.get(name) is not a.backing:
-                del self._arenas[name]
-                self._pending = {k: v for k, v in self._pending.items() if k[0] != name}
+                del self._arenas[name]  # its pending paths are dropped when they come due
         for name, backing in backings.items():
             if name not in self._arenas:
                 self._arenas[name] = _Arena(name, backing, self.index.arena_root(name))
@@ -145,15 +177,25 @@ class Indexer:
     # ------------------------------------------------------------ the startup walk
 
     async def reconcile(self, arena: str) -> None:
+        """Walk the arena's tree against the index; a failed walk is tried again later."""
         a = self._arenas[arena]
         started = time.monotonic()
         generation = a.walks_wanted  # a rescan asked for during this walk needs another
+        now = self.clock()
         try:
             queued = await trio.to_thread.run_sync(self._walk, a, b"")
-        finally:
-            a.walks_done = generation
+        except Exception:
+            a.failures += 1
+            a.retry_at = now + self._backoff(a.failures)
+            log.exception(
+                "%s: the walk of the tree failed; walking it again in %.0fs", arena, a.retry_at - now
+            )
+            return
+        a.failures = 0
+        a.walks_done = generation
         for rel in queued:
-            self._queue(arena, rel, self.clock())
+            self._queue(arena, rel, now)
+        self._wake.set()
         log.info(
             "%s: index reconciled with the Real in %.1fs, %d files to hash",
             arena,
@@ -161,10 +203,10 @@ class Indexer:
             len(queued),
         )
 
-    def _walk(self, a: _Arena, top: bytes) -> list[bytes]:
+    def _walk(self, a: _Arena, top: bytes, force: bool = False) -> list[bytes]:
         """Bring the index of *top*'s subtree in line with the disk (worker thread).
 
-        Returns the files whose content must be hashed."""
+        Returns the files whose content must be hashed (*force*: all of them)."""
         queued: list[bytes] = []
         todo = [top]
         while todo:
@@ -172,7 +214,7 @@ class Indexer:
             try:
                 entries = a.backing.listdir(rel)
             except FsError as exc:
-                if not isinstance(exc, NotFound):
+                if not _gone(exc):
                     log.warning("%s/%s: cannot list: %s", a.name, _show(rel), exc)
                 continue
             on_disk = dict(entries)
@@ -182,7 +224,7 @@ class Indexer:
                     self.index.delete(a.root, [*parts(rel), name])
                 for name, st in on_disk.items():
                     path = join(rel, name)
-                    outcome = self._record(a, path, st, indexed.get(name))
+                    outcome = self._record(a, path, st, indexed.get(name), force=force)
                     if outcome == "dir":
                         todo.append(path)
                     elif outcome == "hash":
@@ -190,11 +232,18 @@ class Indexer:
         return queued
 
     def _record(
-        self, a: _Arena, rel: bytes, st: os.stat_result, old: Record | None, quiet: bool = False
+        self,
+        a: _Arena,
+        rel: bytes,
+        st: os.stat_result,
+        old: Record | None,
+        quiet: bool = False,
+        force: bool = False,
     ) -> str:
         """Index what *rel* is now: "dir" (look inside), "hash" (queue it) or "".
 
-        *quiet*: the daemon's own change, recorded without history."""
+        *quiet*: the daemon's own change, recorded without history. *force*: a
+        file is read again even if its size and mtime are the recorded ones."""
 
         def op(name: str) -> str | None:
             return None if quiet else name
@@ -223,7 +272,7 @@ class Indexer:
                 self.index.delete(a.root, path, logged=not quiet)
             return ""
         now = (st.st_size, st.st_mtime_ns)
-        same = old is not None and old.kind == KIND_FILE and (old.size, old.mtime_ns) == now
+        same = not force and old is not None and old.kind == KIND_FILE and (old.size, old.mtime_ns) == now
         if same and old is not None and not old.pending:
             if old.mode != mode:
                 self.index.put(a.root, path, replace(old, mode=mode), op=op("mode"))
@@ -242,8 +291,8 @@ class Indexer:
         when the watcher reports *rel* and it is still in exactly that state, the
         index follows without a history entry. If the user changed it meanwhile,
         that change is recorded as usual."""
-        self._expected[(arena, rel)] = signature(st)
-        self._queue(arena, rel, self.clock())
+        self._inbox.append(_Event(arena, rel, expected=signature(st), expect=True))
+        self._wake.set()
 
     def _own(self, key: Key, st: os.stat_result | None) -> bool:
         """Whether the state of *key* is the one the daemon left (the expectation is used up)."""
@@ -252,29 +301,22 @@ class Indexer:
         return self._expected.pop(key) == signature(st)
 
     def changed(self, arena: str, changes: Iterable[Change]) -> None:
-        """Watcher changes in an arena's tree: renames now, the rest once rested."""
-        a = self._arenas.get(arena)
-        if a is None:
+        """Watcher changes in an arena's tree, handed to the indexer's round in order."""
+        if arena not in self._arenas:
             return
-        now = self.clock()
         for change in changes:
             path = join(change.directory, change.name) if change.name else change.directory
-            if change.moved_from is not None:
-                own = self._own((arena, path), self._stat(a, path))
-                self.index.rename(a.root, parts(change.moved_from), parts(path), logged=not own)
-                moved = self._pending.pop((arena, change.moved_from), None)
-                if moved is not None:
-                    self._pending[(arena, path)] = moved
-                    heapq.heappush(self._due, (moved.due, (arena, path)))
-            self._queue(arena, path, now)  # looked at now; hashed once it has rested
+            self._inbox.append(_Event(arena, path, change.moved_from))
+        self._wake.set()
 
     def rescan_all(self) -> None:
         """Events were lost: walk every arena again."""
         for a in self._arenas.values():
             a.walks_wanted += 1
+            a.retry_at = 0.0
         self._wake.set()
 
-    def _queue(self, arena: str, rel: bytes, due: float) -> None:
+    def _queue(self, arena: str, rel: bytes, due: float, force: bool = False) -> None:
         key = (arena, rel)
         pending = self._pending.get(key)
         if pending is None:
@@ -282,11 +324,24 @@ class Indexer:
             heapq.heappush(self._due, (due, key))
         elif due > pending.due:  # already waiting: the look after the rest sees whether it changed
             self._later(key, pending, due)
-        self._wake.set()
+        pending.force = pending.force or force
 
     def _later(self, key: Key, pending: _Pending, due: float) -> None:
         pending.due = due
         heapq.heappush(self._due, (due, key))  # the older heap entry is skipped when popped
+
+    def _retry(self, key: Key, now: float) -> None:
+        """Look at *key* again after a backoff (its look, rename or walk failed)."""
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        due = now + self._backoff(failures)
+        pending = self._pending.get(key)
+        if pending is None:
+            self._queue(key[0], key[1], due)
+        else:
+            self._later(key, pending, due)
+
+    def _backoff(self, failures: int) -> float:
+        return float(min(max(self.rest, 1.0) * 2 ** min(failures - 1, 16), MAX_BACKOFF))
 
     def _next_due(self, now: float) -> list[Key]:
         """Up to BATCH paths whose time has come (stale heap entries dropped)."""
@@ -305,8 +360,8 @@ class Indexer:
 
     @property
     def busy(self) -> int:
-        """How many paths are waiting to be looked at or hashed."""
-        return len(self._pending)
+        """How many paths (and changes) are waiting to be looked at or hashed."""
+        return len(self._pending) + len(self._inbox)
 
     # ------------------------------------------------------------ the task
 
@@ -314,57 +369,146 @@ class Indexer:
         while True:
             self._wake = trio.Event()  # before looking at the state: no wake-up is lost
             for a in list(self._arenas.values()):
-                if not a.scanned:
-                    try:
-                        await self.reconcile(a.name)
-                    except Exception:
-                        log.exception("%s: the walk of the tree failed", a.name)
-            now = self.clock()
-            due = self._next_due(now)
-            if due:
-                try:
-                    await self._process(due)
-                except Exception:  # indexing trouble must never take the daemon down
-                    log.exception("indexing %d paths failed", len(due))
-                    for key in due:
-                        self._pending.pop(key, None)
+                if not a.scanned and a.retry_at <= self.clock():
+                    await self.reconcile(a.name)
+            events, self._inbox = self._inbox, []
+            self._now, self._wall_ns = self.clock(), self.wall()
+            if events or (self._due and self._due[0][0] <= self._now):
+                await trio.to_thread.run_sync(self._round, events)
                 continue
-            nearest = self._due[0][0] if self._due else None
-            with trio.move_on_after(nearest - now if nearest is not None else 3600.0):
+            waits = [self._due[0][0]] if self._due else []
+            waits += [a.retry_at for a in self._arenas.values() if not a.scanned]
+            with trio.move_on_after(max(min(waits) - self._now, 0.0) if waits else 3600.0):
                 await self._wake.wait()
 
-    async def _process(self, keys: list[Key]) -> None:
+    def _round(self, events: list[_Event]) -> None:
+        """Apply *events* in order, then look at (and hash) what is due (worker thread).
+
+        Nothing is dropped: whatever fails is looked at again after a backoff."""
+        keys: list[Key] = []
+        try:
+            self._apply(events)
+            keys = self._next_due(self._now)
+            self._process(keys)
+        except Exception:  # indexing trouble must never take the daemon down, nor lose a change
+            log.exception("an indexing round (%d changes, %d paths) failed", len(events), len(keys))
+            for event in events:
+                self._retry((event.arena, event.path), self._now)
+                if event.moved_from is not None:
+                    self._retry((event.arena, event.moved_from), self._now)
+            for key in keys:
+                self._retry(key, self._now)
+
+    def _apply(self, events: list[_Event]) -> None:
+        """Renames become index renames, in order, in one transaction; the rest is queued."""
+        now = self._now
+        with self.index.batch():
+            i = 0
+            while i < len(events):
+                event, after = events[i], events[i + 1] if i + 1 < len(events) else None
+                i += 1
+                try:
+                    if event.expect:
+                        self._expected[(event.arena, event.path)] = event.expected
+                        self._queue(event.arena, event.path, now)
+                    elif event.moved_from is None:
+                        self._queue(event.arena, event.path, now)  # looked at now; hashed once rested
+                    elif after is not None and self._exchanged(event, after):
+                        i += 1
+                        log.debug(
+                            "%s: %s and %s exchanged", event.arena, _show(event.path), _show(after.path)
+                        )
+                        self._queue(event.arena, event.path, now, force=True)
+                        self._queue(event.arena, event.moved_from, now, force=True)
+                    else:
+                        self._rename(event, event.moved_from)
+                except Exception:  # a failed rename leaves both paths to be looked at again
+                    log.exception("%s/%s: indexing a change failed", event.arena, _show(event.path))
+                    for rel in (event.path, event.moved_from):
+                        if rel is not None:
+                            self._retry((event.arena, rel), now)
+
+    def _exchanged(self, first: _Event, second: _Event) -> bool:
+        """Whether two renames are one RENAME_EXCHANGE: A to B then B to A, both still there.
+
+        Renaming A to B and back leaves no B; an exchange leaves both. Both sides
+        are then read again in full: what each path holds is the other's."""
+        a = self._arenas.get(first.arena)
+        return (
+            a is not None
+            and second.arena == first.arena
+            and (second.path, second.moved_from) == (first.moved_from, first.path)
+            and self._stat(a, first.path) is not None
+            and self._stat(a, second.path) is not None
+        )
+
+    def _rename(self, event: _Event, old: bytes) -> None:
+        """Rename in the index, then look at both paths again: the disk has the last word."""
+        a = self._arenas.get(event.arena)
+        if a is None:
+            return
+        new = event.path
+        own = self._own((event.arena, new), self._stat(a, new))
+        record = self.index.get(a.root, parts(old))
+        self.index.rename(a.root, parts(old), parts(new), logged=not own)
+        if record is not None and record.kind == KIND_DIR:  # what was waiting below moves too
+            prefix = old + b"/"
+            for key in [k for k in self._pending if k[0] == event.arena and k[1].startswith(prefix)]:
+                self._move_pending(key, (event.arena, new + key[1][len(old) :]))
+        self._move_pending((event.arena, old), (event.arena, new))
+        self._queue(event.arena, old, self._now)  # something may be there again
+        self._queue(event.arena, new, self._now)  # a directory is walked: it may hold more
+
+    def _move_pending(self, old: Key, new: Key) -> None:
+        moved = self._pending.pop(old, None)
+        if moved is not None and new not in self._pending:
+            self._pending[new] = moved
+            heapq.heappush(self._due, (moved.due, new))
+
+    def _process(self, keys: list[Key]) -> None:
         """Look at *keys*, then hash what has rested: a few transactions for the lot."""
+        now = self._now
         to_hash: list[_Hashing] = []
-        new_dirs: list[tuple[_Arena, bytes]] = []
+        new_dirs: list[tuple[_Arena, bytes, bool]] = []
         with self.index.batch():
             for key in keys:
                 try:
                     action = self._look(key)
                 except Exception:  # one path's trouble stops neither the others nor the daemon
                     log.exception("%s/%s: indexing failed", key[0], _show(key[1]))
-                    self._pending.pop(key, None)
+                    self._retry(key, now)
                     continue
+                self._failures.pop(key, None)
                 if isinstance(action, _Hashing):
                     to_hash.append(action)
                 elif action is not None:
                     new_dirs.append(action)
-        for a, rel in new_dirs:  # a directory may arrive with content inside (moved in, unpacked)
-            later = self.clock() + self.rest
-            for path in await trio.to_thread.run_sync(self._walk, a, rel):
-                self._queue(a.name, path, later)
+        for a, rel, force in new_dirs:  # a directory may arrive with content inside (moved in, unpacked)
+            try:
+                queued = self._walk(a, rel, force)
+            except Exception:
+                log.exception("%s/%s: the walk failed", a.name, _show(rel))
+                self._retry((a.name, rel), now)
+                continue
+            for path in queued:
+                self._queue(a.name, path, now + self.rest)
         if to_hash:
-            results = await trio.to_thread.run_sync(self._hash_all, to_hash)
+            results = self._hash_all(to_hash)
             with self.index.batch():
                 for job, result in zip(to_hash, results, strict=True):
-                    self._settle(job, result)
+                    try:
+                        self._settle(job, result)
+                    except Exception:
+                        log.exception("%s/%s: indexing failed", job.arena.name, _show(job.rel))
+                        self._retry((job.arena.name, job.rel), now)
 
-    def _look(self, key: Key) -> _Hashing | tuple[_Arena, bytes] | None:
+    def _look(self, key: Key) -> _Hashing | tuple[_Arena, bytes, bool] | None:
         """Index *key* as it is now; what is left to do: hash it, walk it, or nothing."""
         arena, rel = key
         a = self._arenas.get(arena)
         pending = self._pending.get(key)
         if a is None or pending is None:
+            self._pending.pop(key, None)
             return None
         st = self._stat(a, rel)
         pending.quiet = pending.quiet or self._own(key, st)
@@ -378,22 +522,23 @@ class Indexer:
                 # a file deleted and written again within the rest period (an editor's
                 # save) is an edit of that file, not a delete and a create
                 pending.gone = True
-                self._later(key, pending, self.clock() + self.rest)
+                self._later(key, pending, self._now + self.rest)
                 return None
             self.index.delete(a.root, parts(rel))
             self._pending.pop(key, None)
             return None
         pending.gone = False
         old = self.index.get(a.root, parts(rel))
-        outcome = self._record(a, rel, st, old, quiet=pending.quiet)
+        outcome = self._record(a, rel, st, old, quiet=pending.quiet, force=pending.force)
         if outcome != "hash":
             self._pending.pop(key, None)
-            return (a, rel) if outcome == "dir" else None
+            return (a, rel, pending.force) if outcome == "dir" else None
+        pending.force = False  # recorded as changed: it will be read
         seen = (st.st_size, st.st_mtime_ns)
-        rested = time.time_ns() - st.st_mtime_ns >= self.rest * 1e9
+        rested = self._wall_ns - st.st_mtime_ns >= self.rest * 1e9
         if not rested and pending.seen != seen:  # written to lately: look again after a rest
             pending.seen = seen
-            self._later(key, pending, self.clock() + self.rest)
+            self._later(key, pending, self._now + self.rest)
             return None
         self._pending.pop(key, None)
         return _Hashing(a, rel, st, pending.quiet)
@@ -425,10 +570,12 @@ class Indexer:
     def _settle(self, job: _Hashing, result: Content | Exception) -> None:
         a, rel = job.arena, job.rel
         if isinstance(result, ChangedWhileHashingError):
-            self._queue(a.name, rel, self.clock() + self.rest)
+            self._queue(a.name, rel, self._now + self.rest)
             return
-        if isinstance(result, NotFound):  # went away (or was renamed) since the look
-            self._queue(a.name, rel, self.clock())
+        if isinstance(result, (FsError, OSError)) and _gone(
+            result
+        ):  # went away (or was renamed) since the look
+            self._queue(a.name, rel, self._now)
             return
         if isinstance(result, Exception):
             self._unreadable(a, rel, result)
@@ -456,6 +603,12 @@ class Indexer:
         if key not in self.stats.unreadable:
             log.warning("%s/%s: cannot read to index it: %s", a.name, _show(rel), exc)
         self.stats.unreadable.add(key)
+
+
+def _gone(exc: FsError | OSError) -> bool:
+    """Whether *exc* says the path is no longer what it was (removed, or an ancestor
+    or the path itself replaced by another kind): its own event will tell what is there."""
+    return isinstance(exc, NotFound) or exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP)
 
 
 def _show(rel: bytes) -> str:

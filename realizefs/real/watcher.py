@@ -5,7 +5,14 @@ descriptor. Each directory is watched through a descriptor opened beneath its
 arena root (never through a symlink); the watch is added *before* the
 directory is listed, so nothing created meanwhile is missed. New directories
 (created, or moved in) are watched as they appear; a directory moved within a
-tree keeps its watches under its new path; one moved out or deleted drops them.
+tree keeps its watches under its new path; one moved out or deleted drops them
+(only the watches it had when it left: a new directory of the same name keeps
+its own). A moved directory is watched again from the disk below its new
+path (a watch is per inode: watching a path again finds the watch of what is
+there, and what was created in it just before the move, reported under a path
+that no longer led to it, gets its watch); the old path is checked the same
+way, so after a ``RENAME_EXCHANGE`` both sides are watched where they are. A
+move whose two halves arrive in two reads is still paired.
 
 `changes()` returns batches of `Change`, or `None` when the kernel's queue
 overflowed and events were lost (the watches are then set up anew, and the
@@ -70,6 +77,7 @@ class Watcher:
         self._trees: dict[Hashable, Backing] = {}
         self.complete: dict[Hashable, bool] = {}
         self._limit_logged = False
+        self._moved_out: dict[int, tuple[Hashable, bytes, list[int]]] = {}  # unpaired at the last read
 
     def close(self) -> None:
         self._inotify.close()
@@ -134,14 +142,37 @@ class Watcher:
             self._inotify.rm_watch(wd)
 
     def _forget_below(self, tree: Hashable, top: bytes) -> None:
-        for wd, (owner, rel) in list(self._dirs.items()):
-            if owner == tree and _under(rel, top):
-                self._unwatch(wd)
+        for wd in self._below(tree, top):
+            self._unwatch(wd)
 
-    def _rename_below(self, tree: Hashable, old: bytes, new: bytes) -> None:
-        for wd, (owner, rel) in list(self._dirs.items()):
-            if owner == tree and _under(rel, old):
-                self._dirs[wd] = (tree, new + rel[len(old) :])
+    def _below(self, tree: Hashable, top: bytes) -> list[int]:
+        return [wd for wd, (owner, rel) in self._dirs.items() if owner == tree and _under(rel, top)]
+
+    def _moved(self, tree: Hashable, old: bytes, new: bytes, wds: list[int]) -> None:
+        """The directory *old* (watched by *wds*) is now *new*, as far as the event says."""
+        for wd in wds:
+            where = self._dirs.get(wd)
+            if where is not None and where[0] == tree and _under(where[1], old):
+                self._dirs[wd] = (tree, new + where[1][len(old) :])
+        # A directory created inside it just before the move was reported under the old
+        # path, which no longer led to it: it could not be watched then. Watch the moved
+        # tree from the disk (a watched directory keeps its watch: each is looked up).
+        self._watch_below(tree, new)
+        if not self._holds(tree, old):  # the disk holds something else there: an exchange
+            log.debug("watches of %r do not match the disk: watching it anew", old)
+            self._watch_below(tree, old)
+
+    def _holds(self, tree: Hashable, rel: bytes) -> bool:
+        """Whether the directory at *rel* (if any) is watched under that path."""
+        backing = self._trees.get(tree)
+        if backing is None:
+            return True
+        try:
+            with backing.object_path(rel) as (path, _):
+                wd = self._inotify.add_watch(path, MASK)  # the watch of that inode, if it has one
+        except (FsError, OSError):
+            return True  # nothing there, or no directory: nothing to check
+        return self._dirs.get(wd) == (tree, rel)
 
     async def changes(self) -> list[Change] | None:
         """The next batch of changes; None if events were lost."""
@@ -156,7 +187,8 @@ class Watcher:
 
     def _interpret(self, events: list[Event]) -> list[Change] | None:
         batch: list[Change] = []
-        moved_from: dict[int, tuple[Hashable, bytes, bool]] = {}  # cookie -> (tree, path, is dir)
+        carried, self._moved_out = self._moved_out, {}  # unpaired at the end of the last read
+        moved_from: dict[int, tuple[Hashable, bytes, list[int]]] = {}  # cookie -> (tree, path, watches)
         overflow = False
         for event in events:
             wd, mask, cookie, name = event.wd, event.mask, event.cookie, event.name
@@ -175,28 +207,36 @@ class Watcher:
             is_dir = bool(mask & F.ISDIR) and bool(raw)
             origin = None
             if mask & F.MOVED_FROM:
-                moved_from[cookie] = (tree, path, is_dir)
+                moved_from[cookie] = (tree, path, self._below(tree, path) if is_dir else [])
             elif mask & F.MOVED_TO:
-                source = moved_from.pop(cookie, None)
+                source = moved_from.pop(cookie, None) or carried.pop(cookie, None)
                 if source is not None and source[0] == tree:
                     origin = source[1]
-                if is_dir and origin is not None:
-                    self._rename_below(tree, origin, path)
+                if is_dir and source is not None and origin is not None:
+                    self._moved(tree, origin, path, source[2])
                 elif is_dir:
                     self._watch_below(tree, path)
             elif is_dir and mask & F.CREATE:
                 self._watch_below(tree, path)
             batch.append(Change(tree, directory, raw, mask, origin))
-        for tree, path, is_dir in moved_from.values():  # moved out, or paired in a later batch
-            if is_dir:
-                self._forget_below(tree, path)
+        for tree, path, wds in carried.values():  # not paired in this read either: moved out
+            self._forget(tree, path, wds)
+        self._moved_out = moved_from  # moved out, or paired in the next read
         if overflow:  # directories may have come and gone unseen: watch everything anew
             log.info("inotify queue overflowed: re-watching every arena")
+            self._moved_out = {}
             for tree in self._trees:
                 self._forget_below(tree, b"")
                 self._watch_below(tree, b"")
             return None
         return batch
+
+    def _forget(self, tree: Hashable, top: bytes, wds: list[int]) -> None:
+        """Unwatch what left *top*, unless found since elsewhere (moved into another tree)."""
+        for wd in wds:
+            where = self._dirs.get(wd)
+            if where is not None and where[0] == tree and _under(where[1], top):
+                self._unwatch(wd)
 
 
 def _raise_watch_limit(path: Path = WATCH_LIMIT, ceiling: int = MAX_WATCH_LIMIT) -> bool:
