@@ -88,7 +88,8 @@ def test_fallocate_matches_the_backing_filesystem(
 def test_modes_the_kernel_keeps_from_fuse_are_refused_and_change_nothing(daemon: Daemon, base: Path) -> None:
     """FUSE passes only KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE: collapse and insert range,
     which ext4 does, are EOPNOTSUPP before any request; what the VFS refuses for every
-    filesystem is refused alike; mode 0 on the same descriptor works."""
+    filesystem is refused alike; realizefs's own files refuse it; mode 0 on the same
+    descriptor works."""
     plain = base / "plain"
     plain_fd, fd = prepared(plain), prepared(daemon.mnt() / "f")
     try:
@@ -97,6 +98,11 @@ def test_modes_the_kernel_keeps_from_fuse_are_refused_and_change_nothing(daemon:
         for mode in (PUNCH_HOLE, PUNCH_HOLE | ZERO_RANGE | KEEP_SIZE, 0x1000):
             assert fallocate(fd, mode, BLOCK, BLOCK) == fallocate(plain_fd, mode, BLOCK, BLOCK), hex(mode)
         assert (daemon.root() / "f").read_bytes() == CONTENT
+        control = os.open(daemon.mountpoint / ".realize" / "consensus", os.O_WRONLY)
+        try:  # realizefs's own files have no blocks to allocate
+            assert fallocate(control, 0, 0, BLOCK) == errno.EOPNOTSUPP
+        finally:
+            os.close(control)
         assert fallocate(fd, 0, len(CONTENT), BLOCK) == 0
         assert os.fstat(fd).st_size == len(CONTENT) + BLOCK
     finally:
