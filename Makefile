@@ -10,8 +10,9 @@ CONFIG ?= etc/realizefs.toml
 DEMO := /tmp/realizefs-demo
 # fuse3: fusermount3 and the kernel module's helpers; libfuse3-dev, pkg-config,
 # gcc, python3-dev: to build pyfuse3; attr: setfattr/getfattr; systemd:
-# systemd-analyze for the unit test; rsync, b3sum: baselines in bench/
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr systemd rsync b3sum
+# systemd-analyze for the unit test; rsync, b3sum: baselines in bench/;
+# stress-ng, fio: bench/stress.sh
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr systemd rsync b3sum stress-ng fio
 
 .PHONY: setup system-packages run test lint bench clean install
 
