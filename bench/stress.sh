@@ -58,14 +58,14 @@ run_fio() {
     local rc=0
     # random writes over the whole file, then every block read back and checked
     fio --name=randwrite --directory="$dir" --rw=randwrite --bs=4k --size=16m --numjobs=2 --ioengine=psync \
-        --verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting 2>&1 || rc=$?
+        --verify=crc32c --verify_fatal=1 --verify_state_save=0 --do_verify=1 --group_reporting 2>&1 || rc=$?
     # mixed random reads and writes, each written block checked soon after
     fio --name=randrw --directory="$dir" --rw=randrw --bs=4k --size=64m --numjobs=2 --ioengine=psync \
-        --verify=crc32c --verify_fatal=1 --verify_backlog=1024 --do_verify=1 \
+        --verify=crc32c --verify_fatal=1 --verify_state_save=0 --verify_backlog=1024 --do_verify=1 \
         --time_based --runtime="$SECONDS_EACH" --group_reporting 2>&1 || rc=$?
     # the same through mmap
     fio --name=mmap --directory="$dir" --rw=randrw --bs=4k --size=16m --ioengine=mmap \
-        --verify=crc32c --verify_fatal=1 --verify_backlog=256 --do_verify=1 \
+        --verify=crc32c --verify_fatal=1 --verify_state_save=0 --verify_backlog=256 --do_verify=1 \
         --time_based --runtime="$SECONDS_EACH" --group_reporting 2>&1 || rc=$?
     rm -rf "$dir"
     return $rc
