@@ -92,8 +92,8 @@ class KernelCacheSync:
 
 def _invalidate(todo: Invalidation) -> None:
     """Tell the kernel (from a worker thread); what it does not hold is no error."""
-    for parent, name in todo.entries:
-        _quietly(pyfuse3.invalidate_entry, parent, name)
+    for (parent, name), gone in todo.entries.items():
+        _quietly(pyfuse3.invalidate_entry, parent, name, gone)
     for ino in todo.attrs:
         _quietly(pyfuse3.invalidate_inode, ino, True)
     for ino in todo.data:

@@ -29,9 +29,13 @@ from realizefs.vfs.namespace import Arena, Namespace, ident
 
 @dataclass
 class Invalidation:
-    """Kernel caches to drop: directory entries (parent, name), attributes, and attributes and pages."""
+    """Kernel caches to drop: directory entries, attributes, and attributes and pages.
 
-    entries: set[tuple[int, bytes]] = field(default_factory=set)
+    An entry (parent, name) maps to the inode it led to when that object is gone
+    from the name (0: not known): the kernel then marks that inode unlinked, so it
+    lets it go (and the namespace its pin, and the disk its space) once unused."""
+
+    entries: dict[tuple[int, bytes], int] = field(default_factory=dict)
     attrs: set[int] = field(default_factory=set)
     data: set[int] = field(default_factory=set)  # regular files: cached pages too
 
@@ -39,7 +43,7 @@ class Invalidation:
         return bool(self.entries or self.attrs or self.data)
 
     def update(self, other: Invalidation) -> None:
-        self.entries |= other.entries
+        self.entries.update(other.entries)
         self.attrs |= other.attrs
         self.data |= other.data
 
@@ -62,8 +66,9 @@ def backing_changed(ns: Namespace, arena_ino: int, changes: Iterable[Change]) ->
         child = ns.inodes.child(dir_ino, name)
         node = ns.inodes.node(child) if child is not None else None
         if child is None or node is None:
-            if ns.take_stale(dir_ino, name):
-                out.entries.add((dir_ino, name))
+            stale = ns.take_stale(dir_ino, name)
+            if stale is not None:
+                out.entries[(dir_ino, name)] = stale
             continue  # otherwise the kernel holds nothing there
         st = _lstat(arena, join(dirs[dir_ino], name))
         if (
@@ -71,7 +76,7 @@ def backing_changed(ns: Namespace, arena_ino: int, changes: Iterable[Change]) ->
             or stat.S_IFMT(st.st_mode) != node.kind
             or (node.ident is not None and node.ident != ident(st))
         ):
-            out.entries.add((dir_ino, name))
+            out.entries[(dir_ino, name)] = child
             ns.forget_entry(dir_ino, name)
         elif ns.told(child) != st.st_ctime_ns:
             (out.data if stat.S_ISREG(st.st_mode) else out.attrs).add(child)
@@ -91,7 +96,7 @@ def everything(ns: Namespace) -> Invalidation:
             parent = pending.pop()
             out.attrs.add(parent)
             for name, child in ns.inodes.children(parent):
-                out.entries.add((parent, name))
+                out.entries[(parent, name)] = 0
                 pending.append(child)
     return out
 

@@ -129,7 +129,7 @@ class Namespace:
         self.ttl = ATTR_TTL  # raised to WATCHED_TTL once every arena is watched
         self._told: dict[int, int] = {}  # inode -> ctime of what the kernel was last given
         # entries that led to a node found stale before the kernel was told: see `take_stale`
-        self._stale_entries: set[tuple[int, bytes]] = set()
+        self._stale_entries: dict[tuple[int, bytes], int] = {}
         self._virtual_dirs: dict[int, VirtualDir] = {ROOT_INODE: VirtualDir()}
         self._virtual_files: dict[int, VirtualFile] = {}
         self._arenas: dict[int, Arena] = {}
@@ -267,7 +267,7 @@ class Namespace:
         """*ino*'s path leads to another object, or none: make it an orphan (see the module doc)."""
         node = self.inodes.node(ino)
         if node is not None and node.parent:
-            self._stale_entries.add((node.parent, node.name))
+            self._stale_entries[(node.parent, node.name)] = ino
             self.inodes.detach(node.parent, node.name)
             self._settle(ino)
         return Stale()
@@ -322,7 +322,7 @@ class Namespace:
 
     def _add(self, parent: int, name: bytes, st: os.stat_result) -> int:
         """The node of *name* in *parent*, which holds the object *st* describes."""
-        self._stale_entries.discard((parent, name))
+        self._stale_entries.pop((parent, name), None)
         old = self.inodes.child(parent, name)
         ino = self.inodes.add(parent, name, stat.S_IFMT(st.st_mode), ident(st))
         if old is not None and old != ino:
@@ -687,15 +687,12 @@ class Namespace:
 
     def forget_entry(self, parent: int, name: bytes) -> None:
         """The backing object at *name* went away or was replaced behind our back."""
-        self._stale_entries.discard((parent, name))
+        self._stale_entries.pop((parent, name), None)
         self._detach(parent, name)
 
-    def take_stale(self, parent: int, name: bytes) -> bool:
-        """Whether *name* led the kernel to a node found stale since (the kernel must forget it)."""
-        if (parent, name) in self._stale_entries:
-            self._stale_entries.discard((parent, name))
-            return True
-        return False
+    def take_stale(self, parent: int, name: bytes) -> int | None:
+        """The node *name* led the kernel to, if found stale since (the kernel must forget it)."""
+        return self._stale_entries.pop((parent, name), None)
 
 
 def _where(arena: Arena, rel: bytes) -> str:

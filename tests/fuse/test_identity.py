@@ -144,3 +144,28 @@ def test_the_same_storm_on_the_backing_filesystem_never_fails(daemon: Daemon) ->
     opens, failures = _open_while_replaced(plain, plain)
     assert opens > 0 and not failures
     shutil.rmtree(plain)
+
+
+def daemon_holds(daemon: Daemon, name: str) -> bool:
+    """Whether the daemon holds a descriptor of a deleted file called *name* (it pins its space)."""
+    assert daemon.proc is not None
+    fds = Path(f"/proc/{daemon.proc.pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.endswith(f"/{name} (deleted)"):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("where", ["mount", "backing"])
+def test_a_deleted_file_gives_its_space_back(daemon: Daemon, where: str) -> None:
+    """Pins hold objects, not names: once a file is deleted and unused, nothing keeps it on disk."""
+    mounted = daemon.mnt() / "big"
+    mounted.write_bytes(b"x" * 65536)
+    assert read(mounted) == b"x" * 65536 and mounted.stat().st_size == 65536  # the kernel holds it
+    (mounted if where == "mount" else daemon.root() / "big").unlink()
+    wait_for(lambda: not daemon_holds(daemon, "big"), what="the deleted file let go")
+    assert not os.path.exists(mounted)
