@@ -44,7 +44,7 @@ class Node:
 class InodeTable:
     def __init__(self, first_free: int = ROOT_INODE + 1) -> None:
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(0, b"", 0, lookups=1)}
-        self._children: dict[tuple[int, bytes], int] = {}
+        self._children: dict[int, dict[bytes, int]] = {}  # parent -> name -> child
         self._next = first_free
 
     def __len__(self) -> int:
@@ -57,15 +57,15 @@ class InodeTable:
         return self._nodes.get(ino)
 
     def child(self, parent: int, name: bytes) -> int | None:
-        return self._children.get((parent, name))
+        kids = self._children.get(parent)
+        return kids.get(name) if kids is not None else None
 
     def add(self, parent: int, name: bytes, kind: int, ident: Ident | None = None) -> int:
         """The inode of *name* in *parent*: the node there if it is the same object, else a new one.
 
         The node there is kept when its kind and identity match (either side unknown
         matches); otherwise it becomes an orphan and the name gets a new number."""
-        key = (parent, name)
-        existing = self._children.get(key)
+        existing = self.child(parent, name)
         if existing is not None:
             node = self._nodes[existing]
             same_kind = node.kind == kind or not node.kind or not kind
@@ -78,7 +78,7 @@ class InodeTable:
         ino = self._next
         self._next += 1
         self._nodes[ino] = Node(parent, name, kind, ident)
-        self._children[key] = ino
+        self._children.setdefault(parent, {})[name] = ino
         return ino
 
     def is_orphan(self, ino: int) -> bool:
@@ -98,14 +98,21 @@ class InodeTable:
         return names
 
     def children(self, parent: int) -> Iterator[tuple[bytes, int]]:
-        """Known children; O(table) — for tests and rare bookkeeping only."""
-        for (p, name), ino in self._children.items():
-            if p == parent:
-                yield name, ino
+        """Known children of *parent* (in time proportional to their number)."""
+        yield from list(self._children.get(parent, {}).items())
+
+    def _pop(self, parent: int, name: bytes) -> int | None:
+        kids = self._children.get(parent)
+        if kids is None:
+            return None
+        ino = kids.pop(name, None)
+        if not kids:
+            del self._children[parent]
+        return ino
 
     def detach(self, parent: int, name: bytes) -> int | None:
         """Remove *name* from *parent*; its node becomes an orphan until forgotten."""
-        ino = self._children.pop((parent, name), None)
+        ino = self._pop(parent, name)
         if ino is None:
             return None
         node = self._nodes[ino]
@@ -115,23 +122,23 @@ class InodeTable:
 
     def move(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes) -> None:
         """Rename: the moved node keeps its number; a replaced target is detached."""
-        ino = self._children.pop((old_parent, old_name), None)
+        ino = self._pop(old_parent, old_name)
         self.detach(new_parent, new_name)
         if ino is None:
             return
         node = self._nodes[ino]
         node.parent, node.name = new_parent, new_name
-        self._children[(new_parent, new_name)] = ino
+        self._children.setdefault(new_parent, {})[new_name] = ino
 
     def exchange(self, parent_a: int, name_a: bytes, parent_b: int, name_b: bytes) -> None:
-        a = self._children.pop((parent_a, name_a), None)
-        b = self._children.pop((parent_b, name_b), None)
+        a = self._pop(parent_a, name_a)
+        b = self._pop(parent_b, name_b)
         if a is not None:
             self._nodes[a].parent, self._nodes[a].name = parent_b, name_b
-            self._children[(parent_b, name_b)] = a
+            self._children.setdefault(parent_b, {})[name_b] = a
         if b is not None:
             self._nodes[b].parent, self._nodes[b].name = parent_a, name_a
-            self._children[(parent_a, name_a)] = b
+            self._children.setdefault(parent_a, {})[name_a] = b
 
     def looked_up(self, ino: int) -> None:
         self._nodes[ino].lookups += 1
