@@ -12,6 +12,12 @@ root itself ``b""``. Names are arbitrary bytes (no ``/`` or NUL).
 Objects created on behalf of a user are created with exactly the requested
 mode (the process umask is 0; the kernel already applied the caller's umask)
 and then given to the user (`Owner`), following the directory's setgid rule.
+The hand-over goes through a descriptor of the object actually created, never
+through its name: files are created with ``O_EXCL``; directories, FIFOs and
+symbolic links are made with a mode only the daemon can use, opened without
+following, and checked to be that object before they are given away. Anyone
+who can write the directory could otherwise swap in another object (a hard
+link to someone's file) between the two steps, for the root daemon to hand over.
 
 Every `OSError` leaves this module as a `FsError` with the same errno.
 All calls are blocking and short, except `fsync`/`read` style calls that the
@@ -33,7 +39,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from realizefs.errors import NotFound, NotPermitted, NotSupported, from_oserror
+from realizefs.errors import Exists, NotFound, NotPermitted, NotSupported, from_oserror
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -41,6 +47,12 @@ _syscall.restype = ctypes.c_long
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int
+
+_fchownat = _libc.fchownat
+_fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+_fchownat.restype = ctypes.c_int
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
 
 SYS_OPENAT2 = 437  # the same number on every Linux architecture
 RESOLVE_NO_SYMLINKS = 0x04
@@ -87,6 +99,14 @@ def reopen(fd: int, flags: int) -> int:
         return os.open(proc_path(fd), (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC)
     except OSError as exc:
         raise from_oserror(exc) from None
+
+
+def _fstat_or_close(fd: int) -> os.stat_result:
+    try:
+        return os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def split(rel: bytes) -> tuple[bytes, bytes]:
@@ -243,24 +263,58 @@ class Backing:
             mode &= ~stat.S_ISGID
         return mode, gid
 
-    def _give(self, fd: int, owner: Owner, gid: int, mode: int, *, chmod: bool = True) -> os.stat_result:
-        """Hand the new object open as *fd* to its owner and fix its mode; its attributes."""
+    def _give(self, fd: int, owner: Owner, gid: int, mode: int) -> os.stat_result:
+        """Hand the new object open as *fd* to its owner and set its mode; its attributes.
+
+        Through the descriptor only (``/proc/self/fd/N`` names the very object, also
+        for ``O_PATH`` descriptors): never through a name, which someone who can
+        write the directory could point at another object meanwhile."""
         if self._is_root:
-            os.chown(proc_path(fd), owner.uid, gid)  # follows the /proc link to the object
+            os.chown(proc_path(fd), owner.uid, gid)
         st = os.fstat(fd)
-        if chmod and stat.S_IMODE(st.st_mode) != mode:
+        if stat.S_IMODE(st.st_mode) != mode:
             os.chmod(proc_path(fd), mode)
             st = os.fstat(fd)
         return st
 
+    def _made(self, pfd: int, name: bytes, flags: int, kind: int, made_mode: int) -> int:
+        """Open the object just made at *name* with *made_mode*; `Exists` if another one took its place.
+
+        Made by this process with a mode only its owner can use, so no one else can
+        have put an object looking like it there (a root-owned one, for the daemon)."""
+        replaced = Exists("the new object was replaced before it could be handed over")
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        except OSError:  # gone, or not even of its kind (ENOTDIR, ELOOP)
+            raise replaced from None
+        st = os.fstat(fd)
+        if (
+            stat.S_IFMT(st.st_mode) != kind
+            or st.st_uid != os.geteuid()
+            or stat.S_IMODE(st.st_mode) & 0o777 != made_mode
+            or st.st_nlink != (2 if kind == stat.S_IFDIR else 1)
+        ):
+            os.close(fd)
+            raise replaced
+        return fd
+
     def create(
         self, parent: bytes, name: bytes, flags: int, mode: int, owner: Owner
     ) -> tuple[int, os.stat_result]:
-        """Create and open a regular file; (descriptor, attributes)."""
+        """Create (exclusively) and open a regular file; (descriptor, attributes).
+
+        A file that appeared under the name behind the kernel's back is opened as it
+        is, unless the caller asked for ``O_EXCL``: it is nobody's new file to hand over."""
         with self._parent(parent) as pfd:
             mode, gid = self._initial(pfd, mode, owner, is_dir=False)
             flags = (flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC) & ~(os.O_APPEND | os.O_DIRECT)
-            fd = os.open(name, flags, mode, dir_fd=pfd)
+            try:
+                fd = os.open(name, flags | os.O_EXCL, mode & 0o777, dir_fd=pfd)
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                fd = os.open(name, flags & ~os.O_CREAT, dir_fd=pfd)
+                return fd, _fstat_or_close(fd)
             try:
                 return fd, self._give(fd, owner, gid, mode)
             except BaseException:
@@ -270,8 +324,8 @@ class Backing:
     def mkdir(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> os.stat_result:
         with self._parent(parent) as pfd:
             mode, gid = self._initial(pfd, mode, owner, is_dir=True)
-            os.mkdir(name, mode, dir_fd=pfd)
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            os.mkdir(name, 0o700, dir_fd=pfd)
+            fd = self._made(pfd, name, os.O_RDONLY | os.O_DIRECTORY, stat.S_IFDIR, 0o700)
             try:
                 return self._give(fd, owner, gid, mode)
             finally:
@@ -282,8 +336,8 @@ class Backing:
             raise NotPermitted("only FIFOs can be created here")
         with self._parent(parent) as pfd:
             mode, gid = self._initial(pfd, mode, owner, is_dir=False)
-            os.mkfifo(name, mode, dir_fd=pfd)
-            fd = os.open(name, _PATH, dir_fd=pfd)
+            os.mkfifo(name, 0o600, dir_fd=pfd)
+            fd = self._made(pfd, name, os.O_PATH, stat.S_IFIFO, 0o600)
             try:
                 return self._give(fd, owner, gid, mode)
             finally:
@@ -293,9 +347,14 @@ class Backing:
         with self._parent(parent) as pfd:
             _, gid = self._initial(pfd, 0o777, owner, is_dir=False)
             os.symlink(target, name, dir_fd=pfd)
-            if self._is_root:
-                os.chown(name, owner.uid, gid, dir_fd=pfd, follow_symlinks=False)
-            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            fd = self._made(pfd, name, os.O_PATH, stat.S_IFLNK, 0o777)
+            try:
+                if self._is_root and _fchownat(fd, b"", owner.uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW):
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
 
     # ------------------------------------------------------------ removing, renaming
 
