@@ -324,7 +324,7 @@ def test_fsync_and_fsyncdir_reach_the_backing_objects(daemon: Daemon, base: Path
     calls = {
         (m["call"], m["path"])
         for line in lines
-        if (m := re.search(r"\b(?P<call>fsync|fdatasync)\(\d+<(?P<path>[^>]*)>\) = 0$", line))
+        if (m := re.search(r"\b(?P<call>fsync|fdatasync)\(\d+<(?P<path>[^>]*)>\)\s+= 0$", line))
     }
     for expected in [
         ("fsync", root / "f"),
