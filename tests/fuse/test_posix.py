@@ -288,6 +288,7 @@ class Strace:
         unfinished: dict[str, str] = {}
         for line in self.output.read_text().splitlines():
             pid, _, call = line.partition(" ")
+            call = call.lstrip()  # strace pads the pid column
             if call.endswith(" <unfinished ...>"):
                 unfinished[pid] = call.removesuffix(" <unfinished ...>")
             elif (resumed := re.match(r"<\.\.\. \w+ resumed>", call)) and pid in unfinished:
