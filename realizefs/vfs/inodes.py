@@ -5,9 +5,11 @@ directory is one update whatever it holds, and a file renamed through the
 mount keeps its inode number.
 
 A node *is* the backing object it was looked up as, known by its identity
-(device and inode number of the backing object). A path keeps its number for
-the life of the mount, also after the kernel forgets it, as long as it leads
-to the same object; when the name comes to lead to another object (a
+(device and inode number of the backing object). A path keeps its number
+while the kernel references it, and after the kernel forgets it for as long
+as it stays among the `keep_forgotten` most recently forgotten nodes (so
+memory is bounded by what the kernel references plus that many), as long as
+it leads to the same object; when the name comes to lead to another object (a
 rename-replace or a delete and create in the backing tree, a kind change),
 the name gets a new node and number, so the kernel never caches one object's
 pages or attributes under another's inode.
@@ -22,10 +24,12 @@ Pure data structure: no I/O, no trio; called from the event loop thread only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 ROOT_INODE = 1
+KEEP_FORGOTTEN = 1 << 16  # forgotten nodes kept so their paths keep their numbers (~300 bytes each)
 
 
 Ident = tuple[int, int]  # (st_dev, st_ino) of the backing object
@@ -42,8 +46,17 @@ class Node:
 
 
 class InodeTable:
-    def __init__(self, first_free: int = ROOT_INODE + 1) -> None:
+    def __init__(
+        self,
+        first_free: int = ROOT_INODE + 1,
+        keep_forgotten: int = KEEP_FORGOTTEN,
+        on_drop: Callable[[int], None] = lambda ino: None,
+    ) -> None:
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(0, b"", 0, lookups=1)}
+        # nodes in the tree that nothing references, least recently forgotten first
+        self._forgotten: OrderedDict[int, None] = OrderedDict()
+        self.keep_forgotten = keep_forgotten
+        self._on_drop = on_drop  # told of every node dropped from the table
         self._children: dict[int, dict[bytes, int]] = {}  # parent -> name -> child
         self._next = first_free
 
@@ -60,11 +73,14 @@ class InodeTable:
         kids = self._children.get(parent)
         return kids.get(name) if kids is not None else None
 
-    def add(self, parent: int, name: bytes, kind: int, ident: Ident | None = None) -> int:
+    def add(
+        self, parent: int, name: bytes, kind: int, ident: Ident | None = None, *, keep: bool = False
+    ) -> int:
         """The inode of *name* in *parent*: the node there if it is the same object, else a new one.
 
         The node there is kept when its kind and identity match (either side unknown
-        matches); otherwise it becomes an orphan and the name gets a new number."""
+        matches); otherwise it becomes an orphan and the name gets a new number.
+        *keep*: a node that is never forgotten (the mount's own directories and files)."""
         existing = self.child(parent, name)
         if existing is not None:
             node = self._nodes[existing]
@@ -79,6 +95,8 @@ class InodeTable:
         self._next += 1
         self._nodes[ino] = Node(parent, name, kind, ident)
         self._children.setdefault(parent, {})[name] = ino
+        if not keep:
+            self._unused(ino)  # until the kernel takes a reference
         return ino
 
     def is_orphan(self, ino: int) -> bool:
@@ -117,6 +135,7 @@ class InodeTable:
             return None
         node = self._nodes[ino]
         node.parent = 0
+        self._forgotten.pop(ino, None)
         self._drop_if_unused(ino, node)
         return ino
 
@@ -142,6 +161,7 @@ class InodeTable:
 
     def looked_up(self, ino: int) -> None:
         self._nodes[ino].lookups += 1
+        self._forgotten.pop(ino, None)
 
     def forget(self, ino: int, count: int) -> None:
         node = self._nodes.get(ino)
@@ -152,6 +172,7 @@ class InodeTable:
 
     def opened(self, ino: int) -> None:
         self._nodes[ino].opens += 1
+        self._forgotten.pop(ino, None)
 
     def closed(self, ino: int) -> None:
         node = self._nodes.get(ino)
@@ -160,5 +181,24 @@ class InodeTable:
             self._drop_if_unused(ino, node)
 
     def _drop_if_unused(self, ino: int, node: Node) -> None:
-        if node.parent == 0 and ino != ROOT_INODE and node.lookups <= 0 and node.opens <= 0:
+        if ino == ROOT_INODE or node.lookups > 0 or node.opens > 0:
+            return
+        if node.parent == 0:
             del self._nodes[ino]
+            self._on_drop(ino)
+        else:
+            self._unused(ino)
+
+    def _unused(self, ino: int) -> None:
+        """*ino* is in the tree and nothing references it: kept while among the most recent."""
+        self._forgotten[ino] = None
+        self._forgotten.move_to_end(ino)
+        while len(self._forgotten) > self.keep_forgotten:
+            oldest = next(iter(self._forgotten))
+            if self._children.get(oldest):  # its children go first (the kernel forgets leaves first)
+                self._forgotten.move_to_end(oldest)
+                break
+            del self._forgotten[oldest]
+            node = self._nodes.pop(oldest)
+            self._pop(node.parent, node.name)
+            self._on_drop(oldest)

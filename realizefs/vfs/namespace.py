@@ -122,7 +122,7 @@ class Namespace:
         content_hash: Callable[[str, bytes], bytes | None] = lambda arena, rel: None,
         max_pins: int = MAX_PINS,
     ) -> None:
-        self.inodes = InodeTable()
+        self.inodes = InodeTable(on_drop=self._dropped)
         self.max_pins = max_pins
         self._pins: dict[int, int] = {}  # inode -> O_PATH descriptor of its object
         self._content_hash = content_hash  # the indexed hash of a rested Real file
@@ -140,7 +140,7 @@ class Namespace:
         self._born_ns = time.time_ns()
         control_ino = self._add_virtual_dir(ROOT_INODE, CONTROL_DIR)
         for vfile in control:
-            ino = self.inodes.add(control_ino, vfile.name, stat.S_IFREG)
+            ino = self.inodes.add(control_ino, vfile.name, stat.S_IFREG, keep=True)
             self._virtual_files[ino] = vfile
             self._virtual_dirs[control_ino].children[vfile.name] = ino
         self.set_arenas(arenas)
@@ -172,7 +172,7 @@ class Namespace:
             parent = ROOT_INODE
             for part in parents:
                 parent = self._add_virtual_dir(parent, part)
-            ino = self.inodes.add(parent, last, stat.S_IFDIR)
+            ino = self.inodes.add(parent, last, stat.S_IFDIR, keep=True)
             self._virtual_dirs[parent].children[last] = ino
             self._arenas[ino] = Arena(config, backing, ino)
         return removed
@@ -181,7 +181,7 @@ class Namespace:
         existing = self._virtual_dirs[parent].children.get(name)
         if existing is not None:
             return existing
-        ino = self.inodes.add(parent, name, stat.S_IFDIR)
+        ino = self.inodes.add(parent, name, stat.S_IFDIR, keep=True)
         self._virtual_dirs[parent].children[name] = ino
         self._virtual_dirs[ino] = VirtualDir()
         return ino
@@ -273,15 +273,20 @@ class Namespace:
         return Stale()
 
     def _settle(self, ino: int) -> None:
-        """Drop what is kept about an inode the kernel no longer references, or the table no longer holds."""
+        """Let go of the pin of an inode the kernel no longer references."""
         node = self.inodes.node(ino)
         if node is None or node.lookups <= 0:
             pin = self._pins.pop(ino, None)
             if pin is not None:
                 os.close(pin)
-        if node is None:
-            self._told.pop(ino, None)
-            self._stamps.pop(ino, None)
+
+    def _dropped(self, ino: int) -> None:
+        """The inode table dropped *ino*: nothing is kept about it."""
+        self._told.pop(ino, None)
+        self._stamps.pop(ino, None)
+        pin = self._pins.pop(ino, None)
+        if pin is not None:
+            os.close(pin)
 
     def _pin(self, arena: Arena, rel: bytes) -> tuple[int | None, os.stat_result]:
         """A pin of the object at *rel* if the budget allows (else None), and its attributes."""

@@ -94,3 +94,41 @@ def test_paths_stay_consistent(operations: list[tuple[str, bytes, bytes, int]]) 
         for d in dirs:
             for child_name, child in t.children(d):
                 assert t.path(child) == [*(t.path(d) or []), child_name]
+
+
+def test_forgotten_nodes_are_kept_up_to_a_bound_leaves_first() -> None:
+    """Memory is what the kernel references plus `keep_forgotten` nodes; within that, numbers hold."""
+    dropped: list[int] = []
+    t = InodeTable(keep_forgotten=3, on_drop=dropped.append)
+    d = t.add(ROOT_INODE, b"d", D)
+    t.looked_up(d)
+    files = [t.add(d, b"f%d" % i, F) for i in range(3)]
+    for f in files:
+        t.looked_up(f)
+    held = t.add(d, b"held", F)
+    t.looked_up(held)
+    assert not dropped  # referenced: all kept
+    t.forget(files[0], 1)
+    t.forget(files[1], 1)
+    assert t.add(d, b"f0", F) == files[0]  # forgotten, still numbered
+    t.looked_up(files[0])
+    t.forget(files[0], 1)
+    t.forget(files[2], 1)
+    t.forget(d, 1)  # four forgotten, three kept: the least recently forgotten leaf goes
+    assert dropped == [files[1]] and files[1] not in t and t.child(d, b"f1") is None
+    assert t.child(d, b"f0") == files[0] and d in t  # a directory with children stays
+    t.forget(held, 1)  # over the bound again: the directory still has children, so a leaf goes
+    assert dropped == [files[1], files[0]]
+    assert d in t
+
+
+def test_a_node_no_one_referenced_is_forgotten_from_the_start() -> None:
+    """Nodes a listing numbered but the kernel never took count toward the bound too."""
+    dropped: list[int] = []
+    t = InodeTable(keep_forgotten=2, on_drop=dropped.append)
+    a, b, c = (t.add(ROOT_INODE, name, F) for name in (b"a", b"b", b"c"))
+    assert dropped == [a] and b in t and c in t
+    t.looked_up(b)
+    t.add(ROOT_INODE, b"d", F)
+    t.add(ROOT_INODE, b"e", F)
+    assert b in t and dropped == [a, c]  # a referenced node is never dropped
