@@ -60,6 +60,7 @@ RESOLVE_BENEATH = 0x08
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
+STEP = 2048  # bytes of path resolved per openat2 call: well inside PATH_MAX (4,096)
 _PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -107,6 +108,21 @@ def _fstat_or_close(fd: int) -> os.stat_result:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _stretches(rel: bytes) -> list[bytes]:
+    """*rel* cut at component boundaries into stretches of at most `STEP` bytes."""
+    out: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for part in rel.split(b"/"):
+        if current and size + 1 + len(part) > STEP:
+            out.append(b"/".join(current))
+            current, size = [], 0
+        current.append(part)
+        size += len(part) + (1 if size else 0)
+    out.append(b"/".join(current))
+    return out
 
 
 def split(rel: bytes) -> tuple[bytes, bytes]:
@@ -178,10 +194,27 @@ class Backing:
         self._root.close()
 
     def _at_root(self, rel: bytes, flags: int, mode: int = 0) -> int:
-        """openat2 of *rel* beneath the root (FsError on failure); the caller closes it."""
+        """openat2 of *rel* beneath the root (FsError on failure); the caller closes it.
+
+        A path longer than the kernel takes in one call (`STEP`) is resolved a
+        stretch at a time, each beneath the directory the previous one opened,
+        with the same rules, so depth has no limit here, as on the disk."""
         with self._root.use() as root:
             try:
-                return _openat2(root, rel or b".", flags | os.O_CLOEXEC, mode)
+                if len(rel) <= STEP:
+                    return _openat2(root, rel or b".", flags | os.O_CLOEXEC, mode)
+                *stretches, last = _stretches(rel)
+                at = root
+                try:
+                    for stretch in stretches:
+                        step = _openat2(at, stretch, _DIR)
+                        if at != root:
+                            os.close(at)
+                        at = step
+                    return _openat2(at, last, flags | os.O_CLOEXEC, mode)
+                finally:
+                    if at != root:
+                        os.close(at)
             except OSError as exc:
                 raise from_oserror(exc) from None
 
