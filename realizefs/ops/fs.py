@@ -224,15 +224,11 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self.ns.dir_entries(fh)
-        for index in range(start_id, len(entries)):
-            name, attr = entries[index]
-            dots = name in (b".", b"..")
-            if not dots and attr.ino not in self.ns.inodes:
-                continue  # deleted since the snapshot (and forgotten)
+        for index in range(start_id, self.ns.list_dir(fh, start_id)):
+            name, attr = self.ns.dir_entry(fh, index)
             if not pyfuse3.readdir_reply(token, name, entry(attr), index + 1):
                 break
-            if not dots:
+            if name not in (b".", b".."):
                 self.ns.listed(fh, name, attr.ino)
 
     @handler

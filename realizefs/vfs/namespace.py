@@ -99,7 +99,9 @@ class FileHandle:
 @dataclass
 class DirHandle:
     ino: int
-    entries: list[tuple[bytes, Attr]] = field(default_factory=list)
+    # the listing: an arena entry's attributes as listed, numbered when handed to the kernel
+    entries: list[tuple[bytes, Attr | os.stat_result]] = field(default_factory=list)
+    listed: bool = False
 
 
 Stamp = tuple[int, int, int]  # size, mtime_ns, ctime_ns
@@ -580,8 +582,25 @@ class Namespace:
     # ------------------------------------------------------------ directories
 
     def opendir(self, ino: int) -> int:
-        """Snapshot the directory: offsets stay valid for the life of the handle."""
-        entries: list[tuple[bytes, Attr]] = [(b".", self.getattr(ino))]
+        """A directory handle; it is listed at its first read from the start, and again at each rewind."""
+        if not self.is_virtual(ino):
+            self._here(ino)  # still the directory the kernel holds
+        return self._new_fh(DirHandle(ino))
+
+    def list_dir(self, fh: int, start: int) -> int:
+        """How many entries the listing of *fh* has, listing it anew when read from its start.
+
+        A snapshot: offsets (an entry's index plus one) stay valid until the next rewind,
+        which, as ``rewinddir(3)`` requires, shows the directory as it is then."""
+        handle = self._handles.get(fh)
+        if not isinstance(handle, DirHandle):
+            raise FsError("bad directory handle", errno=9)
+        if start == 0 or not handle.listed:
+            handle.entries, handle.listed = self._listing(handle.ino), True
+        return len(handle.entries)
+
+    def _listing(self, ino: int) -> list[tuple[bytes, Attr | os.stat_result]]:
+        entries: list[tuple[bytes, Attr | os.stat_result]] = [(b".", self.getattr(ino))]
         node = self.inodes.node(ino)
         parent = node.parent if node is not None and node.parent else ROOT_INODE
         entries.append((b"..", self.getattr(parent) if parent in self._virtual_dirs else self._dotdot(ino)))
@@ -590,9 +609,17 @@ class Namespace:
             entries.extend((name, self.getattr(child)) for name, child in sorted(vdir.children.items()))
         else:
             arena, rel, _ = self._here(ino)
-            for name, st in arena.backing.listdir(rel):
-                entries.append((name, self._attr(self._add(ino, name, st), st)))
-        return self._new_fh(DirHandle(ino, entries))
+            entries.extend(arena.backing.listdir(rel))
+        return entries
+
+    def dir_entry(self, fh: int, index: int) -> tuple[bytes, Attr]:
+        """Entry *index* of the listing of *fh*, numbered now (a listing numbers only what it hands out)."""
+        handle = self._handles[fh]
+        assert isinstance(handle, DirHandle)
+        name, what = handle.entries[index]
+        if isinstance(what, Attr):
+            return name, what
+        return name, self._attr(self._add(handle.ino, name, what), what)
 
     def _dotdot(self, ino: int) -> Attr:
         node = self.inodes.node(ino)
@@ -601,13 +628,6 @@ class Namespace:
             return self.getattr(parent)
         except FsError:
             return self.getattr(ino)
-
-    def dir_entries(self, fh: int) -> list[tuple[bytes, Attr]]:
-        """The snapshot taken by `opendir`; an entry's offset is its index plus one."""
-        handle = self._handles.get(fh)
-        if not isinstance(handle, DirHandle):
-            raise FsError("bad directory handle", errno=9)
-        return handle.entries
 
     def releasedir(self, fh: int) -> None:
         self._handles.pop(fh, None)

@@ -334,3 +334,16 @@ def test_fsync_and_fsyncdir_reach_the_backing_objects(daemon: Daemon, base: Path
         ("fsync", root / "d"),
     ]:
         assert (expected[0], str(expected[1])) in calls, (expected, lines)
+
+
+def test_rewinddir_shows_the_directory_as_it_is_now(daemon: Daemon) -> None:
+    """rewinddir(3) refreshes a directory stream (os.listdir of a descriptor rewinds it)."""
+    mnt = daemon.mnt()
+    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert os.listdir(fd) == []
+        (mnt / "new").write_text("x")
+        (daemon.root() / "direct").write_text("x")
+        assert sorted(os.listdir(fd)) == ["direct", "new"]
+    finally:
+        os.close(fd)

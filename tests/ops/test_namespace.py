@@ -290,3 +290,21 @@ def test_an_overflow_costs_time_in_proportion_to_what_the_kernel_holds(ns: Names
     spent = time.thread_time() - started
     assert len(todo.entries) == 100 + 100 * 1000 and a in todo.attrs
     assert spent < 1.0, f"{spent:.2f} s of CPU for 100,000 inodes"  # was about 370 s: quadratic
+
+
+def test_a_listing_longer_than_the_forgotten_bound_hands_out_every_entry(ns: Namespace, root: Path) -> None:
+    """A listing numbers only what it hands to the kernel: the cache bound never drops a listed name."""
+    a = arena(ns)
+    ns.inodes.keep_forgotten = 5
+    for i in range(20):
+        (root / f"f{i}").write_text("x")
+    fh = ns.opendir(a)
+    seen = {}
+    for index in range(ns.list_dir(fh, 0)):
+        name, attr = ns.dir_entry(fh, index)
+        if name not in (b".", b".."):
+            ns.listed(fh, name, attr.ino)
+            seen[name] = attr.ino
+    ns.releasedir(fh)
+    assert sorted(seen) == sorted(b"f%d" % i for i in range(20))
+    assert all(ino in ns.inodes and ns.inodes.child(a, name) == ino for name, ino in seen.items())
