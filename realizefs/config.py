@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from realizefs import mounttable
 from realizefs.errors import ConfigError
 from realizefs.types import Address, Mode
 
@@ -442,6 +443,8 @@ def check_filesystem(config: Config) -> None:
         ("node.data_dir", config.node.data_dir, 0o700),
         ("node.mountpoint", config.node.mountpoint, 0o755),
     ):
+        if key == "node.mountpoint" and mounttable.is_mount_point(directory):
+            continue  # mounted: the daemon checks it from the mount table, without waiting on it
         try:
             if not stat.S_ISDIR(os.stat(directory).st_mode):
                 raise ConfigError(f"{file}: {key}: {directory} exists and is not a directory")
@@ -465,7 +468,7 @@ def _check_resolved(config: Config) -> None:
     its own mount, and wait on itself.
     """
     file = config.path
-    mountpoint = Path(os.path.realpath(config.node.mountpoint))
+    mountpoint = mounttable.canonical(config.node.mountpoint)  # a stopped daemon's mount: never touched
     data_dir = Path(os.path.realpath(config.node.data_dir))
     roots: list[Path] = []
     for i, arena in enumerate(config.arenas, 1):

@@ -167,6 +167,21 @@ def _user_allow_other() -> bool:
         return False
 
 
+def _lock_mountpoint(mountpoint: Path) -> None:
+    """Take the mountpoint for this process's life (see `mounttable.lock`)."""
+    try:
+        mounttable.lock(mountpoint)  # released by the kernel when the process ends
+    except mounttable.Taken as taken:
+        holder = f" (pid {taken})" if str(taken) else ""
+        raise OSError(
+            errno.EBUSY,
+            f"{mountpoint} is already a mount point: another realizefs{holder} runs there; stop it "
+            f"(if it is stuck: kill it, and fusermount3 -u {mountpoint} if the mount stays)",
+        ) from None
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot lock {mountpoint} for this daemon: {exc.strerror}") from None
+
+
 def _clear_dead_mount(mountpoint: Path) -> None:
     """Detach a realizefs mount whose daemon is gone; refuse a live one or anything else mounted there."""
     path = mounttable.canonical(mountpoint)
@@ -284,6 +299,7 @@ def run(config_path: Path) -> int:
     log.info("realizefs %s starting: node %s, config %s", __version__, config.node.name, config.path)
     try:
         check_kernel_support()
+        _lock_mountpoint(config.node.mountpoint)
         _clear_dead_mount(config.node.mountpoint)  # before anything is created in data_dir
         store = Store(config.node.data_dir)
     except (StoreError, OSError) as exc:

@@ -10,6 +10,10 @@ probe runs in a worker thread that is abandoned after a timeout (its request
 ends when the process exits). The mountpoint itself is never touched from the
 calling thread.
 
+Two daemons started at once would both find the mountpoint free and mount
+one over the other: `lock` makes the check and the mount one step, held for
+the daemon's life.
+
 Used by the daemon before anything else of the data_dir is opened; plain
 threads, no trio.
 """
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
+import hashlib
 import os
 import re
 import threading
@@ -80,6 +86,53 @@ def mounted_on(path: Path, table: list[Mount]) -> Mount | None:
 def canonical(path: Path) -> Path:
     """*path* with its parent's symlinks resolved, without touching *path* itself."""
     return Path(os.path.realpath(path.parent)) / path.name
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether the mount table lists a mount on *path*, found without touching *path*.
+
+    A mount whose daemon is stopped would make any look at *path* itself wait forever."""
+    try:
+        table = parse_mountinfo(MOUNTINFO.read_bytes())
+    except OSError:
+        return False
+    return mounted_on(canonical(path), table) is not None
+
+
+LOCK_DIR = Path("/run/realizefs")
+
+
+def lock_path(path: Path) -> Path:
+    """The file whose lock holds the mountpoint *path*."""
+    directory = LOCK_DIR if os.geteuid() == 0 else Path(f"/tmp/realizefs-{os.geteuid()}")
+    return directory / f"mount-{hashlib.sha256(os.fsencode(canonical(path))).hexdigest()[:32]}.lock"
+
+
+def lock(path: Path) -> int:
+    """Hold, for the life of the process, the right to mount on *path*; `Taken` if another process has it.
+
+    A file in a directory only root writes (else one of the user's own), locked
+    with ``flock`` (the kernel lets go when the process ends, however it ends),
+    holding the holder's pid."""
+    file = lock_path(path)
+    file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise Taken(holder) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class Taken(Exception):
+    """Another process holds the mountpoint; its pid as text (or "")."""
 
 
 def probe(path: Path, timeout: float = PROBE_TIMEOUT) -> int | None:

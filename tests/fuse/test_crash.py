@@ -17,6 +17,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
+from realizefs import mounttable
 from realizefs.peers.identity import load_or_create
 from realizefs.store.index import KIND_FILE, Index
 from realizefs.store.schema import Store
@@ -74,7 +75,9 @@ def test_a_live_mount_is_refused_before_anything_is_created(base: Path) -> None:
         other = on_the_same_mountpoint(d)
         result = run_daemon(other)
         assert result.returncode == 1
-        assert f"{d.mountpoint} is already a mount point: a running realizefs answers there" in result.stderr
+        assert d.proc is not None
+        running = f"{d.mountpoint} is already a mount point: another realizefs (pid {d.proc.pid}) runs there"
+        assert running in result.stderr
         assert sorted(os.listdir(other.data_dir)) == []  # no store, no lock, no identity key
         (d.mnt() / "still").write_text("works")
         assert (d.root() / "still").read_text() == "works"
@@ -87,7 +90,31 @@ def test_a_stuck_realizefs_is_refused_not_detached(base: Path) -> None:
     d = Daemon(base)
     d.start()
     try:
-        os.stat(d.mountpoint)  # cached: the second daemon's config check does not wait on the stuck one
+        os.listdir(d.mountpoint)  # the root's cached attributes are stale now: a stat would wait
+        d.signal(signal.SIGSTOP)
+        try:
+            result = run_daemon(on_the_same_mountpoint(d))
+        finally:
+            d.signal(signal.SIGCONT)
+        assert result.returncode == 1
+        assert d.proc is not None
+        assert f"another realizefs (pid {d.proc.pid})" in result.stderr
+        assert f"fusermount3 -u {d.mountpoint}" in result.stderr
+        (d.mnt() / "still").write_text("works")
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def test_a_stuck_mount_no_daemon_holds_is_probed_and_refused(base: Path) -> None:
+    """A realizefs mount whose daemon does not hold the mountpoint (one from before the lock)."""
+    d = Daemon(base)
+    d.start()
+    try:
+        lock = mounttable.lock_path(d.mountpoint)
+        assert lock.exists()
+        lock.unlink()  # as if it had never taken it
+        os.listdir(d.mountpoint)
         d.signal(signal.SIGSTOP)
         try:
             result = run_daemon(on_the_same_mountpoint(d))
@@ -96,6 +123,25 @@ def test_a_stuck_realizefs_is_refused_not_detached(base: Path) -> None:
         assert result.returncode == 1
         assert "does not answer" in result.stderr and f"fusermount3 -u {d.mountpoint}" in result.stderr
         (d.mnt() / "still").write_text("works")
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def test_two_daemons_starting_at_once_cannot_both_mount(base: Path) -> None:
+    """The check and the mount are one step: while another process holds the mountpoint, nobody mounts."""
+    d = Daemon(base)
+    d.mountpoint.mkdir()
+    held = mounttable.lock(d.mountpoint)  # another daemon, between its check and its mount
+    try:
+        result = run_daemon(d)
+        assert result.returncode == 1
+        assert f"another realizefs (pid {os.getpid()}) runs there" in result.stderr
+        assert not os.path.ismount(d.mountpoint)
+    finally:
+        os.close(held)
+    d.start()  # once it lets go, the mountpoint is free
+    try:
         assert d.stop() == 0
     finally:
         d.kill()
