@@ -33,6 +33,7 @@ the caller (`realizefs.ops`) on the descriptor this module hands out.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -70,6 +71,8 @@ VIRTUAL_TTL = 3600.0
 # Pins (see the module doc) held at most: one descriptor each. The daemon sets this from
 # its descriptor limit; the kernel's own inode cache bounds how many are wanted.
 MAX_PINS = 1 << 16
+PINS_GIVEN_BACK = 1024  # descriptors freed for other uses when the process runs out
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 CONTROL_DIR = b".realize"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # The kernel orders appends and handles O_DIRECT alignment itself: the backing
@@ -292,9 +295,24 @@ class Namespace:
 
     def _pin(self, arena: Arena, rel: bytes) -> tuple[int | None, os.stat_result]:
         """A pin of the object at *rel* if the budget allows (else None), and its attributes."""
-        if len(self._pins) >= self.max_pins:
-            return None, arena.backing.stat(rel)
-        return arena.backing.pin(rel)
+        if len(self._pins) < self.max_pins:
+            try:
+                return arena.backing.pin(rel)
+            except FsError as exc:
+                if exc.errno not in _NO_DESCRIPTORS:
+                    raise
+                self._out_of_descriptors()
+        return None, arena.backing.stat(rel)
+
+    def _out_of_descriptors(self) -> None:
+        """The process ran out of descriptors (its limit was lowered, say): pin fewer from now on.
+
+        The oldest pins are let go at once (those nodes are reached by path, checked),
+        so the calls that need a descriptor now, and the opens to come, get one."""
+        self.max_pins = max(0, len(self._pins) - PINS_GIVEN_BACK)
+        for ino in list(self._pins)[: len(self._pins) - self.max_pins]:
+            os.close(self._pins.pop(ino))
+        log.info("out of file descriptors: at most %d inodes are pinned from now on", self.max_pins)
 
     def _referenced(self, ino: int, pin: int | None) -> None:
         """The kernel took a reference to *ino*; keep *pin* (of the same object) while it holds one."""
@@ -478,7 +496,13 @@ class Namespace:
         fd, st = arena.backing.create(rel, name, flags, mode, owner)
         pin = None
         if len(self._pins) < self.max_pins:
-            pin = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)  # the very object created
+            try:
+                pin = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)  # the very object created
+            except OSError as exc:
+                if exc.errno not in _NO_DESCRIPTORS:
+                    os.close(fd)
+                    raise from_oserror(exc) from None
+                self._out_of_descriptors()
         attr = self._created(parent, name, st, pin)
         return self._open_fd(attr.ino, fd), attr
 

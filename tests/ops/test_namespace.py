@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -308,3 +309,21 @@ def test_a_listing_longer_than_the_forgotten_bound_hands_out_every_entry(ns: Nam
     ns.releasedir(fh)
     assert sorted(seen) == sorted(b"f%d" % i for i in range(20))
     assert all(ino in ns.inodes and ns.inodes.child(a, name) == ino for name, ino in seen.items())
+
+
+def test_running_out_of_descriptors_pins_fewer_and_fails_nothing(ns: Namespace, root: Path) -> None:
+    """A descriptor limit lowered under the daemon: lookups and creates go on, by path."""
+    a = arena(ns)
+    for i in range(60):
+        (root / f"f{i}").write_text("x")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 20, hard))
+    try:
+        inos = [ns.lookup(a, b"f%d" % i).ino for i in range(60)]
+        fh, attr = ns.create(a, b"new", 0o644, os.O_WRONLY, ROOT)
+        ns.release(fh)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(set(inos)) == 60 and attr.ino not in inos
+    assert ns.max_pins < 60  # it pins fewer from now on
+    assert ns.getattr(inos[-1]).size == 1
