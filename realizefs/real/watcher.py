@@ -20,7 +20,11 @@ caller must assume anything changed). When the watch limit (``fs.inotify.max_use
 the daemon (as root) doubles it, up to 4 Mi watches, and says so; past that
 the tree is reported as incompletely watched and a warning names the sysctl.
 
-Concurrency: used from the event loop thread only.
+Concurrency: one task awaits `changes()`; what the events ask for (listing a
+new or moved directory to watch what it holds, watching every tree anew after
+an overflow) walks directories, so it runs in a worker thread, never on the
+event loop that answers the mount. `add_tree` and `remove_tree` walk too and
+may be called from any thread; one lock keeps all of them apart.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,23 +83,26 @@ class Watcher:
         self.complete: dict[Hashable, bool] = {}
         self._limit_logged = False
         self._moved_out: dict[int, tuple[Hashable, bytes, list[int]]] = {}  # unpaired at the last read
+        self._lock = threading.Lock()  # see the module doc
 
     def close(self) -> None:
         self._inotify.close()
 
     def add_tree(self, tree: Hashable, backing: Backing) -> bool:
-        """Watch every directory of *backing*; whether all of them are watched."""
-        self._trees[tree] = backing
-        self.complete[tree] = True
-        self._watch_below(tree, b"")
-        return self.complete[tree]
+        """Watch every directory of *backing*; whether all of them are watched (walks the tree)."""
+        with self._lock:
+            self._trees[tree] = backing
+            self.complete[tree] = True
+            self._watch_below(tree, b"")
+            return self.complete[tree]
 
     def remove_tree(self, tree: Hashable) -> None:
-        for wd, (owner, _) in list(self._dirs.items()):
-            if owner == tree:
-                self._unwatch(wd)
-        self._trees.pop(tree, None)
-        self.complete.pop(tree, None)
+        with self._lock:
+            for wd, (owner, _) in list(self._dirs.items()):
+                if owner == tree:
+                    self._unwatch(wd)
+            self._trees.pop(tree, None)
+            self.complete.pop(tree, None)
 
     def _watch_below(self, tree: Hashable, top: bytes) -> None:
         backing = self._trees[tree]
@@ -183,7 +191,11 @@ class Watcher:
             except BlockingIOError:
                 continue
             if events:
-                return self._interpret(events)
+                return await trio.to_thread.run_sync(self._interpret_locked, events)
+
+    def _interpret_locked(self, events: list[Event]) -> list[Change] | None:
+        with self._lock:
+            return self._interpret(events)
 
     def _interpret(self, events: list[Event]) -> list[Change] | None:
         batch: list[Change] = []
