@@ -274,7 +274,8 @@ async def _until_stopped(daemon: Daemon, signals: AsyncIterator[int]) -> None:
     with trio.fail_after(MOUNT_TIMEOUT):
         st = await trio.to_thread.run_sync(os.stat, mountpoint)
     _raise_read_ahead(st.st_dev)
-    log.info("mounted %d arenas on %s", len(daemon.config.arenas), mountpoint)
+    n = len(daemon.config.arenas)
+    log.info("mounted %d %s on %s", n, "arena" if n == 1 else "arenas", mountpoint)
     systemd.notify("READY=1")
     _status(daemon)
     async for signum in signals:

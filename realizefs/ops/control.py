@@ -2,9 +2,12 @@
 
 Each status file has a human-readable text form and a ``.json`` twin with the
 same facts for scripts; ``history`` shows each arena's latest changes.
-Contents are rendered when a file is opened, from the `NodeView` the daemon
-provides. ``consensus`` accepts the command ``now``;
-any other text is refused with EINVAL.
+Contents are rendered for the user who reads them (see
+`realizefs.vfs.virtual`), from the `NodeView` the daemon provides.
+``history`` shows a reader only the entries whose every path they may see
+(`realizefs.vfs.visibility`), and none whose directories on the way had their
+mode changed since (their permissions then are not known). ``consensus``
+accepts the command ``now``; any other text is refused with EINVAL.
 
 Real file and byte counts come from the content index, which keeps them with
 every write (one LMDB read, so in the event loop), with the files still waiting
@@ -26,10 +29,12 @@ from realizefs import __version__
 from realizefs.config import Config, format_key
 from realizefs.errors import InvalidValue
 from realizefs.peers.household import PeerStatus
+from realizefs.real import xattrs
 from realizefs.real.indexer import Indexer
 from realizefs.store.history import Entry, Version
 from realizefs.vfs.namespace import Namespace
-from realizefs.vfs.virtual import VirtualFile
+from realizefs.vfs.virtual import Command, Reader, VirtualFile
+from realizefs.vfs.visibility import Visibility
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +77,23 @@ class Control:
         ):
             files.append(VirtualFile(name.encode(), self._text(make)))
             files.append(VirtualFile(f"{name}.json".encode(), self._json(make)))
-        files.append(VirtualFile(b"consensus", self._text(self.consensus), write=self.request_consensus))
+        command = Command(self.request_consensus, _could_become_now)
+        files.append(VirtualFile(b"consensus", self._text(self.consensus), command))
         files.append(VirtualFile(b"consensus.json", self._json(self.consensus)))
         return files
 
     @staticmethod
-    def _text(make: Callable[[], Any]) -> Callable[[], Any]:
-        async def render() -> bytes:
-            facts = await make()
+    def _text(make: Callable[[Reader], Any]) -> Callable[[Reader], Any]:
+        async def render(reader: Reader) -> bytes:
+            facts = await make(reader)
             return str(facts.pop("_text")).encode()
 
         return render
 
     @staticmethod
-    def _json(make: Callable[[], Any]) -> Callable[[], Any]:
-        async def render() -> bytes:
-            facts = await make()
+    def _json(make: Callable[[Reader], Any]) -> Callable[[Reader], Any]:
+        async def render(reader: Reader) -> bytes:
+            facts = await make(reader)
             facts.pop("_text")
             return (json.dumps(facts, indent=2, sort_keys=True) + "\n").encode()
 
@@ -95,7 +101,7 @@ class Control:
 
     # ------------------------------------------------------------ identity
 
-    async def identity(self) -> dict[str, Any]:
+    async def identity(self, reader: Reader) -> dict[str, Any]:
         config = self.node.config
         key = format_key(self.node.public_key)
         listen = config.node.listen
@@ -116,12 +122,13 @@ class Control:
 
     # ------------------------------------------------------------ status
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, reader: Reader) -> dict[str, Any]:
         config = self.node.config
         now = self.clock()
         arenas: list[dict[str, Any]] = []
         for arena in self.namespace.arenas if self.namespace else []:
             counts = self.indexer.counts(arena.name)
+            stored = xattrs.stored_mode(arena.backing, b"")
             real = asdict(counts) | {
                 "unreadable": sum(1 for name, _ in self.indexer.stats.unreadable if name == arena.name),
                 "scanned": self.indexer.scanned(arena.name),
@@ -131,6 +138,8 @@ class Control:
                     "name": arena.name,
                     "root": str(arena.config.root),
                     "default_mode": arena.config.mode.value,
+                    "mode": (stored or arena.config.mode).value,
+                    "mode_set_on": "root" if stored is not None else "config",
                     "real": real,
                 }
             )
@@ -144,15 +153,17 @@ class Control:
         ]
         for a in arenas:
             real = a["real"]
-            lines.append(f"  {a['name']}  root {a['root']}  default {a['default_mode']}")
+            where = "set on the arena root" if a["mode_set_on"] == "root" else "config default"
+            lines.append(f"  {a['name']}  root {a['root']}  {a['mode']} ({where})")
+            directories = _count(real["directories"], "directory", "directories")
             line = (
-                f"    real: {real['files']} files, {_size(real['bytes'])}, "
-                f"{real['directories']} directories, {real['links']} symlinks"
+                f"    real: {_count(real['files'], 'file')}, {_size(real['bytes'])}, "
+                f"{directories}, {_count(real['links'], 'symlink')}"
             )
             if real["pending"]:
-                line += f"; {real['pending']} files waiting to be hashed"
+                line += f"; {_count(real['pending'], 'file')} waiting to be hashed"
             if real["unreadable"]:
-                line += f"; {real['unreadable']} files that cannot be read"
+                line += f"; {_count(real['unreadable'], 'file')} that cannot be read"
             if not real["scanned"]:
                 line += " (still scanning)"
             lines.append(line)
@@ -170,7 +181,7 @@ class Control:
 
     # ------------------------------------------------------------ peers
 
-    async def peers(self) -> dict[str, Any]:
+    async def peers(self, reader: Reader) -> dict[str, Any]:
         statuses = self.node.peer_status()
         peers = [_peer_facts(p) for p in statuses]
         connected = sum(1 for p in statuses if p.state == "connected")
@@ -193,20 +204,21 @@ class Control:
 
     # ------------------------------------------------------------ history
 
-    async def history(self) -> dict[str, Any]:
+    async def history(self, reader: Reader) -> dict[str, Any]:
         me = self.indexer.index.me
         arenas = {}
         lines = []
         for arena in self.namespace.arenas if self.namespace else []:
             entries = await trio.to_thread.run_sync(self.indexer.history, arena.name, HISTORY_LINES)
+            entries = _visible(entries, Visibility(arena.backing, reader))
             arenas[arena.name] = [_entry_facts(e, me) for e in entries]
-            lines.append(f"{arena.name}: {len(entries)} most recent changes")
+            lines.append(f"{arena.name}: {_count(len(entries), 'most recent change')}")
             lines.extend(_entry_line(facts) for facts in arenas[arena.name])
         return {"arenas": arenas, "_text": "\n".join(lines) + "\n"}
 
     # ------------------------------------------------------------ consensus
 
-    async def consensus(self) -> dict[str, Any]:
+    async def consensus(self, reader: Reader) -> dict[str, Any]:
         connected = sum(1 for p in self.node.peer_status() if p.state == "connected")
         requested = self.consensus_requested
         lines = [f"connected peers: {connected}"]
@@ -215,11 +227,49 @@ class Control:
         lines.append('write "now" to this file to run consensus now')
         return {"connected_peers": connected, "last_request": requested, "_text": "\n".join(lines) + "\n"}
 
-    def request_consensus(self, data: bytes) -> None:
-        if data.strip() != b"now":
+    def request_consensus(self, line: bytes) -> None:
+        if line.strip() != b"now":
             raise InvalidValue('expected "now"')
         self.consensus_requested = self.clock()
         log.info("consensus requested: recorded; exchanging history is not built yet")
+
+
+def _could_become_now(start: bytes) -> bool:
+    """Whether an unterminated line may still become a valid ``now``."""
+    word = start.lstrip()
+    return b"now".startswith(word) or (word.startswith(b"now") and not word[3:].strip())
+
+
+def _visible(entries: list[Entry], visibility: Visibility) -> list[Entry]:
+    """The *entries* (oldest first, the latest of the arena) whose paths the reader may see.
+
+    Permissions are judged as they are now, which is sound only for directories
+    that stayed as they were: an entry is left out when a later entry names a
+    directory on the way to one of its paths (its mode changed, or it was
+    renamed, removed or made anew: what it was then is not known; later entries
+    are all in *entries*).
+    """
+    if visibility.reader.uid == 0:
+        return entries
+    shown: list[Entry] = []
+    later: set[bytes] = set()  # the paths named by entries after the one at hand
+    for e in reversed(entries):
+        paths = [e.path] if e.old_path is None else [e.path, e.old_path]
+        if all(visibility.may_see(p) and not _passes(p, later) for p in paths):
+            shown.append(e)
+        later.update(paths)
+    shown.reverse()
+    return shown
+
+
+def _passes(path: bytes, dirs: set[bytes]) -> bool:
+    """Whether *path* lies inside one of *dirs* (the arena root, ``b""``, included)."""
+    parts = path.split(b"/")
+    return any(b"/".join(parts[:depth]) in dirs for depth in range(len(parts)))
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 def _peer_facts(p: PeerStatus) -> dict[str, Any]:

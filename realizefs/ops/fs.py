@@ -24,6 +24,7 @@ from realizefs.errors import FsError
 from realizefs.real.backing import Owner
 from realizefs.vfs.attrs import Attr
 from realizefs.vfs.namespace import Namespace
+from realizefs.vfs.virtual import ROOT, Reader
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,17 @@ def owner(ctx: pyfuse3.RequestContext) -> Owner:
     return Owner(uid, gid, lambda g: g == gid or g in pyfuse3.get_sup_groups(pid))
 
 
+def reader(ctx: pyfuse3.RequestContext | None) -> Reader:
+    """Who is asking, for what a virtual file shows; with no context (internal calls): root."""
+    if ctx is None:
+        return ROOT
+    try:
+        groups = frozenset(pyfuse3.get_sup_groups(ctx.pid))
+    except OSError:  # the caller already exited: its groups grant nothing
+        groups = frozenset()
+    return Reader(ctx.uid, ctx.gid, groups)
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -88,7 +100,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return entry(self.ns.lookup(parent_inode, name))
+        attr = self.ns.lookup(parent_inode, name)
+        if self.ns.is_virtual_file(attr.ino):
+            attr = await self.ns.virtual_file_attr(attr.ino, reader(ctx))
+        return entry(attr)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
@@ -96,6 +111,8 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if self.ns.is_virtual_file(inode):
+            return entry(await self.ns.virtual_file_attr(inode, reader(ctx)))
         return entry(self.ns.getattr(inode))
 
     @handler
@@ -180,7 +197,7 @@ class Operations(pyfuse3.Operations):
     @handler
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if self.ns.is_virtual(inode):
-            fh = await self.ns.open_virtual(inode, flags)
+            fh = await self.ns.open_virtual(inode, flags, reader(ctx))
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         fh, keep = self.ns.open(inode, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)

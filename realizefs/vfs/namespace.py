@@ -55,7 +55,7 @@ from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join, reopen
 from realizefs.vfs import attributes
 from realizefs.vfs.attrs import Attr, FsStats
 from realizefs.vfs.inodes import ROOT_INODE, Ident, InodeTable
-from realizefs.vfs.virtual import VirtualDir, VirtualFile
+from realizefs.vfs.virtual import CommandInput, Reader, Snapshots, VirtualDir, VirtualFile
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class FileHandle:
     fd: int = -1  # a Real file
     content: bytes = b""  # a virtual file's snapshot
     virtual: VirtualFile | None = None
+    commands: CommandInput | None = None  # what is written to a virtual file
 
 
 @dataclass
@@ -137,6 +138,7 @@ class Namespace:
         self._stale_entries: dict[tuple[int, bytes], int] = {}
         self._virtual_dirs: dict[int, VirtualDir] = {ROOT_INODE: VirtualDir()}
         self._virtual_files: dict[int, VirtualFile] = {}
+        self._snapshots = Snapshots()
         self._arenas: dict[int, Arena] = {}
         self._handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = 1
@@ -238,15 +240,22 @@ class Namespace:
     def is_virtual(self, ino: int) -> bool:
         return ino in self._virtual_dirs or ino in self._virtual_files
 
-    def _virtual_attr(self, ino: int) -> Attr:
+    def is_virtual_file(self, ino: int) -> bool:
+        return ino in self._virtual_files
+
+    def _virtual_attr(self, ino: int, size: int = 0) -> Attr:
         vfile = self._virtual_files.get(ino)
         if vfile is not None:
-            mode, nlink, size = vfile.mode, 1, vfile.last_size
+            mode, nlink = vfile.mode, 1
         else:
-            mode, nlink, size = 0o40555 if ino != ROOT_INODE else 0o40755, 2, 0
+            mode, nlink = 0o40555 if ino != ROOT_INODE else 0o40755, 2
         t = self._born_ns
         attr_ttl = 0.0 if vfile else VIRTUAL_TTL  # a status file's size changes with each rendering
         return Attr(ino, mode, nlink, 0, 0, size, t, t, t, timeout=attr_ttl, entry_timeout=VIRTUAL_TTL)
+
+    async def virtual_file_attr(self, ino: int, reader: Reader) -> Attr:
+        """Attributes of a virtual file with the size of the snapshot *reader* would read (see `virtual`)."""
+        return self._virtual_attr(ino, await self._snapshots.size(ino, self._virtual_files[ino], reader))
 
     def _attr(self, ino: int, st: os.stat_result) -> Attr:
         self._told[ino] = st.st_ctime_ns
@@ -412,7 +421,7 @@ class Namespace:
     ) -> Attr:
         vfile = self._virtual_files.get(ino)
         if vfile is not None:
-            if size == 0 and vfile.write is not None and mode is uid is gid is None:
+            if size == 0 and vfile.command is not None and mode is uid is gid is None:
                 return self._virtual_attr(ino)  # O_TRUNC before a command is written
             raise NotPermitted()
         if ino in self._virtual_dirs:
@@ -568,15 +577,21 @@ class Namespace:
         self._stamps[ino] = stamp
         return self._open_fd(ino, fd), keep
 
-    async def open_virtual(self, ino: int, flags: int) -> int:
+    async def open_virtual(self, ino: int, flags: int, reader: Reader) -> int:
+        """Open a virtual file with the snapshot *reader* is shown (see `virtual`)."""
         vfile = self._virtual_files[ino]
-        if flags & _WRITE_FLAGS and vfile.write is None:
+        if flags & _WRITE_FLAGS and vfile.command is None:
             raise AccessDenied("read-only")
-        content = b""
+        commands = CommandInput(vfile.command) if vfile.command is not None else None
+        handle = FileHandle(ino, virtual=vfile, commands=commands)
+        fh = self._new_fh(handle)
         if flags & os.O_ACCMODE != os.O_WRONLY:
-            content = await vfile.render()
-            vfile.last_size = len(content)
-        return self._new_fh(FileHandle(ino, content=content, virtual=vfile))
+            try:
+                handle.content = await self._snapshots.open(fh, ino, vfile, reader)
+            except BaseException:
+                self._handles.pop(fh, None)
+                raise
+        return fh
 
     def file(self, fh: int) -> FileHandle:
         handle = self._handles.get(fh)
@@ -585,13 +600,18 @@ class Namespace:
         return handle
 
     def write_virtual(self, handle: FileHandle, data: bytes) -> None:
-        assert handle.virtual is not None
-        if handle.virtual.write is None:
+        if handle.commands is None:
             raise AccessDenied()
-        handle.virtual.write(data)
+        self._snapshots.changed()  # the next open shows what the command did
+        handle.commands.write(data)
 
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
+        if isinstance(handle, FileHandle) and handle.virtual is not None:
+            self._snapshots.close(fh)
+            if handle.commands is not None:
+                self._snapshots.changed()
+                handle.commands.close(f"{CONTROL_DIR.decode()}/{handle.virtual.name.decode()}")
         if isinstance(handle, FileHandle) and handle.fd >= 0:
             # No new stamp here: the kernel sends the release after close(2) has returned,
             # so a change made in the backing tree meanwhile would pass for one it has seen.

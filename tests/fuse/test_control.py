@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Daemon, wait_for
+from tests.support import NOBODY, Daemon, run_as, wait_for
 
 
 def read(d: Daemon, name: str) -> str:
@@ -34,16 +34,23 @@ def test_status_counts_the_real(daemon: Daemon) -> None:
     root = daemon.root()
     (root / "d").mkdir()
     (root / "d" / "one").write_bytes(b"x" * 1000)
+
+    def counted(files: int, directories: int, links: int) -> dict[str, Any] | None:
+        status = json.loads(read(daemon, "status.json"))
+        real = status["arenas"][0]["real"]
+        return (
+            status
+            if (real["files"], real["directories"], real["links"]) == (files, directories, links)
+            else None
+        )
+
+    wait_for(lambda: counted(1, 1, 0), 10, "the index to count the first file")
+    text = read(daemon, "status")
+    assert "real: 1 file, " in text and "1 directory, 0 symlinks" in text  # plural only when plural
     (root / "two").write_bytes(b"y" * 24)
     os.symlink("two", root / "link")
     os.mkfifo(root / "fifo")  # not indexed
-
-    def counted() -> dict[str, Any] | None:
-        status = json.loads(read(daemon, "status.json"))
-        real = status["arenas"][0]["real"]
-        return status if (real["files"], real["directories"], real["links"]) == (2, 1, 1) else None
-
-    status = wait_for(counted, 10, "the index to count the new files")
+    status = wait_for(lambda: counted(2, 1, 1), 10, "the index to count the new files")
     assert status is not None
     [arena] = status["arenas"]
     assert arena["name"] == "a" and arena["root"] == str(root)
@@ -52,6 +59,41 @@ def test_status_counts_the_real(daemon: Daemon) -> None:
     assert status["uptime_s"] >= 0
     text = read(daemon, "status")
     assert "2 files" in text and "1.0 KiB" in text and str(root) in text
+    assert "1 symlink" in text and "1 symlinks" not in text
+    assert "mounted 1 arena on" in daemon.log()
+
+
+def test_status_shows_the_mode_in_effect_at_the_arena_root(daemon: Daemon) -> None:
+    def arena() -> dict[str, Any]:
+        [a] = json.loads(read(daemon, "status.json"))["arenas"]
+        return dict(a)
+
+    assert (arena()["mode"], arena()["mode_set_on"]) == ("real", "config")
+    assert "a  root " in read(daemon, "status") and "real (config default)" in read(daemon, "status")
+    os.setxattr(daemon.mnt(), "user.realize.mode", b"unreal")
+    assert (arena()["mode"], arena()["mode_set_on"], arena()["default_mode"]) == ("unreal", "root", "real")
+    assert "unreal (set on the arena root)" in read(daemon, "status")
+    os.removexattr(daemon.mnt(), "user.realize.mode")
+    assert "real (config default)" in read(daemon, "status")
+
+
+@pytest.mark.parametrize("name", ["identity", "identity.json", "peers.json", "consensus"])
+def test_sizes_are_right_before_the_first_read(daemon: Daemon, name: str) -> None:
+    path = daemon.mountpoint / ".realize" / name
+    size = os.stat(path).st_size
+    content = path.read_bytes()
+    assert size == len(content) > 0
+    listing = subprocess.run(
+        ["ls", "-l", str(daemon.mountpoint / ".realize")], capture_output=True, text=True
+    )
+    assert f" {len(content)} " in next(
+        line for line in listing.stdout.splitlines() if line.endswith(f" {name}")
+    )
+    last = content.rstrip(b"\n").rsplit(b"\n", 1)[-1] + b"\n"
+    assert subprocess.run(["tail", "-n", "1", str(path)], capture_output=True, check=True).stdout == last
+    copy = daemon.base / f"copy-{name}"
+    subprocess.run(["cp", str(path), str(copy)], check=True)
+    assert copy.read_bytes() == content
 
 
 def test_peers_lists_configured_peers_disconnected(base: Path) -> None:
@@ -79,10 +121,32 @@ def test_consensus_accepts_now_and_refuses_anything_else(daemon: Daemon) -> None
     subprocess.run(["sh", "-c", f"echo now > {path}"], check=True)
     assert "exchanging history is not built yet" in path.read_text()
     assert json.loads(read(daemon, "consensus.json"))["last_request"] is not None
-    for bad in (b"later\n", b"nownow", b"\x00"):
+    for bad in (b"later\n", b"nownow", b"\x00", b"now\nx"):
         with pytest.raises(OSError) as info, open(path, "wb") as f:
             f.write(bad)
         assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("command", ["now\n", "now", "  now \n"])
+def test_consensus_takes_now_written_in_pieces(daemon: Daemon, command: str) -> None:
+    path = daemon.mountpoint / ".realize" / "consensus"
+    assert json.loads(read(daemon, "consensus.json"))["last_request"] is None
+    subprocess.run(["dd", f"of={path}", "bs=1", "status=none"], input=command.encode(), check=True)
+    # without a newline the command is taken at release, which the kernel sends after close(2) returned
+    wait_for(lambda: json.loads(read(daemon, "consensus.json"))["last_request"], 10, "the request recorded")
+
+
+def test_consensus_refuses_a_bad_byte_at_the_write_that_brings_it(daemon: Daemon) -> None:
+    path = daemon.mountpoint / ".realize" / "consensus"
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.write(fd, b"n") == 1 and os.write(fd, b"o") == 1
+        with pytest.raises(OSError) as info:
+            os.write(fd, b"x")
+        assert info.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+    assert json.loads(read(daemon, "consensus.json"))["last_request"] is None
 
 
 @pytest.mark.parametrize("name", ["status", "identity", "peers.json", "consensus.json"])
@@ -119,6 +183,66 @@ def test_history_shows_what_was_done(base: Path) -> None:
         entries = json.loads(read(d, "history.json"))["arenas"]["a"]
         assert all(e["vv"].get("this peer", 0) >= 1 for e in entries)
         assert "rename" in read(d, "history") and "docs -> papers" in read(d, "history")
+        d.stop()
+    finally:
+        d.kill()
+
+
+def test_history_shows_a_user_only_the_paths_they_may_see(base: Path) -> None:
+    d = Daemon(base, extra='\n[consensus]\nrest = "200ms"\n')
+    d.start()
+    try:
+        mnt = d.mnt()
+        for name, mode in (
+            ("private", 0o700),
+            ("public", 0o755),
+            ("mine", 0o700),
+            ("gone", 0o755),
+            ("dark", 0o711),
+        ):
+            (mnt / name).mkdir()
+            (mnt / name).chmod(mode)
+        os.chown(mnt / "mine", NOBODY, NOBODY)
+        (mnt / "private" / "secret.txt").write_text("s")
+        (mnt / "public" / "note.txt").write_text("n")
+        (mnt / "gone" / "old.txt").write_text("o")
+        (mnt / "dark" / "unlisted.txt").write_text("u")  # could be opened by name, but not listed
+        run_as(["sh", "-c", f"echo mine > {mnt / 'mine' / 'own.txt'}"])
+
+        def paths(as_nobody: bool = False) -> str:
+            path = str(d.mountpoint / ".realize" / "history.json")
+            text = run_as(["cat", path]).stdout if as_nobody else Path(path).read_text()
+            return " ".join(f"{e['op']}:{e['old_path']}>{e['path']}" for e in json.loads(text)["arenas"]["a"])
+
+        everything = [
+            "private/secret.txt",
+            "public/note.txt",
+            "mine/own.txt",
+            "gone/old.txt",
+            "dark/unlisted.txt",
+        ]
+        wait_for(lambda: all(f"create:None>{p}" in paths() for p in everything), 10, "the creates")
+        os.rename(mnt / "gone" / "old.txt", mnt / "public" / "moved.txt")
+        os.rename(mnt / "private" / "secret.txt", mnt / "public" / "leaked.txt")
+        os.rmdir(mnt / "gone")
+        wait_for(lambda: "rmdir:None>gone" in paths(), 10, "the rmdir")
+        (mnt / "private").chmod(0o755)  # names that were private stay out: their past is not known
+        (mnt / "private" / "later.txt").write_text("l")
+        wait_for(lambda: "create:None>private/later.txt" in paths(), 10, "the create after the chmod")
+
+        seen = paths(as_nobody=True)
+        assert "mkdir:None>private" in seen and "create:None>public/note.txt" in seen
+        assert "create:None>mine/own.txt" in seen  # their own directory
+        assert "create:None>private/later.txt" in seen  # made after the directory was opened
+        assert "secret" not in seen and "leaked" not in seen  # the old name was private
+        assert "old.txt" not in seen and "moved.txt" not in seen  # its old directory is gone
+        assert "unlisted" not in seen
+        text = run_as(["cat", str(d.mountpoint / ".realize" / "history")]).stdout
+        assert "public/note.txt" in text and "secret" not in text and "old.txt" not in text
+
+        os.chown(mnt / "mine", 0, 0)
+        assert "mine/own.txt" not in paths(as_nobody=True)
+        assert all(p in paths() for p in ["private/secret.txt", "public/leaked.txt", "gone/old.txt"])  # root
         d.stop()
     finally:
         d.kill()
