@@ -5,10 +5,10 @@ attribute ``user.realize.mode`` (``real`` or ``unreal``). It is local to this
 peer. The *effective* mode of a path is the nearest setting on the path or an
 ancestor, else the arena's configured default.
 
-``user.realize.*`` names are reserved: they are never listed, read or written
-as ordinary user attributes (the mount answers them itself); every other
-``user.*`` name passes through to the backing object. Only the ``user``
-namespace is exposed.
+``user.realize.*`` names are reserved: they are never read or written as
+ordinary user attributes (the mount answers them itself), and the only one
+listed is a mode stored on that very object; every other ``user.*`` name
+passes through to the backing object. Only the ``user`` namespace is exposed.
 """
 
 from __future__ import annotations
@@ -60,14 +60,16 @@ def remove(backing: Backing, rel: bytes, name: bytes) -> None:
 
 
 def names(backing: Backing, rel: bytes) -> list[bytes]:
-    """Pass-through user attribute names on the object (reserved names left out)."""
+    """The object's pass-through user attribute names, and `MODE_NAME` if a valid mode is stored on it."""
     with backing.object_path(rel) as (path, _):
         try:
-            return [n for n in xattr.list(path) if is_passthrough(n)]
+            stored = xattr.list(path)
         except OSError as exc:
             if exc.errno in (errno.ENOTSUP, errno.EPERM):  # symlinks, special files
                 return []
             raise from_oserror(exc) from None
+    mode = [MODE_NAME] if MODE_NAME in stored and stored_mode(backing, rel) is not None else []
+    return mode + [n for n in stored if is_passthrough(n)]
 
 
 def stored_mode(backing: Backing, rel: bytes) -> Mode | None:

@@ -2,11 +2,15 @@
 
 ``user.realize.mode`` reads the effective mode and writes (or removes) the
 setting stored on the backing object; ``user.realize.status`` and
-``user.realize.hash`` are read-only; other ``user.realize.*`` names are
+``user.realize.hash`` are computed. Computed values are readable by name but
+never listed: `names` lists ``user.realize.mode`` only where it is set on that
+very path, so that copy tools (``cp -a``, ``mv``, ``rsync -X``) neither copy
+nor pin them. Writing a computed attribute is refused unless the value is the
+one it has (then nothing is stored). Other ``user.realize.*`` names are
 reserved; every other ``user.*`` name passes through to the backing object.
 Names outside ``user.`` are answered without touching the disk (the kernel
-asks for ``security.capability`` on every write). The errno of each refusal is
-in docs/design.md.
+asks for ``security.capability`` on every write). The errno of each refusal
+and the reasons are in docs/design.md.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ log = logging.getLogger(__name__)
 MODE = xattrs.MODE_NAME
 STATUS = b"user.realize.status"
 HASH = b"user.realize.hash"
-READ_ONLY = (STATUS, HASH)
+COMPUTED = (STATUS, HASH)
 
 ContentHash = Callable[[], bytes | None]
 
@@ -35,26 +39,33 @@ def get(backing: Backing, rel: bytes, name: bytes, default: Mode, content_hash: 
         raise NoData()
     if name == MODE:
         return xattrs.effective_mode(backing, rel, default).value.encode()
-    if name == STATUS:
-        return b"real"
-    if name == HASH:
-        found = content_hash()
-        if found is None:
+    if name in COMPUTED:
+        value = _computed(name, content_hash)
+        if value is None:
             raise NoData("not hashed yet")  # being written, resting, or not a file
-        return found.hex().encode()
+        return value
     if not xattrs.is_passthrough(name):
         raise NoData()
     return xattrs.get(backing, rel, name)
 
 
-def names(backing: Backing, rel: bytes, kind: int, content_hash: ContentHash) -> list[bytes]:
+def _computed(name: bytes, content_hash: ContentHash) -> bytes | None:
+    if name == STATUS:
+        return b"real"
+    found = content_hash()
+    return None if found is None else found.hex().encode()
+
+
+def names(backing: Backing, rel: bytes, kind: int) -> list[bytes]:
+    """What ``listxattr`` shows: a mode set on this very path and pass-through names, nothing computed."""
     if kind not in (stat.S_IFREG, stat.S_IFDIR):
         return []  # the kernel refuses user.* attributes on anything else
-    hashed = [HASH] if kind == stat.S_IFREG and content_hash() is not None else []
-    return [MODE, STATUS, *hashed, *xattrs.names(backing, rel)]
+    return xattrs.names(backing, rel)
 
 
-def put(backing: Backing, rel: bytes, name: bytes, value: bytes, where: str) -> None:
+def put(
+    backing: Backing, rel: bytes, name: bytes, value: bytes, where: str, content_hash: ContentHash
+) -> None:
     if not name.startswith(xattrs.USER_PREFIX):
         raise NotSupported()
     if name == MODE:
@@ -63,8 +74,11 @@ def put(backing: Backing, rel: bytes, name: bytes, value: bytes, where: str) -> 
             raise InvalidValue('expected "real" or "unreal"')
         xattrs.set_mode(backing, rel, mode)
         log.info("%s: mode set to %s", where, mode.value)
-    elif name in READ_ONLY:
-        raise NotPermitted(f"{name.decode()} is read-only")
+    elif name in COMPUTED:
+        # A copy of a file that carries the value it has here changes nothing: accepted,
+        # so the copy does not fail; any other value would be setting a computed one.
+        if value != _computed(name, content_hash):
+            raise NotPermitted(f"{name.decode()} is computed")
     elif not xattrs.is_passthrough(name):
         raise NotSupported()
     else:
@@ -79,7 +93,7 @@ def remove(backing: Backing, rel: bytes, name: bytes, where: str) -> None:
             raise NoData()
         xattrs.set_mode(backing, rel, None)
         log.info("%s: mode setting removed", where)
-    elif name in READ_ONLY:
+    elif name in COMPUTED:
         raise NotPermitted()
     elif not xattrs.is_passthrough(name):
         raise NoData()

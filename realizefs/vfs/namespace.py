@@ -727,13 +727,13 @@ class Namespace:
         if self.is_virtual(ino):
             return []
         arena, rel, st = self._here(ino)
-        return attributes.names(arena.backing, rel, stat.S_IFMT(st.st_mode), self._hash_of(arena, rel))
+        return attributes.names(arena.backing, rel, stat.S_IFMT(st.st_mode))
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         if self.is_virtual(ino):
             raise NotPermitted("realizefs's own files and directories have no attributes to set")
         arena, rel, _ = self._here(ino)
-        attributes.put(arena.backing, rel, name, value, _where(arena, rel))
+        attributes.put(arena.backing, rel, name, value, _where(arena, rel), self._hash_of(arena, rel))
 
     def removexattr(self, ino: int, name: bytes) -> None:
         if self.is_virtual(ino):

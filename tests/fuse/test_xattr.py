@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from tests.support import Daemon, wait_for
+from tests.support import NOBODY, Daemon, run_as, wait_for
 
 MODE = "user.realize.mode"
 
@@ -78,34 +78,38 @@ def test_mode_on_root_and_control_dir_is_eperm(base: Path) -> None:
         d.kill()
 
 
-def test_getfattr_dump_lists_realize_attributes_and_user_ones(daemon: Daemon) -> None:
+def test_getfattr_dump_shows_what_is_set_and_by_name_what_is_in_effect(daemon: Daemon) -> None:
+    """Computed attributes are read by name, never listed; a mode is listed only where it is set."""
     mnt, root = daemon.mnt(), daemon.root()
-    (mnt / "f").write_text("x")
-    subprocess.run(["setfattr", "-n", "user.color", "-v", "blue", str(mnt / "f")], check=True)
-    assert os.getxattr(root / "f", "user.color") == b"blue"
-    os.setxattr(root / "f", "user.direct", b"1")
-    out = subprocess.run(["getfattr", "-d", str(mnt / "f")], capture_output=True, text=True, check=True)
-    lines = set(out.stdout.splitlines())
-    assert {
-        'user.realize.mode="real"',
-        'user.realize.status="real"',
-        'user.color="blue"',
-        'user.direct="1"',
-    } <= lines
-    assert getfattr(mnt / "f", "user.realize.status") == "real"
-    os.removexattr(mnt / "f", "user.color")
-    assert "user.color" not in os.listxattr(root / "f")
+    (mnt / "d").mkdir()
+    (mnt / "d" / "f").write_text("x")
+    subprocess.run(["setfattr", "-n", MODE, "-v", "unreal", str(mnt / "d")], check=True)
+    subprocess.run(["setfattr", "-n", "user.color", "-v", "blue", str(mnt / "d" / "f")], check=True)
+    assert os.getxattr(root / "d" / "f", "user.color") == b"blue"
+    os.setxattr(root / "d" / "f", "user.direct", b"1")
+
+    def dump(path: Path) -> list[str]:
+        out = subprocess.run(["getfattr", "-d", str(path)], capture_output=True, text=True, check=True)
+        return [line for line in out.stdout.splitlines() if line.startswith("user.")]
+
+    assert dump(mnt / "d") == ['user.realize.mode="unreal"']
+    assert sorted(dump(mnt / "d" / "f")) == ['user.color="blue"', 'user.direct="1"']
+    assert sorted(os.listxattr(mnt / "d" / "f")) == ["user.color", "user.direct"]
+    assert os.listxattr(mnt) == []  # the arena root: the configured default is not a setting here
+    assert getfattr(mnt / "d" / "f", MODE) == "unreal"  # in effect, inherited
+    assert getfattr(mnt, MODE) == "real"
+    f = mnt / "d" / "f"
+    assert getfattr(f, "user.realize.status") == "real"
+    os.removexattr(f, "user.color")
+    assert "user.color" not in os.listxattr(root / "d" / "f")
     with pytest.raises(OSError) as info:
-        os.setxattr(mnt / "f", "user.realize.status", b"unreal")
-    assert info.value.errno == errno.EPERM
-    with pytest.raises(OSError) as info:
-        os.getxattr(mnt / "f", "user.missing")
+        os.getxattr(f, "user.missing")
     assert info.value.errno == errno.ENODATA
     with pytest.raises(OSError) as info:
-        os.getxattr(mnt / "f", "security.capability")
+        os.getxattr(f, "security.capability")
     assert info.value.errno == errno.ENODATA
     with pytest.raises(OSError) as info:
-        os.setxattr(mnt / "f", "trusted.x", b"1")
+        os.setxattr(f, "trusted.x", b"1")
     assert info.value.errno in (errno.EOPNOTSUPP, errno.EPERM)
 
 
@@ -134,14 +138,11 @@ def test_hash_appears_once_a_file_has_rested(base: Path) -> None:
         assert info.value.errno == errno.ENODATA
         expected = blake3(b"some content").hexdigest()
         wait_for(lambda: hash_or_none(mnt / "f") == expected, 10, "the hash")
-        assert "user.realize.hash" in os.listxattr(mnt / "f")
+        assert "user.realize.hash" not in os.listxattr(mnt / "f")  # computed: read by name only
         os.rename(mnt / "f", mnt / "g")  # a rename keeps the indexed content
         wait_for(lambda: hash_or_none(mnt / "g") == expected, 10, "the hash after a rename")
         (d.root() / "g").write_bytes(b"changed directly")
         wait_for(lambda: hash_or_none(mnt / "g") == blake3(b"changed directly").hexdigest(), 10, "a new hash")
-        with pytest.raises(OSError) as info:
-            os.setxattr(mnt / "g", "user.realize.hash", b"00")
-        assert info.value.errno == errno.EPERM
         d.stop()
     finally:
         d.kill()
@@ -152,3 +153,48 @@ def hash_or_none(path: Path) -> str | None:
         return os.getxattr(path, "user.realize.hash").decode()
     except OSError:
         return None
+
+
+@pytest.mark.parametrize("uid", [0, NOBODY], ids=["root", "nobody"])
+def test_a_computed_attribute_takes_only_the_value_it_has(base: Path, uid: int) -> None:
+    """Writing the value a computed attribute has is a no-op (a copy of a file carrying it
+    does not fail); any other value, or a hash where there is none, is EPERM; removing is EPERM."""
+    d = Daemon(base, extra='\n[consensus]\nrest = "300ms"\n')
+    d.start()
+    try:
+        mnt, root = d.mnt(), d.root()
+        (mnt / "d").mkdir()
+        (mnt / "f").write_bytes(b"some content")
+        os.chown(mnt / "d", uid, uid)
+        os.chown(mnt / "f", uid, uid)
+        expected = blake3(b"some content").hexdigest()
+        wait_for(lambda: hash_or_none(mnt / "f") == expected, 30, "the hash")
+
+        def setfattr(path: Path, name: str, value: str) -> tuple[int, str]:
+            args = ["setfattr", "-n", name, "-v", value, str(path)]
+            result = (
+                subprocess.run(args, capture_output=True, text=True, check=False)
+                if uid == 0
+                else run_as(args, check=False)
+            )
+            return result.returncode, result.stderr
+
+        assert setfattr(mnt / "f", "user.realize.status", "real") == (0, "")
+        assert setfattr(mnt / "f", "user.realize.hash", expected) == (0, "")
+        for path, name, value in (
+            (mnt / "f", "user.realize.status", "unreal"),
+            (mnt / "f", "user.realize.hash", blake3(b"other").hexdigest()),
+            (mnt / "f", "user.realize.hash", expected.upper()),
+            (mnt / "d", "user.realize.hash", blake3(b"").hexdigest()),  # a directory has none
+        ):
+            code, err = setfattr(path, name, value)
+            assert code == 1 and "Operation not permitted" in err, (path.name, name, value)
+        for name in ("user.realize.status", "user.realize.hash"):
+            with pytest.raises(OSError) as info:
+                os.removexattr(mnt / "f", name)
+            assert info.value.errno == errno.EPERM
+        assert [n for n in os.listxattr(root / "f") if n.startswith("user.realize.")] == []  # nothing stored
+        assert getfattr(mnt / "f", "user.realize.status") == "real"
+        d.stop()
+    finally:
+        d.kill()
