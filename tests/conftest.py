@@ -35,22 +35,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-# Tests whose module another change owns, declared here until it carries the markers.
-EXPECTED_ELSEWHERE = {
-    "tests/component/test_indexer.py::test_unreadable_and_changing_files": [r": cannot read to index it: "],
-    "tests/component/test_indexer.py::test_a_directory_that_cannot_be_listed_is_reported_not_emptied": [
-        r": cannot list: "
-    ],
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        patterns = EXPECTED_ELSEWHERE.get(item.nodeid.split("[")[0])
-        if patterns and not any(item.iter_markers("expect_log")):
-            item.add_marker(pytest.mark.expect_log(*patterns))
-
-
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)

@@ -1,6 +1,7 @@
 """Keeps the kernel's caches true to the Real: watcher events become invalidations.
 
-The same events go on to the indexer, which keeps the content index true.
+The same events go on to the indexer, which keeps the content index true; if it
+cannot take them, it is asked to walk the arenas again, so no change is lost.
 
 The kernel caches attributes and directory entries of arena paths for
 `WATCHED_TTL` seconds (see `realizefs.vfs.namespace`); when something changes
@@ -84,8 +85,13 @@ class KernelCacheSync:
                 continue
             try:
                 self.indexer.changed(names[tree], items)
-            except Exception:
-                log.exception("%s: the indexer could not take %d changes", names[tree], len(items))
+            except Exception:  # no change may be lost: the indexer walks the trees again instead
+                log.exception(
+                    "%s: the indexer could not take %d changes; it walks the arenas again",
+                    names[tree],
+                    len(items),
+                )
+                self.indexer.rescan_all()
             total.update(backing_changed(self.namespace, tree, items))
         return total
 

@@ -279,7 +279,8 @@ class Strace:
         """Detach (the daemon goes on); the calls recorded, one line each.
 
         A call another thread's call interrupted (``123 fsync(6</p> <unfinished ...>``,
-        later ``123 <... fsync resumed>) = 0``) is joined back into one line.
+        later ``123 <... fsync resumed>)          = 0``) is joined back into one line, without
+        the padding strace puts before the result of a short line.
         """
         self.proc.terminate()
         _, err = self.proc.communicate(timeout=30)
@@ -292,7 +293,8 @@ class Strace:
             if call.endswith(" <unfinished ...>"):
                 unfinished[pid] = call.removesuffix(" <unfinished ...>")
             elif (resumed := re.match(r"<\.\.\. \w+ resumed>", call)) and pid in unfinished:
-                lines.append(f"{pid} {unfinished.pop(pid)}{call[resumed.end() :]}")
+                rest = re.sub(r"^\) +=", ") =", call[resumed.end() :])
+                lines.append(f"{pid} {unfinished.pop(pid)}{rest}")
             else:
                 lines.append(line)
         return lines

@@ -1,9 +1,10 @@
-"""The kernel-cache task never leaves a worker thread inside libfuse behind it."""
+"""The kernel-cache task: it never leaves a worker thread inside libfuse behind it, and
+loses no change on its way to the indexer."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import trio
 from realizefs.config import ArenaConfig
 from realizefs.ops.invalidate import KernelCacheSync
 from realizefs.real.indexer import Indexer
-from realizefs.real.watcher import Watcher
+from realizefs.real.watcher import Change, Watcher
 from realizefs.store.index import Index
 from realizefs.store.schema import Store
 from realizefs.types import Mode
@@ -68,3 +69,36 @@ def test_cancelling_waits_for_the_invalidation_under_way(
     trio.run(main)
     release.wait(30)
     assert left_behind == [False]
+
+
+class Refusing(Indexer):
+    """An indexer that cannot take the watcher's changes (a bug, say)."""
+
+    def changed(self, arena: str, changes: Iterable[Change]) -> None:
+        raise RuntimeError("injected: cannot take changes")
+
+
+@pytest.mark.expect_log(r"a: the indexer could not take \d+ changes; it walks the arenas again")
+def test_changes_the_indexer_cannot_take_make_it_walk_again(
+    parts: tuple[Namespace, Watcher, Indexer, Path],
+) -> None:
+    ns, watcher, plain, root = parts
+    indexer = Refusing(plain.index, 30.0)
+    indexer.set_arenas({a.name: a.backing for a in ns.arenas})
+    sync = KernelCacheSync(ns, watcher, indexer, invalidate=lambda todo: None)
+    sync.watch_arenas()
+    arena = indexer.index.arena_root("a")
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            await indexer.reconcile("a")
+            assert indexer.scanned("a")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sync.run)
+                nursery.start_soon(indexer.run)
+                (root / "f").write_text("made behind the mount's back")
+                while indexer.index.get(arena, [b"f"]) is None:  # found by the walk
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
