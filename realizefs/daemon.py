@@ -78,8 +78,11 @@ class Daemon:
         return Hello(self.config.node.name, self.store.store_id, tuple(a.name for a in self.config.arenas))
 
     def _serve_arenas(self) -> None:
-        """Watch and index the arenas the namespace serves."""
+        """Watch and index the arenas the namespace serves (at start, before the mount answers)."""
         self.cache_sync.watch_arenas()
+        self._index_arenas()
+
+    def _index_arenas(self) -> None:
         self.indexer.set_arenas({arena.name: arena.backing for arena in self.namespace.arenas})
 
     @property
@@ -110,9 +113,11 @@ class Daemon:
             if getattr(new.node, key) != getattr(self.config.node, key):
                 log.warning("node.%s changed: restart realizefs to apply it", key)
         for parent, name in self.namespace.set_arenas(new.arenas):
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+            # in a worker: it may wait on a request only this loop answers; done before we go on
+            await trio.to_thread.run_sync(_forget_entry, parent, name)
         self.indexer.rest = new.consensus.rest
-        self._serve_arenas()
+        await self.cache_sync.rewatch()  # a new arena's tree is walked in a worker thread
+        self._index_arenas()
         if new.network != self.config.network:
             log.warning("[network] changed: restart realizefs to apply it")
         self.config = replace(new, node=self.config.node, network=self.config.network)
@@ -120,6 +125,14 @@ class Daemon:
         self.household.update(new.peers)
         log.info("config reloaded: %d arenas, %d peers", len(new.arenas), len(new.peers))
         _status(self)
+
+
+def _forget_entry(parent: int, name: bytes) -> None:
+    """Make the kernel forget an arena's entry (what it does not hold is no error)."""
+    try:
+        pyfuse3.invalidate_entry(parent, name)
+    except OSError as exc:
+        log.debug("cannot invalidate %r: %s", name, exc)
 
 
 def _descriptor_budget() -> int:

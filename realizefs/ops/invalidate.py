@@ -24,6 +24,7 @@ from collections.abc import Callable, Hashable
 import pyfuse3
 import trio
 
+from realizefs.real.backing import Backing
 from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Change, Watcher
 from realizefs.vfs.changes import Invalidation, backing_changed, everything
@@ -45,24 +46,43 @@ class KernelCacheSync:
         self.indexer = indexer  # told of the same changes, after the kernel
         self.invalidate = invalidate or _invalidate  # runs in a worker thread
         self._watched: set[Hashable] = set()
+        self._rewatching = trio.Lock()  # a reload and an overflow may both ask
 
     def watch_arenas(self) -> None:
-        """Watch the arenas being served (and only those); set the cache lifetime."""
-        current = {arena.ino: arena for arena in self.namespace.arenas}
-        for gone in self._watched - current.keys():
+        """Watch the arenas being served (and only those); set the cache lifetime.
+
+        Walks every new arena's tree on this thread: for the start, before the mount answers."""
+        wanted = self._wanted()
+        self._watch(wanted)
+        self._set_ttl(wanted)
+
+    async def rewatch(self) -> None:
+        """`watch_arenas` while the mount answers: the walks run in a worker thread."""
+        async with self._rewatching:
+            wanted = self._wanted()
+            await trio.to_thread.run_sync(self._watch, wanted)
+            self._set_ttl(wanted)
+
+    def _wanted(self) -> dict[Hashable, Backing]:
+        return {arena.ino: arena.backing for arena in self.namespace.arenas}
+
+    def _watch(self, wanted: dict[Hashable, Backing]) -> None:
+        for gone in self._watched - wanted.keys():
             self.watcher.remove_tree(gone)
-        for ino in current.keys() - self._watched:
-            self.watcher.add_tree(ino, current[ino].backing)
-        self._watched = set(current)
-        complete = all(self.watcher.complete.get(ino, False) for ino in current)
+        for tree in wanted.keys() - self._watched:
+            self.watcher.add_tree(tree, wanted[tree])
+        self._watched = set(wanted)
+
+    def _set_ttl(self, wanted: dict[Hashable, Backing]) -> None:
+        complete = all(self.watcher.complete.get(tree, False) for tree in wanted)
         self.namespace.ttl = WATCHED_TTL if complete else ATTR_TTL
-        log.debug("watching %d arenas; kernel cache lifetime %.0fs", len(current), self.namespace.ttl)
+        log.debug("watching %d arenas; kernel cache lifetime %.0fs", len(wanted), self.namespace.ttl)
 
     async def run(self) -> None:
         while True:
             changes = await self.watcher.changes()
             if changes is None:
-                self.watch_arenas()  # the watch limit may have been hit meanwhile
+                await self.rewatch()  # the watch limit may have been hit meanwhile
                 todo = everything(self.namespace)
                 self.indexer.rescan_all()
             else:

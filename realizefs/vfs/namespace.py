@@ -640,7 +640,11 @@ class Namespace:
         if not isinstance(handle, DirHandle):
             raise FsError("bad directory handle", errno=9)
         if start == 0 or not handle.listed:
-            handle.entries, handle.listed = self._listing(handle.ino), True
+            try:
+                handle.entries = self._listing(handle.ino)
+            except Stale:  # gone or replaced since it was opened: it reads as a deleted directory, empty
+                handle.entries = []
+            handle.listed = True
         return len(handle.entries)
 
     def _listing(self, ino: int) -> list[tuple[bytes, Attr | os.stat_result]]:
