@@ -465,18 +465,28 @@ class Indexer:
         return j if exchanged else None
 
     def _exchange(self, event: _Event, old: bytes) -> None:
-        """Exchange *old* and *event.path* in the index, then read both again in full.
+        """Exchange *old* and *event.path* in the index, then look at both again.
 
-        Moves are paired by the watcher's events, not by what the disk holds (a
-        rename to B and back, then a new B, looks the same): the disk has the last
-        word, and size and mtime alone could not tell two such sides apart."""
+        Moves are paired by the watcher's events, not by what the disk holds: a
+        rename of file A over file B and back, then a new B, looks the same. The
+        look has the last word, and a look trusts size and mtime, so two files
+        whose sizes and mtimes are the same are read again in full (a directory
+        can only have replaced an empty one: what is below tells)."""
         a = self._arenas.get(event.arena)
         if a is None:
             return
         new = event.path
         log.debug("%s: %s and %s exchanged", event.arena, _show(old), _show(new))
         own = [self._own((event.arena, rel), self._stat(a, rel)) for rel in (new, old)]
-        self.index.exchange(a.root, parts(old), parts(new), logged=not any(own))
+        swapped = self.index.exchange(a.root, parts(old), parts(new), logged=not any(own))
+        x, y = (self.index.get(a.root, parts(rel)) for rel in (old, new))
+        alike = (
+            x is not None
+            and y is not None
+            and x.kind == y.kind == KIND_FILE
+            and (x.size, x.mtime_ns) == (y.size, y.mtime_ns)
+        )
+        force = not swapped or alike
         moving = {
             key: self._pending.pop(key)
             for key in list(self._pending)
@@ -487,8 +497,8 @@ class Indexer:
             key = (arena, other + rel[len(top) :])
             self._pending[key] = pending
             heapq.heappush(self._due, (pending.due, key))
-        self._queue(event.arena, old, self._now, force=True)
-        self._queue(event.arena, new, self._now, force=True)
+        self._queue(event.arena, old, self._now, force=force)
+        self._queue(event.arena, new, self._now, force=force)
 
     def _rename(self, event: _Event, old: bytes) -> None:
         """Rename in the index, then look at both paths again: the disk has the last word."""
