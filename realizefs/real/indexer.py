@@ -63,6 +63,9 @@ MAX_BACKOFF = 300.0  # seconds between retries of what keeps failing, at most
 Signature = tuple[int, int, int, int]  # file type, size, mtime_ns, inode
 
 
+_KINDS = {stat.S_IFDIR: KIND_DIR, stat.S_IFLNK: KIND_LINK, stat.S_IFREG: KIND_FILE}  # what is indexed
+
+
 def signature(st: os.stat_result | None) -> Signature | None:
     return None if st is None else (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
 
@@ -257,6 +260,11 @@ class Indexer:
         mode = stat.S_IMODE(st.st_mode)
         if not path:
             return ""  # the arena root: always there, never a record of its own
+        if old is not None and old.kind != _KINDS.get(stat.S_IFMT(st.st_mode)):
+            # another kind now: the old one's going is history (an rmdir with a delete per
+            # file inside, or a delete), before the new one's entry, even a pending file's
+            self.index.delete(a.root, path, logged=not quiet)
+            old = None
         if stat.S_ISDIR(st.st_mode):
             if old is None or old.kind != KIND_DIR:
                 self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("mkdir"))
@@ -273,9 +281,7 @@ class Indexer:
                 self.index.put(a.root, path, record, op=op("symlink"))
             return ""
         if not stat.S_ISREG(st.st_mode):
-            if old is not None:
-                self.index.delete(a.root, path, logged=not quiet)
-            return ""
+            return ""  # not indexed (and whatever was there is forgotten above)
         now = (st.st_size, st.st_mtime_ns)
         same = not force and old is not None and old.kind == KIND_FILE and (old.size, old.mtime_ns) == now
         # a mode change of a file in the history is recorded now, whatever its content

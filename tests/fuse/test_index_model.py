@@ -377,3 +377,38 @@ def test_the_watcher_tells_apart_two_exchanged_directories(base: Path) -> None:
             watcher.close()
 
     assert trio.run(events) == {(b"b", b"new")}
+
+
+@pytest.mark.parametrize("into", ["file", "link"])
+def test_a_directory_replaced_by_another_kind_leaves_the_history(d: Daemon, into: str) -> None:
+    """Seen as one look (here, the startup walk), a directory that became a file or a
+    symlink is an rmdir (and a delete per file inside) before the new path's entry."""
+    (d.mnt() / "a").mkdir()
+    (d.mnt() / "a" / "x").write_bytes(b"x")
+    quiesce(d)
+    d.stop()
+    (d.root() / "a" / "x").unlink()
+    (d.root() / "a").rmdir()
+    if into == "file":
+        (d.root() / "a").write_bytes(b"now a file")
+    else:
+        (d.root() / "a").symlink_to("elsewhere")
+    d.start()
+    disk, index, problems = settled_store(d)
+    assert index == disk, differences(disk, index)
+    assert not problems
+    new = "create" if into == "file" else "symlink"
+    assert [op for op, _, _ in changes(d)][-3:] == ["delete", "rmdir", new]
+
+
+def test_a_file_replaced_by_a_directory_leaves_the_history(d: Daemon) -> None:
+    (d.mnt() / "a").write_bytes(b"x")
+    quiesce(d)
+    d.stop()
+    (d.root() / "a").unlink()
+    (d.root() / "a").mkdir()
+    d.start()
+    disk, index, problems = settled_store(d)
+    assert index == disk, differences(disk, index)
+    assert not problems
+    assert [op for op, _, _ in changes(d)][-2:] == ["delete", "mkdir"]
