@@ -311,7 +311,8 @@ class Index:
                 delta -= self._drop_below(txn, replaced[0], None, list(new)) + tally_value(replaced)
                 txn.delete(_ID.pack(replaced[0]), db=self._parents)
                 replaced_record = to_record(replaced)
-                before = replaced_record.version()
+                if not (replaced_record.kind == KIND_FILE and replaced_record.hash is None):
+                    before = replaced_record.version()  # else never hashed: not in the history
                 base = replaced_record.hash  # its last hashed content, even if changed since
                 for peer, count in replaced[8].items():
                     vv[peer] = max(vv.get(peer, 0), count)

@@ -412,3 +412,24 @@ def test_a_file_replaced_by_a_directory_leaves_the_history(d: Daemon) -> None:
     assert index == disk, differences(disk, index)
     assert not problems
     assert [op for op, _, _ in changes(d)][-2:] == ["delete", "mkdir"]
+
+
+def test_a_rename_over_a_file_never_hashed_says_it_replaced_nothing(base: Path) -> None:
+    """A file not hashed yet is not in the history: a rename over it replaced nothing there."""
+    d = Daemon(base, extra='\n[consensus]\nrest = "1h"\n')  # nothing is hashed, a gone file stays
+    d.start()
+    try:
+        (d.mnt() / "b").write_bytes(b"")
+        (d.mnt() / "d").mkdir()
+        wait_for(lambda: status(d)["pending"] == 1 and status(d)["directories"] == 1, 10, "b and d indexed")
+        (d.mnt() / "b").unlink()  # forgotten only after a rest period: an hour
+        os.rename(d.mnt() / "d", d.mnt() / "b")
+        history = d.mountpoint / ".realize" / "history.json"
+
+        def renamed() -> list[dict[str, object]]:
+            return [e for e in json.loads(history.read_text())["arenas"]["a"] if e["op"] == "rename"]
+
+        entry = wait_for(renamed, 10, "the rename recorded")[0]
+        assert (entry["old_path"], entry["path"], entry["old"]) == ("d", "b", None)
+    finally:
+        d.kill()
