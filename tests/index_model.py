@@ -3,7 +3,8 @@
 `tree` walks a directory (the backing tree or the mount) into comparable facts;
 `indexed` reads an arena's whole index from a stopped daemon's store;
 `replay` checks that each history entry describes a transition from the state
-the entries before it left, and returns the state they add up to.
+the entries before it left (an ``exchange`` swaps two paths with all below
+them), and returns the state they add up to.
 
 No concurrency: called from the test's thread only.
 """
@@ -114,7 +115,7 @@ def replay(entries: list[Entry]) -> tuple[dict[bytes, Node], list[str]]:
             problems.append(f"#{e.seq} {e.op} {e.path!r}{moved}: {why}")
 
         if (
-            e.op in ("create", "mkdir", "symlink", "rename")
+            e.op in ("create", "mkdir", "symlink", "rename", "exchange")
             and parent
             and state.get(parent, Node("")).kind != "dir"
         ):
@@ -165,6 +166,25 @@ def replay(entries: list[Entry]) -> tuple[dict[bytes, Node], list[str]]:
                 if moved.hash is None and source.kind == "file":  # not hashed since: the base it had
                     moved = replace(moved, hash=e.old.hash if e.old is not None else source.hash)
                 state[e.path] = moved
+        elif e.op == "exchange":
+            assert e.old_path is not None
+            source = state.get(e.old_path)
+            if have is None or source is None:
+                bad(f"exchanges {source} with {have}: both must be there")
+            elif e.old is None or e.new is None or (e.old.hash not in (None, have.hash)):
+                bad(f"says {e.path!r} held {e.old}, the history has {have}")
+            elif e.new.hash not in (None, source.hash):
+                bad(f"says {e.old_path!r} held {e.new}, the history has {source}")
+            else:
+                swapped = {p: state.pop(p) for p in [q for q in state if _below(q, e.path)]}
+                moving = {p: state.pop(p) for p in [q for q in state if _below(q, e.old_path)]}
+                state.update({e.old_path + p[len(e.path) :]: n for p, n in swapped.items()})
+                state.update({e.path + p[len(e.old_path) :]: n for p, n in moving.items()})
+                for where, was, v in ((e.path, source, e.new), (e.old_path, have, e.old)):
+                    node = _node(was.kind, v)
+                    if node.hash is None and was.kind == "file":  # not hashed since: the base it had
+                        node = replace(node, hash=was.hash)
+                    state[where] = node
         else:
             bad("unknown op")
     return state, problems

@@ -320,7 +320,8 @@ def _entry_facts(e: Entry, me: bytes) -> dict[str, Any]:
 
 
 def _entry_line(f: dict[str, Any]) -> str:
-    what = f"{f['old_path']} -> {f['path']}" if f["old_path"] else f["path"]
+    arrow = "<->" if f["op"] == "exchange" else "->"
+    what = f"{f['old_path']} {arrow} {f['path']}" if f["old_path"] else f["path"]
     version = f["new"] or f["old"] or {}
     detail = f"  {_size(version['size'])}" if version.get("size") is not None else ""
     if version.get("hash"):

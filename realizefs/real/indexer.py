@@ -7,9 +7,14 @@ are unchanged is not read again. Afterwards the watcher's changes arrive
 through `changed`: a renamed file or directory is renamed in the index (no
 re-hash), anything else touched is looked at again. A rename is a claim
 checked against the disk: both of its paths are looked at again afterwards
-(a renamed directory is walked), and a `RENAME_EXCHANGE` (a rename of B to A
-right after one of A to B, both paths present) re-reads both sides in full
-rather than trusting sizes and mtimes, so no side is lost.
+(a renamed directory is walked). A `RENAME_EXCHANGE` (a move of B to A right
+after one of A to B, both paths present) is one exchange in the index and the
+history, and both sides are then read again in full rather than trusting sizes
+and mtimes, so no side is lost.
+
+A mode change enters the history when it is seen, also while the file's new
+content waits to be hashed: the content's own entry (or none, if it is the
+same) follows.
 
 A file is hashed once it has rested: no change seen for the configured rest
 period and the same size and mtime at two looks that far apart. A file that
@@ -56,6 +61,9 @@ Key = tuple[str, bytes]  # (arena name, path)
 BATCH = 256  # paths looked at (and hashed) per round, written in one transaction each way
 MAX_BACKOFF = 300.0  # seconds between retries of what keeps failing, at most
 Signature = tuple[int, int, int, int]  # file type, size, mtime_ns, inode
+
+
+_KINDS = {stat.S_IFDIR: KIND_DIR, stat.S_IFLNK: KIND_LINK, stat.S_IFREG: KIND_FILE}  # what is indexed
 
 
 def signature(st: os.stat_result | None) -> Signature | None:
@@ -252,6 +260,11 @@ class Indexer:
         mode = stat.S_IMODE(st.st_mode)
         if not path:
             return ""  # the arena root: always there, never a record of its own
+        if old is not None and old.kind != _KINDS.get(stat.S_IFMT(st.st_mode)):
+            # another kind now: the old one's going is history (an rmdir with a delete per
+            # file inside, or a delete), before the new one's entry, even a pending file's
+            self.index.delete(a.root, path, logged=not quiet)
+            old = None
         if stat.S_ISDIR(st.st_mode):
             if old is None or old.kind != KIND_DIR:
                 self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("mkdir"))
@@ -268,18 +281,22 @@ class Indexer:
                 self.index.put(a.root, path, record, op=op("symlink"))
             return ""
         if not stat.S_ISREG(st.st_mode):
-            if old is not None:
-                self.index.delete(a.root, path, logged=not quiet)
-            return ""
+            return ""  # not indexed (and whatever was there is forgotten above)
         now = (st.st_size, st.st_mtime_ns)
         same = not force and old is not None and old.kind == KIND_FILE and (old.size, old.mtime_ns) == now
-        if same and old is not None and not old.pending:
+        # a mode change of a file in the history is recorded now, whatever its content
+        # turns out to be (the same content is no entry, and would take the mode with it)
+        mode_op = op("mode") if old is not None and old.kind == KIND_FILE and old.mode != mode else None
+        if old is not None and old.hash is None:
+            mode_op = None  # never hashed: its create will carry the mode
+        if same and old is not None:
             if old.mode != mode:
-                self.index.put(a.root, path, replace(old, mode=mode), op=op("mode"))
-            return ""
-        if not same:  # pending: no history until the new content has a hash
-            last = old.hash if old is not None and old.kind == KIND_FILE else None
-            self.index.put(a.root, path, Record(KIND_FILE, *now, mode, last, changed=last is not None))
+                self.index.put(a.root, path, replace(old, mode=mode), op=mode_op)
+            return "" if not old.pending else "hash"
+        # pending: no content entry until the new content has a hash
+        last = old.hash if old is not None and old.kind == KIND_FILE else None
+        record = Record(KIND_FILE, *now, mode, last, changed=last is not None)
+        self.index.put(a.root, path, record, op=mode_op)
         return "hash"
 
     # ------------------------------------------------------------ changes
@@ -400,12 +417,13 @@ class Indexer:
                 self._retry(key, self._now)
 
     def _apply(self, events: list[_Event]) -> None:
-        """Renames become index renames, in order, in one transaction; the rest is queued."""
+        """Renames become index renames (exchanges, exchanges), in order, in one transaction;
+        the rest is queued."""
         now = self._now
         with self.index.batch():
             i = 0
             while i < len(events):
-                event, after = events[i], events[i + 1] if i + 1 < len(events) else None
+                event = events[i]
                 i += 1
                 try:
                     if event.expect:
@@ -413,13 +431,11 @@ class Indexer:
                         self._queue(event.arena, event.path, now)
                     elif event.moved_from is None:
                         self._queue(event.arena, event.path, now)  # looked at now; hashed once rested
-                    elif after is not None and self._exchanged(event, after):
-                        i += 1
-                        log.debug(
-                            "%s: %s and %s exchanged", event.arena, _show(event.path), _show(after.path)
-                        )
-                        self._queue(event.arena, event.path, now, force=True)
-                        self._queue(event.arena, event.moved_from, now, force=True)
+                    elif (partner := self._exchanged(events, i - 1)) is not None:
+                        for skipped in events[i:partner]:  # the second move's first half
+                            self._queue(skipped.arena, skipped.path, now)
+                        i = partner + 1
+                        self._exchange(event, event.moved_from)
                     else:
                         self._rename(event, event.moved_from)
                 except Exception:  # a failed rename leaves both paths to be looked at again
@@ -428,19 +444,67 @@ class Indexer:
                         if rel is not None:
                             self._retry((event.arena, rel), now)
 
-    def _exchanged(self, first: _Event, second: _Event) -> bool:
-        """Whether two renames are one RENAME_EXCHANGE: A to B then B to A, both still there.
+    def _exchanged(self, events: list[_Event], i: int) -> int | None:
+        """Whether the move *events[i]* (A to B) is half of a RENAME_EXCHANGE: the index of
+        the other half (B to A), or None.
 
-        Renaming A to B and back leaves no B; an exchange leaves both. Both sides
-        are then read again in full: what each path holds is the other's."""
+        The watcher reports an exchange as two moves, each a moved-from and a
+        moved-to: the move B to A follows, after its own moved-from half (B).
+        Renaming A to B and back leaves no B; an exchange leaves both."""
+        first = events[i]
+        j = i + 1
+        if j < len(events) and events[j].moved_from is None and not events[j].expect:
+            j += 1  # the moved-from half of B to A, reported under B
+        if j >= len(events):
+            return None
+        second = events[j]
         a = self._arenas.get(first.arena)
-        return (
+        exchanged = (
             a is not None
+            and not second.expect
             and second.arena == first.arena
             and (second.path, second.moved_from) == (first.moved_from, first.path)
+            and all(e.path == first.path for e in events[i + 1 : j])
             and self._stat(a, first.path) is not None
             and self._stat(a, second.path) is not None
         )
+        return j if exchanged else None
+
+    def _exchange(self, event: _Event, old: bytes) -> None:
+        """Exchange *old* and *event.path* in the index, then look at both again.
+
+        Moves are paired by the watcher's events, not by what the disk holds: a
+        rename of file A over file B and back, then a new B, looks the same. The
+        look has the last word, and a look trusts size and mtime, so two files
+        whose sizes and mtimes are the same are read again in full (a directory
+        can only have replaced an empty one: what is below tells)."""
+        a = self._arenas.get(event.arena)
+        if a is None:
+            return
+        new = event.path
+        log.debug("%s: %s and %s exchanged", event.arena, _show(old), _show(new))
+        own = [self._own((event.arena, rel), self._stat(a, rel)) for rel in (new, old)]
+        swapped = self.index.exchange(a.root, parts(old), parts(new), logged=not any(own))
+        x, y = (self.index.get(a.root, parts(rel)) for rel in (old, new))
+        alike = (
+            x is not None
+            and y is not None
+            and x.kind == y.kind == KIND_FILE
+            and (x.size, x.mtime_ns) == (y.size, y.mtime_ns)
+        )
+        force = not swapped or alike
+        moving = {
+            key: self._pending.pop(key)
+            for key in list(self._pending)
+            if key[0] == event.arena and (_under(key[1], old) or _under(key[1], new))
+        }
+        for (arena, rel), pending in moving.items():
+            top, other = (old, new) if _under(rel, old) else (new, old)
+            key = (arena, other + rel[len(top) :])
+            self._pending[key] = pending
+            heapq.heappush(self._due, (pending.due, key))
+        self._queue(event.arena, old, self._now, force=force)
+        self._queue(event.arena, new, self._now, force=force)
 
     def _rename(self, event: _Event, old: bytes) -> None:
         """Rename in the index, then look at both paths again: the disk has the last word."""
@@ -609,6 +673,10 @@ def _gone(exc: FsError | OSError) -> bool:
     """Whether *exc* says the path is no longer what it was (removed, or an ancestor
     or the path itself replaced by another kind): its own event will tell what is there."""
     return isinstance(exc, NotFound) or exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP)
+
+
+def _under(rel: bytes, top: bytes) -> bool:
+    return rel == top or rel.startswith(top + b"/")
 
 
 def _show(rel: bytes) -> str:

@@ -8,8 +8,11 @@ Layout (schema version 2, see `realizefs.store.schema`):
     what every peer acknowledged is deleting a prefix of it.
     value: msgpack array ``[op, path, old_path, old, new, vv, time_ns]``:
     *op* one of `OPS`; *path* the path (bytes, names joined by ``/``);
-    *old_path* the previous path of a rename, else nil; *old* and *new* the
-    versions before and after, ``[hash, size, mtime_ns, mode, target]`` or nil;
+    *old_path* the previous path of a rename, or the other path of an
+    ``exchange`` (``RENAME_EXCHANGE``: what was at *old_path* is now at *path*
+    and the other way round), else nil; *old* and *new* the versions at *path*
+    before and after, ``[hash, size, mtime_ns, mode, target]`` or nil (for an
+    exchange, *old* is also what *old_path* holds now);
     *vv* the path's version vector after the change (peer id -> counter);
     *time_ns* when it was recorded.
 
@@ -25,7 +28,7 @@ from typing import Any
 
 import msgpack
 
-OPS = ("create", "edit", "overwrite", "delete", "rename", "mkdir", "rmdir", "symlink", "mode")
+OPS = ("create", "edit", "overwrite", "delete", "rename", "exchange", "mkdir", "rmdir", "symlink", "mode")
 _KEY = struct.Struct(">QQ")
 
 

@@ -311,7 +311,8 @@ class Index:
                 delta -= self._drop_below(txn, replaced[0], None, list(new)) + tally_value(replaced)
                 txn.delete(_ID.pack(replaced[0]), db=self._parents)
                 replaced_record = to_record(replaced)
-                before = replaced_record.version()
+                if not (replaced_record.kind == KIND_FILE and replaced_record.hash is None):
+                    before = replaced_record.version()  # else never hashed: not in the history
                 base = replaced_record.hash  # its last hashed content, even if changed since
                 for peer, count in replaced[8].items():
                     vv[peer] = max(vv.get(peer, 0), count)
@@ -331,6 +332,53 @@ class Index:
             txn.put(_ID.pack(value[0]), new_key, db=self._parents)
             records.add_counts(txn, self._meta, root, delta + tally(record))
             return True
+
+    def exchange(self, root: int, one: Sequence[bytes], other: Sequence[bytes], logged: bool = True) -> bool:
+        """Swap *one* and *other*, each with all below it (``RENAME_EXCHANGE``): two updates.
+
+        Logged, it is one ``exchange`` entry (*path* *other*, *old_path* *one*;
+        *old* what was at *other*, *new* what is there now); both paths get the
+        same version vector, both sides' merged and counted once more, so each new
+        version dominates the one it replaced (as a rename over a path does). A file
+        never hashed is not in the history: with one such side, the entry is a
+        ``rename`` of the other side onto its path; with two, there is none."""
+        if not one or not other:
+            return False
+        shorter = min(len(one), len(other))
+        if list(one[:shorter]) == list(other[:shorter]):
+            return False  # the same path, or one inside the other: renameat2(2) refuses
+        with self._writing() as txn:
+            one_parent = self._walk(txn, root, one[:-1])
+            other_parent = self._walk(txn, root, other[:-1])
+            if one_parent is None or other_parent is None:
+                return False
+            one_key = _ID.pack(one_parent) + one[-1]
+            other_key = _ID.pack(other_parent) + other[-1]
+            raw_one = txn.get(one_key, db=self._nodes)
+            raw_other = txn.get(other_key, db=self._nodes)
+            if raw_one is None or raw_other is None:
+                return False
+            first, second = unpack(raw_one), unpack(raw_other)
+            moved, replaced = to_record(first), to_record(second)  # moved to *other*, and from it
+            vv_one, vv_other = dict(first[8]), dict(second[8])  # each follows its content
+            known = [not (r.kind == KIND_FILE and r.hash is None) for r in (moved, replaced)]
+            if logged and any(known):
+                vv = dict(vv_one)
+                for peer, count in vv_other.items():
+                    vv[peer] = max(vv.get(peer, 0), count)
+                vv[self.me] = vv.get(self.me, 0) + 1
+                vv_one = vv_other = vv
+                if all(known):
+                    self._log(txn, root, "exchange", other, one, replaced.version(), moved.version(), vv)
+                elif known[0]:
+                    self._log(txn, root, "rename", other, one, None, moved.version(), vv)
+                else:
+                    self._log(txn, root, "rename", one, other, None, replaced.version(), vv)
+            txn.put(other_key, pack(first[0], moved, vv_one), db=self._nodes)
+            txn.put(one_key, pack(second[0], replaced, vv_other), db=self._nodes)
+            txn.put(_ID.pack(first[0]), other_key, db=self._parents)
+            txn.put(_ID.pack(second[0]), one_key, db=self._parents)
+            return True  # the same records, swapped: the counts stay
 
     def _drop_below(self, txn: Any, node: int, root: int | None, path: list[bytes]) -> Counts:
         """Forget everything below the directory *node*, and how much that was; with a *root*,

@@ -32,6 +32,13 @@ def replay(entries: list[tuple[str, bytes, bytes | None, bytes | None]]) -> dict
                 del state[p]
             for p in [p for p in state if p == old_path or p.startswith(old_path + b"/")]:
                 state[path + p[len(old_path) :]] = state.pop(p)
+        elif op == "exchange" and old_path is not None:  # the two paths swap, with all below them
+            here = {p: state.pop(p) for p in [q for q in state if q == path or q.startswith(path + b"/")]}
+            there = {
+                p: state.pop(p) for p in [q for q in state if q == old_path or q.startswith(old_path + b"/")]
+            }
+            state.update({old_path + p[len(path) :]: h for p, h in here.items()})
+            state.update({path + p[len(old_path) :]: h for p, h in there.items()})
     return state
 
 

@@ -16,7 +16,7 @@ indexer has settled:
 
 Bounded for CI (``REALIZEFS_MODEL_EXAMPLES`` examples, 15 by default, of up to
 ``REALIZEFS_MODEL_STEPS`` steps, 25 by default); derandomized under ``CI``;
-``REALIZEFS_MODEL_RENAME_FLAGS`` (``0,1`` by default) picks the renameat2 flags.
+``REALIZEFS_MODEL_RENAME_FLAGS`` (``0,1,2`` by default) picks the renameat2 flags.
 Known bugs are pinned one by one by the strict xfail tests at the end.
 """
 
@@ -50,8 +50,7 @@ PATHS = ("a", "b", "a/a", "a/b", "b/a", "b/b", "a/b/a")
 # mount's caches) what the rule assumed may answer. Anything else fails the run.
 EXPECTED = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR, errno.EINVAL}
 SIZES = (0, 1, 5000, 150_000)
-# RENAME_EXCHANGE (2) is left out until the exchange bugs pinned below are fixed.
-RENAME_FLAGS = tuple(int(f) for f in os.environ.get("REALIZEFS_MODEL_RENAME_FLAGS", "0,1").split(","))
+RENAME_FLAGS = tuple(int(f) for f in os.environ.get("REALIZEFS_MODEL_RENAME_FLAGS", "0,1,2").split(","))
 
 path = st.sampled_from(PATHS)
 via = st.sampled_from(("mnt", "real"))
@@ -284,12 +283,11 @@ IndexModel.TestCase.settings = settings(
 test_index_model = IndexModel.TestCase
 
 
-# ------------------------------------------------------------ known bugs, one reproduction each
+# ------------------------------------------------------------ bugs it found, one reproduction each
 #
-# The machine above found these; each is pinned here (strict: the fix makes it
-# pass, and then the xfail must go). RENAME_EXCHANGE is left out of the
-# machine's renames until the first two are fixed (REALIZEFS_MODEL_RENAME_FLAGS=0,1,2
-# puts it back).
+# The machine above found these; each is pinned here. A bug found and not
+# fixed yet is pinned as a strict xfail (the fix makes it pass, and then the
+# xfail must go).
 
 
 def settled_store(d: Daemon) -> tuple[dict[bytes, Node], dict[bytes, Node], list[str]]:
@@ -302,6 +300,11 @@ def settled_store(d: Daemon) -> tuple[dict[bytes, Node], dict[bytes, Node], list
     replayed, problems = replay(history)
     problems += differences(index, replayed)
     return disk, index, problems
+
+
+def changes(d: Daemon) -> list[tuple[str, bytes | None, bytes]]:
+    """A stopped daemon's history as (op, old path, path), without the barrier files'."""
+    return [(e.op, e.old_path, e.path) for e in indexed(d.data_dir)[1] if e.path != BARRIER.encode()]
 
 
 @pytest.fixture
@@ -319,14 +322,17 @@ def test_exchanging_two_files_keeps_both_in_the_index(d: Daemon) -> None:
     (d.mnt() / "b").write_bytes(b"bb")
     wait_for(lambda: settled(d), 10, "both files hashed")
     renameat2(d.mnt() / "a", d.mnt() / "b", RENAME_EXCHANGE)
+    quiesce(d)
+    assert "exchange  a <-> b" in (d.mountpoint / ".realize" / "history").read_text()
     disk, index, problems = settled_store(d)
     assert index == disk, differences(disk, index)
     assert not problems
+    ops = changes(d)
+    # one entry, and the contents are not read as edits of each other
+    assert sorted(ops[:2]) == [("create", None, b"a"), ("create", None, b"b")]
+    assert ops[2:] == [("exchange", b"a", b"b")]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="RENAME_EXCHANGE of two directories: one side's files are deleted and recreated"
-)
 def test_exchanging_two_directories_keeps_both_without_deletes(d: Daemon) -> None:
     for name in ("a", "b"):
         (d.mnt() / name).mkdir()
@@ -336,11 +342,11 @@ def test_exchanging_two_directories_keeps_both_without_deletes(d: Daemon) -> Non
     disk, index, problems = settled_store(d)
     assert index == disk, differences(disk, index)
     assert not problems
-    ops = [e.op for e in indexed(d.data_dir)[1]]
+    ops = [op for op, _, _ in changes(d)]
     assert "delete" not in ops and ops.count("create") == 2  # nothing was deleted or created anew
+    assert ops.count("exchange") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a mode change with a same-content rewrite never enters the history")
 def test_a_chmod_with_a_same_content_rewrite_enters_the_history(d: Daemon) -> None:
     (d.mnt() / "f").write_bytes(b"x" * 100)
     wait_for(lambda: settled(d), 10, "the file hashed")
@@ -348,7 +354,8 @@ def test_a_chmod_with_a_same_content_rewrite_enters_the_history(d: Daemon) -> No
     os.chmod(d.mnt() / "f", 0o600)
     disk, index, problems = settled_store(d)
     assert index == disk
-    assert not problems  # replaying the history gives mode 0644, the index 0600
+    assert not problems  # replaying the history gave mode 0644, the index 0600
+    assert [op for op, _, _ in changes(d)] == ["create", "mode"]
 
 
 def test_the_watcher_tells_apart_two_exchanged_directories(base: Path) -> None:
@@ -370,3 +377,59 @@ def test_the_watcher_tells_apart_two_exchanged_directories(base: Path) -> None:
             watcher.close()
 
     assert trio.run(events) == {(b"b", b"new")}
+
+
+@pytest.mark.parametrize("into", ["file", "link"])
+def test_a_directory_replaced_by_another_kind_leaves_the_history(d: Daemon, into: str) -> None:
+    """Seen as one look (here, the startup walk), a directory that became a file or a
+    symlink is an rmdir (and a delete per file inside) before the new path's entry."""
+    (d.mnt() / "a").mkdir()
+    (d.mnt() / "a" / "x").write_bytes(b"x")
+    quiesce(d)
+    d.stop()
+    (d.root() / "a" / "x").unlink()
+    (d.root() / "a").rmdir()
+    if into == "file":
+        (d.root() / "a").write_bytes(b"now a file")
+    else:
+        (d.root() / "a").symlink_to("elsewhere")
+    d.start()
+    disk, index, problems = settled_store(d)
+    assert index == disk, differences(disk, index)
+    assert not problems
+    new = "create" if into == "file" else "symlink"
+    assert [op for op, _, _ in changes(d)][-3:] == ["delete", "rmdir", new]
+
+
+def test_a_file_replaced_by_a_directory_leaves_the_history(d: Daemon) -> None:
+    (d.mnt() / "a").write_bytes(b"x")
+    quiesce(d)
+    d.stop()
+    (d.root() / "a").unlink()
+    (d.root() / "a").mkdir()
+    d.start()
+    disk, index, problems = settled_store(d)
+    assert index == disk, differences(disk, index)
+    assert not problems
+    assert [op for op, _, _ in changes(d)][-2:] == ["delete", "mkdir"]
+
+
+def test_a_rename_over_a_file_never_hashed_says_it_replaced_nothing(base: Path) -> None:
+    """A file not hashed yet is not in the history: a rename over it replaced nothing there."""
+    d = Daemon(base, extra='\n[consensus]\nrest = "1h"\n')  # nothing is hashed, a gone file stays
+    d.start()
+    try:
+        (d.mnt() / "b").write_bytes(b"")
+        (d.mnt() / "d").mkdir()
+        wait_for(lambda: status(d)["pending"] == 1 and status(d)["directories"] == 1, 10, "b and d indexed")
+        (d.mnt() / "b").unlink()  # forgotten only after a rest period: an hour
+        os.rename(d.mnt() / "d", d.mnt() / "b")
+        history = d.mountpoint / ".realize" / "history.json"
+
+        def renamed() -> list[dict[str, object]]:
+            return [e for e in json.loads(history.read_text())["arenas"]["a"] if e["op"] == "rename"]
+
+        entry = wait_for(renamed, 10, "the rename recorded")[0]
+        assert (entry["old_path"], entry["path"], entry["old"]) == ("d", "b", None)
+    finally:
+        d.kill()
