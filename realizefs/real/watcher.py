@@ -104,25 +104,30 @@ class Watcher:
             self._trees.pop(tree, None)
             self.complete.pop(tree, None)
 
-    def _watch_below(self, tree: Hashable, top: bytes) -> None:
+    def _watch_below(self, tree: Hashable, top: bytes, seen: set[int] | None = None) -> None:
+        """Watch every directory from *top* down (*seen*: add the watch of each to it)."""
         backing = self._trees[tree]
         pending = [top]
         while pending:
             rel = pending.pop()
-            if not self._watch(tree, backing, rel):
+            wd = self._watch(tree, backing, rel)
+            if wd is None:
                 continue
+            if seen is not None:
+                seen.add(wd)
             try:
                 entries = backing.listdir(rel)
             except FsError:
                 continue  # vanished or unreadable: its own events will tell
             pending.extend(join(rel, name) for name, st in entries if stat.S_ISDIR(st.st_mode))
 
-    def _watch(self, tree: Hashable, backing: Backing, rel: bytes) -> bool:
+    def _watch(self, tree: Hashable, backing: Backing, rel: bytes) -> int | None:
+        """The watch of the directory at *rel*, known under that path from now on (None: none)."""
         try:
             with backing.object_path(rel) as (path, _):
-                wd = self._inotify.add_watch(path, MASK)
+                wd = self._inotify.add_watch(path, MASK)  # the same one if it has one already
         except FsError:
-            return False
+            return None
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 if _raise_watch_limit():
@@ -137,21 +142,17 @@ class Watcher:
                         len(self._dirs),
                         backing.root,
                     )
-                return False
+                return None
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
-                return False
+                return None
             raise
         self._dirs[wd] = (tree, rel)
-        return True
+        return int(wd)
 
     def _unwatch(self, wd: int) -> None:
         self._dirs.pop(wd, None)
         with contextlib.suppress(OSError):  # already gone with its directory
             self._inotify.rm_watch(wd)
-
-    def _forget_below(self, tree: Hashable, top: bytes) -> None:
-        for wd in self._below(tree, top):
-            self._unwatch(wd)
 
     def _below(self, tree: Hashable, top: bytes) -> list[int]:
         return [wd for wd, (owner, rel) in self._dirs.items() if owner == tree and _under(rel, top)]
@@ -237,11 +238,20 @@ class Watcher:
         if overflow:  # directories may have come and gone unseen: watch everything anew
             log.info("inotify queue overflowed: re-watching every arena")
             self._moved_out = {}
-            for tree in self._trees:
-                self._forget_below(tree, b"")
-                self._watch_below(tree, b"")
+            self._rewatch_all()
             return None
         return batch
+
+    def _rewatch_all(self) -> None:
+        """Watch every directory where it is now, keeping the watches that still hold.
+
+        Removing them all first would queue one ``IN_IGNORED`` event per directory:
+        with more directories than the queue holds, it overflows again, for ever."""
+        seen: set[int] = set()
+        for tree in self._trees:
+            self._watch_below(tree, b"", seen)
+        for wd in [wd for wd in self._dirs if wd not in seen]:
+            self._unwatch(wd)  # its directory left the trees, or is gone
 
     def _forget(self, tree: Hashable, top: bytes, wds: list[int]) -> None:
         """Unwatch what left *top*, unless found since elsewhere (moved into another tree)."""
