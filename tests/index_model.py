@@ -143,7 +143,7 @@ def replay(entries: list[Entry]) -> tuple[dict[bytes, Node], list[str]]:
                 bad(f"no empty directory there ({have}, holding {inside})")
             for path in [*inside, e.path]:
                 state.pop(path, None)
-        elif e.op == "mode":
+        elif e.op == "chmod":
             if have is None:
                 bad("nothing there")
             else:

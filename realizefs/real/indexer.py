@@ -111,6 +111,7 @@ class _Hashing:
     rel: bytes
     st: os.stat_result
     quiet: bool
+    base: tuple[bytes, int] | None = None  # the last hashed content (hash, size), if smaller
 
 
 @dataclass
@@ -130,7 +131,7 @@ class Indexer:
         index: Index,
         rest: float,
         clock: Callable[[], float] = time.monotonic,
-        hasher: Callable[[int], Content] = hash_fd,
+        hasher: Callable[[int, int | None], Content] = hash_fd,
         wall: Callable[[], int] = time.time_ns,
     ) -> None:
         self.index = index
@@ -269,7 +270,7 @@ class Indexer:
             if old is None or old.kind != KIND_DIR:
                 self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("mkdir"))
             elif old.mode != mode:
-                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("mode"))
+                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("chmod"))
             return "dir"
         if stat.S_ISLNK(st.st_mode):
             try:
@@ -286,7 +287,7 @@ class Indexer:
         same = not force and old is not None and old.kind == KIND_FILE and (old.size, old.mtime_ns) == now
         # a mode change of a file in the history is recorded now, whatever its content
         # turns out to be (the same content is no entry, and would take the mode with it)
-        mode_op = op("mode") if old is not None and old.kind == KIND_FILE and old.mode != mode else None
+        mode_op = op("chmod") if old is not None and old.kind == KIND_FILE and old.mode != mode else None
         if old is not None and old.hash is None:
             mode_op = None  # never hashed: its create will carry the mode
         if same and old is not None:
@@ -605,7 +606,15 @@ class Indexer:
             self._later(key, pending, self._now + self.rest)
             return None
         self._pending.pop(key, None)
-        return _Hashing(a, rel, st, pending.quiet)
+        return _Hashing(a, rel, st, pending.quiet, self._base(old, st))
+
+    def _base(self, old: Record | None, st: os.stat_result) -> tuple[bytes, int] | None:
+        """The last hashed content of a file now larger (hash, size): it may have been appended to."""
+        if old is None or old.kind != KIND_FILE or old.hash is None:
+            return None
+        manifest = self.index.manifest(old.hash)
+        size = manifest[-1][0] + manifest[-1][1] if manifest else 0
+        return (old.hash, size) if 0 < size < st.st_size else None
 
     @staticmethod
     def _stat(a: _Arena, rel: bytes) -> os.stat_result | None:
@@ -624,7 +633,7 @@ class Indexer:
                 results.append(exc)
                 continue
             try:
-                results.append(self.hasher(fd))
+                results.append(self.hasher(fd, job.base[1] if job.base is not None else None))
             except (ChangedWhileHashingError, OSError) as exc:
                 results.append(exc)
             finally:
@@ -648,17 +657,20 @@ class Indexer:
         record = Record(KIND_FILE, result.size, result.mtime_ns, stat.S_IMODE(job.st.st_mode), result.hash)
         chunks = [(c.offset, c.length, c.hash) for c in result.chunks]
         old = self.index.get(a.root, parts(rel))
-        op = None if job.quiet else self._content_op(old, result)
+        op = None if job.quiet else self._content_op(old, result, job.base)
         if self.index.put(a.root, parts(rel), record, chunks, op=op):
             self.stats.hashed += 1
             self.stats.bytes_hashed += result.size
 
-    def _content_op(self, old: Record | None, content: Content) -> str | None:
-        """create; edit (shares content with the version before) or overwrite; None: same."""
+    def _content_op(self, old: Record | None, content: Content, base: tuple[bytes, int] | None) -> str | None:
+        """create; edit (the version before with more after it, or sharing a chunk with it)
+        or overwrite; None: the same."""
         if old is None or old.kind != KIND_FILE or old.hash is None:
             return "create"
         if old.hash == content.hash:
             return None  # touched, or written back unchanged
+        if base is not None and base[0] == old.hash and content.prefix_hash == old.hash:
+            return "edit"  # appended to (a small file is one chunk: it shares none)
         before = {chunk[2] for chunk in self.index.manifest(old.hash) or ()}
         return "edit" if any(c.hash in before for c in content.chunks) else "overwrite"
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import msgpack
 
-OPS = ("create", "edit", "overwrite", "delete", "rename", "exchange", "mkdir", "rmdir", "symlink", "mode")
+OPS = ("create", "edit", "overwrite", "delete", "rename", "exchange", "mkdir", "rmdir", "symlink", "chmod")
+_RENAMED = {"mode": "chmod"}  # ops stored under an older name, read under the current one
 _KEY = struct.Struct(">QQ")
 
 
@@ -86,7 +87,9 @@ def recent(txn: Any, db: Any, root: int, limit: int) -> list[Entry]:
         if found_root != root:
             break
         op, path, old_path, old, new, vv, time_ns = msgpack.unpackb(cursor.value(), strict_map_key=False)
-        out.append(Entry(seq, op, path, old_path, _unversion(old), _unversion(new), vv, time_ns))
+        out.append(
+            Entry(seq, _RENAMED.get(op, op), path, old_path, _unversion(old), _unversion(new), vv, time_ns)
+        )
         positioned = cursor.prev()
     out.reverse()
     return out

@@ -99,13 +99,13 @@ class CountingHasher:
         self.clocks = clocks
         self.times: list[float] = []  # the mock-clock time of each call (with *clocks*)
 
-    def __call__(self, fd: int) -> Content:
+    def __call__(self, fd: int, prefix: int | None = None) -> Content:
         self.calls += 1
         if self.clocks is not None:
             self.times.append(self.clocks.mock.current_time())
         if self.fail:
             raise self.fail.pop(0)
-        return hash_fd(fd)
+        return hash_fd(fd, prefix)
 
 
 def make(
@@ -325,7 +325,7 @@ def test_awkward_names_and_files(store: Store, tree: Path) -> None:
 
 def test_a_file_that_vanishes_before_it_is_read(store: Store, tree: Path) -> None:
     class Vanishing(CountingHasher):
-        def __call__(self, fd: int) -> Content:
+        def __call__(self, fd: int, prefix: int | None = None) -> Content:
             if (tree / "a.txt").exists():  # gone between the look and the read: the fd still reads
                 os.unlink(tree / "a.txt")
             return super().__call__(fd)
