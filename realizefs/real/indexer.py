@@ -24,6 +24,16 @@ changes while it is read is queued again; a file that cannot be read is
 reported (log and `unreadable`) and stays pending, never treated as deleted.
 FIFOs, sockets and devices are not indexed.
 
+An arena is indexed only while its root holds its marker
+(`realizefs.real.marker`), checked before every walk of the whole tree: a
+root with no marker whose index is empty, or that this store never marked
+(an index older than markers), is marked (first use); one marked before
+whose index holds something is not the tree that was indexed (a disk not mounted, a
+directory replaced), and nothing of it is looked at or recorded (a warning
+says so, and `unmarked`) until the arena is opened again (the daemon does on
+SIGHUP) or walked again (lost events) and the marker is back. A change of the
+marker itself has the tree walked again. The marker is not indexed.
+
 Failures are retried: a failed walk of a tree is walked again, and a path
 whose look or rename failed is looked at again, after a backoff that doubles
 up to `MAX_BACKOFF`.
@@ -49,6 +59,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from realizefs.errors import FsError, NotFound
+from realizefs.real import marker
 from realizefs.real.backing import Backing, join
 from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
 from realizefs.real.watcher import Change
@@ -79,6 +90,7 @@ class _Arena:
     walks_done: int = 0  # the walks_wanted value the last finished walk started under
     failures: int = 0  # walks failed in a row
     retry_at: float = 0.0  # no walk before this (clock) time after a failure
+    marked: bool | None = None  # the root held its marker at the last walk (None: not walked yet)
 
     @property
     def scanned(self) -> bool:
@@ -133,8 +145,10 @@ class Indexer:
         clock: Callable[[], float] = time.monotonic,
         hasher: Callable[[int, int | None], Content] = hash_fd,
         wall: Callable[[], int] = time.time_ns,
+        store_id: bytes = b"",
     ) -> None:
         self.index = index
+        self.store_id = store_id  # written into the markers this indexer makes
         self.rest = rest
         self.clock = clock  # called from the event loop only (trio's clock in tests)
         self.wall = wall  # the time files' mtimes are compared with, in ns
@@ -181,7 +195,12 @@ class Indexer:
 
     def scanned(self, arena: str) -> bool:
         a = self._arenas.get(arena)
-        return a is not None and a.scanned
+        return a is not None and a.scanned and a.marked is True
+
+    def unmarked(self, arena: str) -> bool:
+        """Whether the arena is not indexed because its root lacks its marker."""
+        a = self._arenas.get(arena)
+        return a is not None and a.marked is False
 
     # ------------------------------------------------------------ the startup walk
 
@@ -192,7 +211,7 @@ class Indexer:
         generation = a.walks_wanted  # a rescan asked for during this walk needs another
         now = self.clock()
         try:
-            queued = await trio.to_thread.run_sync(self._walk, a, b"")
+            queued = await trio.to_thread.run_sync(self._walk_marked, a)
         except Exception:
             a.failures += 1
             a.retry_at = now + self._backoff(a.failures)
@@ -202,6 +221,20 @@ class Indexer:
             return
         a.failures = 0
         a.walks_done = generation
+        was, a.marked = a.marked, queued is not None
+        if queued is None:
+            if was is not False:
+                log.warning(
+                    "%s: NOT INDEXED: the root %s has no %s marker although this arena was indexed: "
+                    "its disk is not mounted, or the directory was replaced; nothing of it is "
+                    "recorded until the marker is back (then reload with SIGHUP, or restart)",
+                    arena,
+                    a.backing.root,
+                    marker.MARKER.decode(),
+                )
+            return
+        if was is False:
+            log.info("%s: the root's marker is back; indexing again", arena)
         for rel in queued:
             self._queue(arena, rel, now)
         self._wake.set()
@@ -211,6 +244,17 @@ class Indexer:
             time.monotonic() - started,
             len(queued),
         )
+
+    def _walk_marked(self, a: _Arena) -> list[bytes] | None:
+        """Walk the whole tree if the root is marked (marking it on first use); None if not."""
+        if not marker.present(a.backing):
+            if self.index.marked(a.root) and self.index.counts(a.root) != Counts():
+                return None  # indexed and marked before, not marked now: not the tree indexed
+            marker.make(a.backing, a.name, self.store_id)
+            log.info("%s: marked the arena root (%s)", a.name, marker.MARKER.decode())
+        if not self.index.marked(a.root):
+            self.index.set_marked(a.root)
+        return self._walk(a, b"")
 
     def _walk(self, a: _Arena, top: bytes, force: bool = False) -> list[bytes]:
         """Bring the index of *top*'s subtree in line with the disk (worker thread).
@@ -227,6 +271,8 @@ class Indexer:
                     log.warning("%s/%s: cannot list: %s", a.name, _show(rel), exc)
                 continue
             on_disk = dict(entries)
+            if not rel:
+                on_disk.pop(marker.MARKER, None)  # not indexed: it is this daemon's, not the user's
             with self.index.batch():  # a directory at a time: the write lock is not held long
                 indexed = self.index.children(a.root, parts(rel))
                 for name in indexed.keys() - on_disk.keys():
@@ -320,10 +366,13 @@ class Indexer:
 
     def changed(self, arena: str, changes: Iterable[Change]) -> None:
         """Watcher changes in an arena's tree, handed to the indexer's round in order."""
-        if arena not in self._arenas:
-            return
+        a = self._arenas.get(arena)
+        if a is None or a.marked is False:
+            return  # an unmarked arena is not indexed: a walk catches up once it is marked
         for change in changes:
             path = join(change.directory, change.name) if change.name else change.directory
+            if marker.MARKER in (path, change.moved_from):
+                a.walks_wanted += 1  # the marker changed: the walk checks it is still there
             self._inbox.append(_Event(arena, path, change.moved_from))
         self._wake.set()
 
@@ -426,6 +475,9 @@ class Indexer:
             while i < len(events):
                 event = events[i]
                 i += 1
+                a = self._arenas.get(event.arena)
+                if a is None or not a.marked or marker.MARKER in (event.path, event.moved_from):
+                    continue  # not indexed (the marker: its change has the tree walked again)
                 try:
                     if event.expect:
                         self._expected[(event.arena, event.path)] = event.expected
@@ -572,8 +624,8 @@ class Indexer:
         arena, rel = key
         a = self._arenas.get(arena)
         pending = self._pending.get(key)
-        if a is None or pending is None:
-            self._pending.pop(key, None)
+        if a is None or pending is None or not a.marked:
+            self._pending.pop(key, None)  # an unmarked arena's changes wait for its next walk
             return None
         st = self._stat(a, rel)
         pending.quiet = pending.quiet or self._own(key, st)

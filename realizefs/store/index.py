@@ -22,6 +22,7 @@ Layout (schema version 3, see `realizefs.store.schema`):
 ``meta`` keys ``arena:<name>`` -> the arena root's node id; ``next_id`` -> the
     next node id to hand out (8 bytes); ``counts:<root id>`` -> what the arena
     holds, changed by every write in its own transaction (`realizefs.store.records`).
+    ``marked:<root id>`` -> empty: this store marked the arena's root.
 ``history``
     See `realizefs.store.history`: every change recorded with an *op* is
     appended there in the same transaction, with the path's version vector
@@ -126,6 +127,15 @@ class Index:
             root = self._new_id(txn)
             txn.put(key, _ID.pack(root), db=self._meta)
             return root
+
+    def marked(self, root: int) -> bool:
+        """Whether this store ever marked the arena's root (`realizefs.real.marker`)."""
+        with self._reading() as txn:
+            return txn.get(b"marked:" + _ID.pack(root), db=self._meta) is not None
+
+    def set_marked(self, root: int) -> None:
+        with self._writing() as txn:
+            txn.put(b"marked:" + _ID.pack(root), b"", db=self._meta)
 
     def _new_id(self, txn: Any) -> int:
         raw = txn.get(b"next_id", db=self._meta)

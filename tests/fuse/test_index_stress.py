@@ -75,6 +75,8 @@ def listing(root: Path) -> Listing:
         for name in dirnames:
             out[prefix + name] = (KIND_DIR, None)
         for name in filenames:
+            if not prefix and name == b".realize-arena":
+                continue  # the arena's marker: not indexed
             full = os.path.join(dirpath, name)
             if os.path.islink(full):
                 out[prefix + name] = (KIND_LINK, None)
