@@ -135,6 +135,7 @@ class Control:
                 "unreadable": sum(1 for name, _ in self.indexer.stats.unreadable if name == arena.name),
                 "scanned": self.indexer.scanned(arena.name),
                 "marker_missing": self.indexer.unmarked(arena.name),
+                "gone": self.indexer.gone(arena.name),
             }
             arenas.append(
                 {
@@ -165,6 +166,8 @@ class Control:
             )
             if real["pending"]:
                 line += f"; {_count(real['pending'], 'file')} waiting to be hashed"
+            if real["gone"]:
+                line += f"; {_count(real['gone'], 'file')} deleted, forgotten after a rest period"
             if real["unreadable"]:
                 line += f"; {_count(real['unreadable'], 'file')} that cannot be read"
             if not real["scanned"] and not real["marker_missing"]:

@@ -65,6 +65,7 @@ from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
 from realizefs.real.watcher import Change
 from realizefs.store.history import Entry
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
+from realizefs.store.records import tally
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,10 @@ class Indexer:
         self._expected: dict[Key, Signature | None] = {}
         self._inbox: list[_Event] = []  # appended on the event loop, taken by `run`
         self._failures: dict[Key, int] = {}  # looks failed in a row, for the backoff
+        # per arena, what the index still counts of files found gone, waiting out their rest
+        # (replaced whole by each round, read by `counts` on the event loop)
+        self._gone: dict[str, Counts] = {}
+        self._gone_keys: set[Key] = set()  # the paths that were missing at their last look
         self._now = 0.0  # the clock and the wall clock at the start of the round in progress
         self._wall_ns = 0
         self._wake = trio.Event()
@@ -190,8 +195,15 @@ class Indexer:
         return self.index.history(a.root, limit) if a is not None else []
 
     def counts(self, arena: str) -> Counts:
+        """What the arena holds: the index's counts without the files already found gone."""
         a = self._arenas.get(arena)
-        return self.index.counts(a.root) if a is not None else Counts()
+        if a is None:
+            return Counts()
+        return self.index.counts(a.root) - self._gone.get(arena, Counts())
+
+    def gone(self, arena: str) -> int:
+        """How many files were found deleted and wait out a rest period before they are forgotten."""
+        return self._gone.get(arena, Counts()).files
 
     def scanned(self, arena: str) -> bool:
         a = self._arenas.get(arena)
@@ -465,6 +477,22 @@ class Indexer:
                     self._retry((event.arena, event.moved_from), self._now)
             for key in keys:
                 self._retry(key, self._now)
+        self._gone = self._count_gone()
+
+    def _count_gone(self) -> dict[str, Counts]:
+        """What the index counts of the files seen gone that wait out their rest (worker thread)."""
+        gone: dict[str, Counts] = {}
+        for key in list(self._gone_keys):
+            arena, rel = key
+            a = self._arenas.get(arena)
+            pending = self._pending.get(key)
+            if pending is None or not pending.gone or a is None:
+                self._gone_keys.discard(key)
+                continue
+            record = self.index.get(a.root, parts(rel))
+            if record is not None and record.kind == KIND_FILE:
+                gone[arena] = gone.get(arena, Counts()) + tally(record)
+        return gone
 
     def _apply(self, events: list[_Event]) -> None:
         """Renames become index renames (exchanges, exchanges), in order, in one transaction;
@@ -484,6 +512,7 @@ class Indexer:
                         self._queue(event.arena, event.path, now)
                     elif event.moved_from is None:
                         self._queue(event.arena, event.path, now)  # looked at now; hashed once rested
+                        self._seen_gone((event.arena, event.path))
                     elif (partner := self._exchanged(events, i - 1)) is not None:
                         for skipped in events[i:partner]:  # the second move's first half
                             self._queue(skipped.arena, skipped.path, now)
@@ -496,6 +525,21 @@ class Indexer:
                     for rel in (event.path, event.moved_from):
                         if rel is not None:
                             self._retry((event.arena, rel), now)
+
+    def _seen_gone(self, key: Key) -> None:
+        """A file waiting for its rest that is missing now waits as a gone one (not counted).
+
+        Only its going is taken early: a look before its time would cut its rest short."""
+        pending = self._pending.get(key)
+        a = self._arenas.get(key[0])
+        if pending is None or pending.gone or pending.due <= self._now or a is None or key in self._expected:
+            return
+        record = self.index.get(a.root, parts(key[1]))
+        if record is None or record.kind != KIND_FILE or self._stat(a, key[1]) is not None:
+            return
+        pending.gone = True
+        self._gone_keys.add(key)
+        self._later(key, pending, self._now + self.rest)
 
     def _exchanged(self, events: list[_Event], i: int) -> int | None:
         """Whether the move *events[i]* (A to B) is half of a RENAME_EXCHANGE: the index of
@@ -639,6 +683,7 @@ class Indexer:
                 # a file deleted and written again within the rest period (an editor's
                 # save) is an edit of that file, not a delete and a create
                 pending.gone = True
+                self._gone_keys.add(key)
                 self._later(key, pending, self._now + self.rest)
                 return None
             self.index.delete(a.root, parts(rel))

@@ -81,6 +81,7 @@ def settled(d: Daemon) -> bool:
         "links": sum(n.kind == "link" for n in disk.values()),
         "pending": 0,
         "unreadable": 0,
+        "gone": 0,
         "scanned": True,
     }
     if {k: real[k] for k in counts} != counts:

@@ -106,7 +106,7 @@ def counts_match(d: Daemon) -> bool:
         real = arena["real"]
         files = sum(1 for kind, _ in disk if kind == KIND_FILE)
         dirs = sum(1 for kind, _ in disk if kind == KIND_DIR)
-        if (real["files"], real["directories"], real["pending"]) != (files, dirs, 0):
+        if (real["files"], real["directories"], real["pending"], real["gone"]) != (files, dirs, 0, 0):
             return False
     return True
 
