@@ -328,6 +328,7 @@ def _entry_facts(e: Entry, me: bytes) -> dict[str, Any]:
         "new": _version_facts(e.new),
         "vv": {("this peer" if peer == me else peer.hex()): count for peer, count in e.vv.items()},
         "time": _when(e.time_ns / 1e9),
+        "time_ns": e.time_ns,
     }
 
 

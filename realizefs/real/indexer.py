@@ -103,6 +103,7 @@ class _Pending:
     due: float
     seen: tuple[int, int] | None = None  # (size, mtime) at the last look
     gone: bool = False  # missing at the last look: deleted once missing for a rest period
+    gone_at: int = 0  # when it was first seen missing (wall clock, ns): the delete's time
     quiet: bool = False  # the daemon's own change: indexed, but no history entry
     force: bool = False  # read again even if size and mtime look unchanged (an exchange)
 
@@ -328,7 +329,7 @@ class Indexer:
             if old is None or old.kind != KIND_DIR:
                 self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("mkdir"))
             elif old.mode != mode:
-                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("chmod"))
+                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("chmod"), when=st.st_ctime_ns)
             return "dir"
         if stat.S_ISLNK(st.st_mode):
             try:
@@ -337,7 +338,7 @@ class Indexer:
                 return ""
             record = Record(KIND_LINK, len(target), st.st_mtime_ns, mode, target=target)
             if old is None or old.kind != KIND_LINK or old.target != target:
-                self.index.put(a.root, path, record, op=op("symlink"))
+                self.index.put(a.root, path, record, op=op("symlink"), when=st.st_ctime_ns)
             return ""
         if not stat.S_ISREG(st.st_mode):
             return ""  # not indexed (and whatever was there is forgotten above)
@@ -350,12 +351,12 @@ class Indexer:
             mode_op = None  # never hashed: its create will carry the mode
         if same and old is not None:
             if old.mode != mode:
-                self.index.put(a.root, path, replace(old, mode=mode), op=mode_op)
+                self.index.put(a.root, path, replace(old, mode=mode), op=mode_op, when=st.st_ctime_ns)
             return "" if not old.pending else "hash"
         # pending: no content entry until the new content has a hash
         last = old.hash if old is not None and old.kind == KIND_FILE else None
         record = Record(KIND_FILE, *now, mode, last, changed=last is not None)
-        self.index.put(a.root, path, record, op=mode_op)
+        self.index.put(a.root, path, record, op=mode_op, when=st.st_ctime_ns)
         return "hash"
 
     # ------------------------------------------------------------ changes
@@ -538,6 +539,7 @@ class Indexer:
         if record is None or record.kind != KIND_FILE or self._stat(a, key[1]) is not None:
             return
         pending.gone = True
+        pending.gone_at = self._wall_ns
         self._gone_keys.add(key)
         self._later(key, pending, self._now + self.rest)
 
@@ -609,9 +611,11 @@ class Indexer:
         if a is None:
             return
         new = event.path
-        own = self._own((event.arena, new), self._stat(a, new))
+        st = self._stat(a, new)
+        own = self._own((event.arena, new), st)
         record = self.index.get(a.root, parts(old))
-        self.index.rename(a.root, parts(old), parts(new), logged=not own)
+        current = (st.st_size, st.st_mtime_ns) if st is not None and stat.S_ISREG(st.st_mode) else None
+        self.index.rename(a.root, parts(old), parts(new), logged=not own, current=current)
         if record is not None and record.kind == KIND_DIR:  # what was waiting below moves too
             prefix = old + b"/"
             for key in [k for k in self._pending if k[0] == event.arena and k[1].startswith(prefix)]:
@@ -683,10 +687,11 @@ class Indexer:
                 # a file deleted and written again within the rest period (an editor's
                 # save) is an edit of that file, not a delete and a create
                 pending.gone = True
+                pending.gone_at = self._wall_ns
                 self._gone_keys.add(key)
                 self._later(key, pending, self._now + self.rest)
                 return None
-            self.index.delete(a.root, parts(rel))
+            self.index.delete(a.root, parts(rel), when=pending.gone_at or None)
             self._pending.pop(key, None)
             return None
         pending.gone = False
@@ -755,7 +760,10 @@ class Indexer:
         chunks = [(c.offset, c.length, c.hash) for c in result.chunks]
         old = self.index.get(a.root, parts(rel))
         op = None if job.quiet else self._content_op(old, result, job.base)
-        if self.index.put(a.root, parts(rel), record, chunks, op=op):
+        # the content's time: the inode's last change when it was read (no user can set it,
+        # unlike the mtime), which is its last write unless a chmod or utime came after
+        when = result.ctime_ns or None
+        if self.index.put(a.root, parts(rel), record, chunks, op=op, when=when):
             self.stats.hashed += 1
             self.stats.bytes_hashed += result.size
 

@@ -485,11 +485,12 @@ class FullIndex(Index):
         record: Record,
         chunks: Sequence[tuple[int, int, bytes]] | None = None,
         op: str | None = None,
+        when: int | None = None,
     ) -> bool:
         if record.hash is not None and list(path) == parts(self.rel) and not self.failed:
             self.failed = True
             raise OSError(errno.ENOSPC, "injected: no space left")
-        return super().put(root, path, record, chunks, op)
+        return super().put(root, path, record, chunks, op, when)
 
 
 @pytest.mark.expect_log(r"a/x: indexing failed")
