@@ -63,7 +63,9 @@ class Daemon:
         self.store = store
         self.identity = identity
         self.started = time.time()
-        self.indexer = Indexer(Index(store, identity.public_key[:PEER_ID_BYTES]), config.consensus.rest)
+        self.indexer = Indexer(
+            Index(store, identity.public_key[:PEER_ID_BYTES]), config.consensus.rest, store_id=store.store_id
+        )
         self.control = Control(self, self.indexer)
         self.namespace = Namespace(
             config.arenas, self.control.files(), self.indexer.hash_of, max_pins=_descriptor_budget()
@@ -112,7 +114,9 @@ class Daemon:
         for key in ("name", "data_dir", "mountpoint", "listen"):
             if getattr(new.node, key) != getattr(self.config.node, key):
                 log.warning("node.%s changed: restart realizefs to apply it", key)
-        for parent, name in self.namespace.set_arenas(new.arenas):
+        # an arena not indexed for want of its root's marker is opened again: its disk may be back
+        unmarked = {a.name for a in self.namespace.arenas if self.indexer.unmarked(a.name)}
+        for parent, name in self.namespace.set_arenas(new.arenas, reopen=unmarked):
             # in a worker: it may wait on a request only this loop answers; done before we go on
             await trio.to_thread.run_sync(_forget_entry, parent, name)
         self.indexer.rest = new.consensus.rest

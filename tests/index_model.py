@@ -20,6 +20,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from realizefs.peers.identity import load_or_create
+from realizefs.real.marker import MARKER
 from realizefs.store.history import Entry, Version
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Index
 from realizefs.store.schema import Store
@@ -54,6 +55,8 @@ def tree(top: Path) -> dict[bytes, Node]:
     while todo:
         rel = todo.pop()
         for name in os.listdir(os.fsencode(top) + (b"/" + rel if rel else b"")):
+            if not rel and name == MARKER:
+                continue  # the daemon's, in the Real only: neither indexed nor shown
             path = rel + b"/" + name if rel else name
             full = os.fsencode(top) + b"/" + path
             st = os.lstat(full)
@@ -143,7 +146,7 @@ def replay(entries: list[Entry]) -> tuple[dict[bytes, Node], list[str]]:
                 bad(f"no empty directory there ({have}, holding {inside})")
             for path in [*inside, e.path]:
                 state.pop(path, None)
-        elif e.op == "mode":
+        elif e.op == "chmod":
             if have is None:
                 bad("nothing there")
             else:

@@ -11,7 +11,8 @@ accepts the command ``now``; any other text is refused with EINVAL.
 
 Real file and byte counts come from the content index, which keeps them with
 every write (one LMDB read, so in the event loop), with the files still waiting
-to be hashed and those that could not be read.
+to be hashed and those that could not be read. An arena whose root lacks its
+marker (`realizefs.real.marker`) is said to be not indexed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from realizefs.errors import InvalidValue
 from realizefs.peers.household import PeerStatus
 from realizefs.real import xattrs
 from realizefs.real.indexer import Indexer
+from realizefs.real.marker import MARKER
 from realizefs.store.history import Entry, Version
 from realizefs.vfs.namespace import Namespace
 from realizefs.vfs.virtual import Command, Reader, VirtualFile
@@ -132,6 +134,8 @@ class Control:
             real = asdict(counts) | {
                 "unreadable": sum(1 for name, _ in self.indexer.stats.unreadable if name == arena.name),
                 "scanned": self.indexer.scanned(arena.name),
+                "marker_missing": self.indexer.unmarked(arena.name),
+                "gone": self.indexer.gone(arena.name),
             }
             arenas.append(
                 {
@@ -162,11 +166,19 @@ class Control:
             )
             if real["pending"]:
                 line += f"; {_count(real['pending'], 'file')} waiting to be hashed"
+            if real["gone"]:
+                line += f"; {_count(real['gone'], 'file')} deleted, forgotten after a rest period"
             if real["unreadable"]:
                 line += f"; {_count(real['unreadable'], 'file')} that cannot be read"
-            if not real["scanned"]:
+            if not real["scanned"] and not real["marker_missing"]:
                 line += " (still scanning)"
             lines.append(line)
+            if real["marker_missing"]:
+                lines.append(
+                    f"    NOT INDEXED: the root has no {MARKER.decode()} marker: its disk is not mounted, or "
+                    "the directory was replaced; the counts are from before. Put it back, then reload "
+                    "(SIGHUP) or restart"
+                )
         return {
             "version": __version__,
             "node": config.node.name,
@@ -316,6 +328,7 @@ def _entry_facts(e: Entry, me: bytes) -> dict[str, Any]:
         "new": _version_facts(e.new),
         "vv": {("this peer" if peer == me else peer.hex()): count for peer, count in e.vv.items()},
         "time": _when(e.time_ns / 1e9),
+        "time_ns": e.time_ns,
     }
 
 

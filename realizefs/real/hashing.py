@@ -9,6 +9,10 @@ cutting the whole file at once), and each chunk is hashed with BLAKE3. The
 file is read through its descriptor with plain reads, never mapped: a file
 truncated while it is read must not crash the daemon with SIGBUS.
 
+With a *prefix* size, the same pass also hashes the file's first *prefix*
+bytes: equal to the hash of the version before (that size), the new content
+is that version with more bytes after it (an append).
+
 A file that changes while it is read (its size, mtime or ctime differ before
 and after, or it did not yield as many bytes as it claimed) raises
 `ChangedWhileHashing`: the caller hashes it again later and never records a
@@ -48,6 +52,8 @@ class Content:
     mtime_ns: int
     hash: bytes
     chunks: tuple[Chunk, ...]
+    ctime_ns: int = 0  # the inode's last change when it was read (0: content in memory)
+    prefix_hash: bytes | None = None  # the hash of the first *prefix* bytes, if asked and there
 
 
 class ChangedWhileHashingError(Exception):
@@ -58,10 +64,11 @@ def _chunker() -> FastCDC:
     return FastCDC(AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
 
 
-def hash_fd(fd: int) -> Content:
-    """Hash and chunk the regular file open as *fd*, from its start."""
+def hash_fd(fd: int, prefix: int | None = None) -> Content:
+    """Hash and chunk the regular file open as *fd*, from its start (and its first *prefix* bytes)."""
     before = os.fstat(fd)
     whole = blake3(max_threads=blake3.AUTO)  # large blocks: worth spreading over the cores
+    head = blake3() if prefix is not None and prefix <= before.st_size else None
     chunker = _chunker()
     chunks: list[Chunk] = []
     # One buffer for the whole file (fresh 4 MiB objects per block cost page faults):
@@ -73,6 +80,8 @@ def hash_fd(fd: int) -> Content:
     while True:
         got = os.preadv(fd, [view[carried : carried + READ_BLOCK]], start + carried)
         whole.update(view[carried : carried + got])
+        if head is not None and prefix is not None and start + carried < prefix:
+            head.update(view[carried : carried + min(got, prefix - start - carried)])
         pieces = list(chunker.cut_buf(view[: carried + got]))
         if got and pieces:  # the last piece may only end where the block does: cut it again
             pieces.pop()
@@ -88,7 +97,14 @@ def hash_fd(fd: int) -> Content:
     stamp = (before.st_size, before.st_mtime_ns, before.st_ctime_ns)
     if stamp != (after.st_size, after.st_mtime_ns, after.st_ctime_ns) or start != after.st_size:
         raise ChangedWhileHashingError(f"changed while read ({start} of {after.st_size} bytes)")
-    return Content(after.st_size, after.st_mtime_ns, whole.digest(), tuple(chunks))
+    return Content(
+        after.st_size,
+        after.st_mtime_ns,
+        whole.digest(),
+        tuple(chunks),
+        after.st_ctime_ns,
+        head.digest() if head is not None else None,
+    )
 
 
 def hash_bytes(data: bytes) -> Content:

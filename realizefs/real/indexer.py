@@ -24,6 +24,16 @@ changes while it is read is queued again; a file that cannot be read is
 reported (log and `unreadable`) and stays pending, never treated as deleted.
 FIFOs, sockets and devices are not indexed.
 
+An arena is indexed only while its root holds its marker
+(`realizefs.real.marker`), checked before every walk of the whole tree: a
+root with no marker whose index is empty, or that this store never marked
+(an index older than markers), is marked (first use); one marked before
+whose index holds something is not the tree that was indexed (a disk not mounted, a
+directory replaced), and nothing of it is looked at or recorded (a warning
+says so, and `unmarked`) until the arena is opened again (the daemon does on
+SIGHUP) or walked again (lost events) and the marker is back. A change of the
+marker itself has the tree walked again. The marker is not indexed.
+
 Failures are retried: a failed walk of a tree is walked again, and a path
 whose look or rename failed is looked at again, after a backoff that doubles
 up to `MAX_BACKOFF`.
@@ -49,11 +59,13 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from realizefs.errors import FsError, NotFound
+from realizefs.real import marker
 from realizefs.real.backing import Backing, join
 from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
 from realizefs.real.watcher import Change
 from realizefs.store.history import Entry
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
+from realizefs.store.records import tally
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +91,7 @@ class _Arena:
     walks_done: int = 0  # the walks_wanted value the last finished walk started under
     failures: int = 0  # walks failed in a row
     retry_at: float = 0.0  # no walk before this (clock) time after a failure
+    marked: bool | None = None  # the root held its marker at the last walk (None: not walked yet)
 
     @property
     def scanned(self) -> bool:
@@ -90,6 +103,7 @@ class _Pending:
     due: float
     seen: tuple[int, int] | None = None  # (size, mtime) at the last look
     gone: bool = False  # missing at the last look: deleted once missing for a rest period
+    gone_at: int = 0  # when it was first seen missing (wall clock, ns): the delete's time
     quiet: bool = False  # the daemon's own change: indexed, but no history entry
     force: bool = False  # read again even if size and mtime look unchanged (an exchange)
 
@@ -111,6 +125,7 @@ class _Hashing:
     rel: bytes
     st: os.stat_result
     quiet: bool
+    base: tuple[bytes, int] | None = None  # the last hashed content (hash, size), if smaller
 
 
 @dataclass
@@ -130,10 +145,12 @@ class Indexer:
         index: Index,
         rest: float,
         clock: Callable[[], float] = time.monotonic,
-        hasher: Callable[[int], Content] = hash_fd,
+        hasher: Callable[[int, int | None], Content] = hash_fd,
         wall: Callable[[], int] = time.time_ns,
+        store_id: bytes = b"",
     ) -> None:
         self.index = index
+        self.store_id = store_id  # written into the markers this indexer makes
         self.rest = rest
         self.clock = clock  # called from the event loop only (trio's clock in tests)
         self.wall = wall  # the time files' mtimes are compared with, in ns
@@ -145,6 +162,10 @@ class Indexer:
         self._expected: dict[Key, Signature | None] = {}
         self._inbox: list[_Event] = []  # appended on the event loop, taken by `run`
         self._failures: dict[Key, int] = {}  # looks failed in a row, for the backoff
+        # per arena, what the index still counts of files found gone, waiting out their rest
+        # (replaced whole by each round, read by `counts` on the event loop)
+        self._gone: dict[str, Counts] = {}
+        self._gone_keys: set[Key] = set()  # the paths that were missing at their last look
         self._now = 0.0  # the clock and the wall clock at the start of the round in progress
         self._wall_ns = 0
         self._wake = trio.Event()
@@ -175,12 +196,24 @@ class Indexer:
         return self.index.history(a.root, limit) if a is not None else []
 
     def counts(self, arena: str) -> Counts:
+        """What the arena holds: the index's counts without the files already found gone."""
         a = self._arenas.get(arena)
-        return self.index.counts(a.root) if a is not None else Counts()
+        if a is None:
+            return Counts()
+        return self.index.counts(a.root) - self._gone.get(arena, Counts())
+
+    def gone(self, arena: str) -> int:
+        """How many files were found deleted and wait out a rest period before they are forgotten."""
+        return self._gone.get(arena, Counts()).files
 
     def scanned(self, arena: str) -> bool:
         a = self._arenas.get(arena)
-        return a is not None and a.scanned
+        return a is not None and a.scanned and a.marked is True
+
+    def unmarked(self, arena: str) -> bool:
+        """Whether the arena is not indexed because its root lacks its marker."""
+        a = self._arenas.get(arena)
+        return a is not None and a.marked is False
 
     # ------------------------------------------------------------ the startup walk
 
@@ -191,7 +224,7 @@ class Indexer:
         generation = a.walks_wanted  # a rescan asked for during this walk needs another
         now = self.clock()
         try:
-            queued = await trio.to_thread.run_sync(self._walk, a, b"")
+            queued = await trio.to_thread.run_sync(self._walk_marked, a)
         except Exception:
             a.failures += 1
             a.retry_at = now + self._backoff(a.failures)
@@ -201,6 +234,20 @@ class Indexer:
             return
         a.failures = 0
         a.walks_done = generation
+        was, a.marked = a.marked, queued is not None
+        if queued is None:
+            if was is not False:
+                log.warning(
+                    "%s: NOT INDEXED: the root %s has no %s marker although this arena was indexed: "
+                    "its disk is not mounted, or the directory was replaced; nothing of it is "
+                    "recorded until the marker is back (then reload with SIGHUP, or restart)",
+                    arena,
+                    a.backing.root,
+                    marker.MARKER.decode(),
+                )
+            return
+        if was is False:
+            log.info("%s: the root's marker is back; indexing again", arena)
         for rel in queued:
             self._queue(arena, rel, now)
         self._wake.set()
@@ -210,6 +257,17 @@ class Indexer:
             time.monotonic() - started,
             len(queued),
         )
+
+    def _walk_marked(self, a: _Arena) -> list[bytes] | None:
+        """Walk the whole tree if the root is marked (marking it on first use); None if not."""
+        if not marker.present(a.backing):
+            if self.index.marked(a.root) and self.index.counts(a.root) != Counts():
+                return None  # indexed and marked before, not marked now: not the tree indexed
+            marker.make(a.backing, a.name, self.store_id)
+            log.info("%s: marked the arena root (%s)", a.name, marker.MARKER.decode())
+        if not self.index.marked(a.root):
+            self.index.set_marked(a.root)
+        return self._walk(a, b"")
 
     def _walk(self, a: _Arena, top: bytes, force: bool = False) -> list[bytes]:
         """Bring the index of *top*'s subtree in line with the disk (worker thread).
@@ -226,6 +284,8 @@ class Indexer:
                     log.warning("%s/%s: cannot list: %s", a.name, _show(rel), exc)
                 continue
             on_disk = dict(entries)
+            if not rel:
+                on_disk.pop(marker.MARKER, None)  # not indexed: it is this daemon's, not the user's
             with self.index.batch():  # a directory at a time: the write lock is not held long
                 indexed = self.index.children(a.root, parts(rel))
                 for name in indexed.keys() - on_disk.keys():
@@ -269,7 +329,7 @@ class Indexer:
             if old is None or old.kind != KIND_DIR:
                 self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("mkdir"))
             elif old.mode != mode:
-                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("mode"))
+                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("chmod"), when=st.st_ctime_ns)
             return "dir"
         if stat.S_ISLNK(st.st_mode):
             try:
@@ -278,7 +338,7 @@ class Indexer:
                 return ""
             record = Record(KIND_LINK, len(target), st.st_mtime_ns, mode, target=target)
             if old is None or old.kind != KIND_LINK or old.target != target:
-                self.index.put(a.root, path, record, op=op("symlink"))
+                self.index.put(a.root, path, record, op=op("symlink"), when=st.st_ctime_ns)
             return ""
         if not stat.S_ISREG(st.st_mode):
             return ""  # not indexed (and whatever was there is forgotten above)
@@ -286,17 +346,17 @@ class Indexer:
         same = not force and old is not None and old.kind == KIND_FILE and (old.size, old.mtime_ns) == now
         # a mode change of a file in the history is recorded now, whatever its content
         # turns out to be (the same content is no entry, and would take the mode with it)
-        mode_op = op("mode") if old is not None and old.kind == KIND_FILE and old.mode != mode else None
+        mode_op = op("chmod") if old is not None and old.kind == KIND_FILE and old.mode != mode else None
         if old is not None and old.hash is None:
             mode_op = None  # never hashed: its create will carry the mode
         if same and old is not None:
             if old.mode != mode:
-                self.index.put(a.root, path, replace(old, mode=mode), op=mode_op)
+                self.index.put(a.root, path, replace(old, mode=mode), op=mode_op, when=st.st_ctime_ns)
             return "" if not old.pending else "hash"
         # pending: no content entry until the new content has a hash
         last = old.hash if old is not None and old.kind == KIND_FILE else None
         record = Record(KIND_FILE, *now, mode, last, changed=last is not None)
-        self.index.put(a.root, path, record, op=mode_op)
+        self.index.put(a.root, path, record, op=mode_op, when=st.st_ctime_ns)
         return "hash"
 
     # ------------------------------------------------------------ changes
@@ -319,10 +379,13 @@ class Indexer:
 
     def changed(self, arena: str, changes: Iterable[Change]) -> None:
         """Watcher changes in an arena's tree, handed to the indexer's round in order."""
-        if arena not in self._arenas:
-            return
+        a = self._arenas.get(arena)
+        if a is None or a.marked is False:
+            return  # an unmarked arena is not indexed: a walk catches up once it is marked
         for change in changes:
             path = join(change.directory, change.name) if change.name else change.directory
+            if marker.MARKER in (path, change.moved_from):
+                a.walks_wanted += 1  # the marker changed: the walk checks it is still there
             self._inbox.append(_Event(arena, path, change.moved_from))
         self._wake.set()
 
@@ -415,6 +478,22 @@ class Indexer:
                     self._retry((event.arena, event.moved_from), self._now)
             for key in keys:
                 self._retry(key, self._now)
+        self._gone = self._count_gone()
+
+    def _count_gone(self) -> dict[str, Counts]:
+        """What the index counts of the files seen gone that wait out their rest (worker thread)."""
+        gone: dict[str, Counts] = {}
+        for key in list(self._gone_keys):
+            arena, rel = key
+            a = self._arenas.get(arena)
+            pending = self._pending.get(key)
+            if pending is None or not pending.gone or a is None:
+                self._gone_keys.discard(key)
+                continue
+            record = self.index.get(a.root, parts(rel))
+            if record is not None and record.kind == KIND_FILE:
+                gone[arena] = gone.get(arena, Counts()) + tally(record)
+        return gone
 
     def _apply(self, events: list[_Event]) -> None:
         """Renames become index renames (exchanges, exchanges), in order, in one transaction;
@@ -425,12 +504,16 @@ class Indexer:
             while i < len(events):
                 event = events[i]
                 i += 1
+                a = self._arenas.get(event.arena)
+                if a is None or not a.marked or marker.MARKER in (event.path, event.moved_from):
+                    continue  # not indexed (the marker: its change has the tree walked again)
                 try:
                     if event.expect:
                         self._expected[(event.arena, event.path)] = event.expected
                         self._queue(event.arena, event.path, now)
                     elif event.moved_from is None:
                         self._queue(event.arena, event.path, now)  # looked at now; hashed once rested
+                        self._seen_gone((event.arena, event.path))
                     elif (partner := self._exchanged(events, i - 1)) is not None:
                         for skipped in events[i:partner]:  # the second move's first half
                             self._queue(skipped.arena, skipped.path, now)
@@ -443,6 +526,22 @@ class Indexer:
                     for rel in (event.path, event.moved_from):
                         if rel is not None:
                             self._retry((event.arena, rel), now)
+
+    def _seen_gone(self, key: Key) -> None:
+        """A file waiting for its rest that is missing now waits as a gone one (not counted).
+
+        Only its going is taken early: a look before its time would cut its rest short."""
+        pending = self._pending.get(key)
+        a = self._arenas.get(key[0])
+        if pending is None or pending.gone or pending.due <= self._now or a is None or key in self._expected:
+            return
+        record = self.index.get(a.root, parts(key[1]))
+        if record is None or record.kind != KIND_FILE or self._stat(a, key[1]) is not None:
+            return
+        pending.gone = True
+        pending.gone_at = self._wall_ns
+        self._gone_keys.add(key)
+        self._later(key, pending, self._now + self.rest)
 
     def _exchanged(self, events: list[_Event], i: int) -> int | None:
         """Whether the move *events[i]* (A to B) is half of a RENAME_EXCHANGE: the index of
@@ -512,9 +611,11 @@ class Indexer:
         if a is None:
             return
         new = event.path
-        own = self._own((event.arena, new), self._stat(a, new))
+        st = self._stat(a, new)
+        own = self._own((event.arena, new), st)
         record = self.index.get(a.root, parts(old))
-        self.index.rename(a.root, parts(old), parts(new), logged=not own)
+        current = (st.st_size, st.st_mtime_ns) if st is not None and stat.S_ISREG(st.st_mode) else None
+        self.index.rename(a.root, parts(old), parts(new), logged=not own, current=current)
         if record is not None and record.kind == KIND_DIR:  # what was waiting below moves too
             prefix = old + b"/"
             for key in [k for k in self._pending if k[0] == event.arena and k[1].startswith(prefix)]:
@@ -571,8 +672,8 @@ class Indexer:
         arena, rel = key
         a = self._arenas.get(arena)
         pending = self._pending.get(key)
-        if a is None or pending is None:
-            self._pending.pop(key, None)
+        if a is None or pending is None or not a.marked:
+            self._pending.pop(key, None)  # an unmarked arena's changes wait for its next walk
             return None
         st = self._stat(a, rel)
         pending.quiet = pending.quiet or self._own(key, st)
@@ -586,9 +687,11 @@ class Indexer:
                 # a file deleted and written again within the rest period (an editor's
                 # save) is an edit of that file, not a delete and a create
                 pending.gone = True
+                pending.gone_at = self._wall_ns
+                self._gone_keys.add(key)
                 self._later(key, pending, self._now + self.rest)
                 return None
-            self.index.delete(a.root, parts(rel))
+            self.index.delete(a.root, parts(rel), when=pending.gone_at or None)
             self._pending.pop(key, None)
             return None
         pending.gone = False
@@ -605,7 +708,15 @@ class Indexer:
             self._later(key, pending, self._now + self.rest)
             return None
         self._pending.pop(key, None)
-        return _Hashing(a, rel, st, pending.quiet)
+        return _Hashing(a, rel, st, pending.quiet, self._base(old, st))
+
+    def _base(self, old: Record | None, st: os.stat_result) -> tuple[bytes, int] | None:
+        """The last hashed content of a file now larger (hash, size): it may have been appended to."""
+        if old is None or old.kind != KIND_FILE or old.hash is None:
+            return None
+        manifest = self.index.manifest(old.hash)
+        size = manifest[-1][0] + manifest[-1][1] if manifest else 0
+        return (old.hash, size) if 0 < size < st.st_size else None
 
     @staticmethod
     def _stat(a: _Arena, rel: bytes) -> os.stat_result | None:
@@ -624,7 +735,7 @@ class Indexer:
                 results.append(exc)
                 continue
             try:
-                results.append(self.hasher(fd))
+                results.append(self.hasher(fd, job.base[1] if job.base is not None else None))
             except (ChangedWhileHashingError, OSError) as exc:
                 results.append(exc)
             finally:
@@ -648,17 +759,23 @@ class Indexer:
         record = Record(KIND_FILE, result.size, result.mtime_ns, stat.S_IMODE(job.st.st_mode), result.hash)
         chunks = [(c.offset, c.length, c.hash) for c in result.chunks]
         old = self.index.get(a.root, parts(rel))
-        op = None if job.quiet else self._content_op(old, result)
-        if self.index.put(a.root, parts(rel), record, chunks, op=op):
+        op = None if job.quiet else self._content_op(old, result, job.base)
+        # the content's time: the inode's last change when it was read (no user can set it,
+        # unlike the mtime), which is its last write unless a chmod or utime came after
+        when = result.ctime_ns or None
+        if self.index.put(a.root, parts(rel), record, chunks, op=op, when=when):
             self.stats.hashed += 1
             self.stats.bytes_hashed += result.size
 
-    def _content_op(self, old: Record | None, content: Content) -> str | None:
-        """create; edit (shares content with the version before) or overwrite; None: same."""
+    def _content_op(self, old: Record | None, content: Content, base: tuple[bytes, int] | None) -> str | None:
+        """create; edit (the version before with more after it, or sharing a chunk with it)
+        or overwrite; None: the same."""
         if old is None or old.kind != KIND_FILE or old.hash is None:
             return "create"
         if old.hash == content.hash:
             return None  # touched, or written back unchanged
+        if base is not None and base[0] == old.hash and content.prefix_hash == old.hash:
+            return "edit"  # appended to (a small file is one chunk: it shares none)
         before = {chunk[2] for chunk in self.index.manifest(old.hash) or ()}
         return "edit" if any(c.hash in before for c in content.chunks) else "overwrite"
 

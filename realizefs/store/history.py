@@ -14,7 +14,13 @@ Layout (schema version 2, see `realizefs.store.schema`):
     before and after, ``[hash, size, mtime_ns, mode, target]`` or nil (for an
     exchange, *old* is also what *old_path* holds now);
     *vv* the path's version vector after the change (peer id -> counter);
-    *time_ns* when it was recorded.
+    *time_ns* when the change happened, as well as it is known: for content,
+    the file's ctime when it was hashed (its last write, unless a chmod or
+    utime came after; the mtime can be set back by anyone, the ctime cannot);
+    for a chmod or symlink, the ctime the look saw; for a delete, when the
+    file was first seen missing (it is recorded a rest period later); else
+    when the indexer took the change (at once). So times need not grow with
+    the sequence number.
 
 Entries are appended by `realizefs.store.index` in the same transaction as
 the index change they describe, so a crash never leaves one without the other.
@@ -28,7 +34,8 @@ from typing import Any
 
 import msgpack
 
-OPS = ("create", "edit", "overwrite", "delete", "rename", "exchange", "mkdir", "rmdir", "symlink", "mode")
+OPS = ("create", "edit", "overwrite", "delete", "rename", "exchange", "mkdir", "rmdir", "symlink", "chmod")
+_RENAMED = {"mode": "chmod"}  # ops stored under an older name, read under the current one
 _KEY = struct.Struct(">QQ")
 
 
@@ -86,7 +93,9 @@ def recent(txn: Any, db: Any, root: int, limit: int) -> list[Entry]:
         if found_root != root:
             break
         op, path, old_path, old, new, vv, time_ns = msgpack.unpackb(cursor.value(), strict_map_key=False)
-        out.append(Entry(seq, op, path, old_path, _unversion(old), _unversion(new), vv, time_ns))
+        out.append(
+            Entry(seq, _RENAMED.get(op, op), path, old_path, _unversion(old), _unversion(new), vv, time_ns)
+        )
         positioned = cursor.prev()
     out.reverse()
     return out

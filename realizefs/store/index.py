@@ -22,6 +22,7 @@ Layout (schema version 3, see `realizefs.store.schema`):
 ``meta`` keys ``arena:<name>`` -> the arena root's node id; ``next_id`` -> the
     next node id to hand out (8 bytes); ``counts:<root id>`` -> what the arena
     holds, changed by every write in its own transaction (`realizefs.store.records`).
+    ``marked:<root id>`` -> empty: this store marked the arena's root.
 ``history``
     See `realizefs.store.history`: every change recorded with an *op* is
     appended there in the same transaction, with the path's version vector
@@ -127,6 +128,15 @@ class Index:
             txn.put(key, _ID.pack(root), db=self._meta)
             return root
 
+    def marked(self, root: int) -> bool:
+        """Whether this store ever marked the arena's root (`realizefs.real.marker`)."""
+        with self._reading() as txn:
+            return txn.get(b"marked:" + _ID.pack(root), db=self._meta) is not None
+
+    def set_marked(self, root: int) -> None:
+        with self._writing() as txn:
+            txn.put(b"marked:" + _ID.pack(root), b"", db=self._meta)
+
     def _new_id(self, txn: Any) -> int:
         raw = txn.get(b"next_id", db=self._meta)
         node = _ID.unpack(raw)[0] if raw is not None else 1
@@ -198,11 +208,13 @@ class Index:
         record: Record,
         chunks: Sequence[tuple[int, int, bytes]] | None = None,
         op: str | None = None,
+        when: int | None = None,
     ) -> bool:
         """Record *path* (its directories must be indexed); False if its parent is not.
 
         With an *op*, the change enters the history and the path's version vector
-        counts one more change by this peer; without, the vector is kept."""
+        counts one more change by this peer; without, the vector is kept. *when*:
+        the time of the change (ns), if known better than now."""
         if not path:
             return False  # the arena root has no record
         with self._writing() as txn:
@@ -223,7 +235,7 @@ class Index:
             if op is not None:
                 vv[self.me] = vv.get(self.me, 0) + 1
                 before = to_record(old).base() if old is not None else None
-                self._log(txn, root, op, path, None, before, record.version(), vv)
+                self._log(txn, root, op, path, None, before, record.version(), vv, when)
             txn.put(key, pack(node, record, vv), db=self._nodes)
             records.add_counts(txn, self._meta, root, delta)
             if record.hash is not None and chunks is not None:
@@ -241,9 +253,17 @@ class Index:
         old: history.Version | None,
         new: history.Version | None,
         vv: dict[bytes, int],
+        when: int | None = None,
     ) -> None:
         entry = history.Entry(
-            0, op, b"/".join(path), b"/".join(old_path) if old_path else None, old, new, vv, self.clock()
+            0,
+            op,
+            b"/".join(path),
+            b"/".join(old_path) if old_path else None,
+            old,
+            new,
+            vv,
+            when if when is not None else self.clock(),
         )
         history.append(txn, self._history, root, entry)
 
@@ -251,7 +271,7 @@ class Index:
         with self._reading() as txn:
             return history.recent(txn, self._history, root, limit)
 
-    def delete(self, root: int, path: Sequence[bytes], logged: bool = True) -> bool:
+    def delete(self, root: int, path: Sequence[bytes], logged: bool = True, when: int | None = None) -> bool:
         """Forget *path* and, for a directory, everything below it; whether it was known.
 
         Logged, each file below gets a delete entry and each directory an rmdir,
@@ -266,23 +286,35 @@ class Index:
             value = unpack(raw)
             gone = self._drop_below(txn, value[0], root if logged else None, list(path)) + tally_value(value)
             if logged:
-                self._log_gone(txn, root, list(path), value)
+                self._log_gone(txn, root, list(path), value, when)
             txn.delete(key, db=self._nodes)
             txn.delete(_ID.pack(value[0]), db=self._parents)
             records.add_counts(txn, self._meta, root, -gone)
             return True
 
-    def _log_gone(self, txn: Any, root: int, path: list[bytes], value: list[Any]) -> None:
+    def _log_gone(
+        self, txn: Any, root: int, path: list[bytes], value: list[Any], when: int | None = None
+    ) -> None:
         record = to_record(value)
         if record.kind == KIND_FILE and record.hash is None:
             return  # never settled, so never in the history: its going is no news either
         vv = dict(value[8])
         vv[self.me] = vv.get(self.me, 0) + 1
         op = "rmdir" if record.kind == KIND_DIR else "delete"
-        self._log(txn, root, op, path, None, record.version(), None, vv)
+        self._log(txn, root, op, path, None, record.version(), None, vv, when)
 
-    def rename(self, root: int, old: Sequence[bytes], new: Sequence[bytes], logged: bool = True) -> bool:
-        """Move *old* (with all below it) to *new*, replacing what was there: one update."""
+    def rename(
+        self,
+        root: int,
+        old: Sequence[bytes],
+        new: Sequence[bytes],
+        logged: bool = True,
+        current: tuple[int, int] | None = None,
+    ) -> bool:
+        """Move *old* (with all below it) to *new*, replacing what was there: one update.
+
+        *current*: the (size, mtime) the file at *new* has now; taken for a file
+        not hashed since it changed (its record has those of its last look)."""
         if not old or not new:
             return False
         shorter = min(len(old), len(new))
@@ -317,6 +349,8 @@ class Index:
                 for peer, count in replaced[8].items():
                     vv[peer] = max(vv.get(peer, 0), count)
             record = to_record(value)
+            if current is not None and record.pending:
+                record = replace(record, size=current[0], mtime_ns=current[1])
             if record.kind == KIND_FILE and record.hash is None and not base:
                 logged = False  # a file not in the history yet (an editor's temporary file)
             if logged:

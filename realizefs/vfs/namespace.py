@@ -5,6 +5,10 @@ arena names with a ``/``, ``.realize/`` and its files) or a path inside an
 arena, which it serves from the arena's Real through `realizefs.real`.
 Operations take and return inodes, names and `Attr`; they raise `FsError`.
 
+The marker in each arena's root (`realizefs.real.marker`) is not shown: a
+lookup does not find it, a listing leaves it out, and no name can be made,
+removed or renamed onto or from it through the mount (``EPERM``).
+
 Node identity: an arena inode is the backing object it was looked up as
 (`realizefs.vfs.inodes`). While the kernel holds a reference to a node, the
 node holds an ``O_PATH`` descriptor of its object (a *pin*, up to `max_pins`
@@ -38,7 +42,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from realizefs.config import ArenaConfig
@@ -52,6 +56,7 @@ from realizefs.errors import (
     from_oserror,
 )
 from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join, reopen
+from realizefs.real.marker import MARKER
 from realizefs.vfs import attributes
 from realizefs.vfs.attrs import Attr, FsStats
 from realizefs.vfs.inodes import ROOT_INODE, Ident, InodeTable
@@ -158,13 +163,18 @@ class Namespace:
     def arenas(self) -> list[Arena]:
         return list(self._arenas.values())
 
-    def set_arenas(self, configs: Iterable[ArenaConfig]) -> list[tuple[int, bytes]]:
-        """Serve exactly *configs*; the (parent inode, name) entries the kernel must forget."""
+    def set_arenas(
+        self, configs: Iterable[ArenaConfig], reopen: Collection[str] = ()
+    ) -> list[tuple[int, bytes]]:
+        """Serve exactly *configs*; the (parent inode, name) entries the kernel must forget.
+
+        The arenas named in *reopen* have their root opened again, as if it had
+        changed (a disk mounted there since is then the one served)."""
         wanted = {c.name: c for c in configs}
         removed: list[tuple[int, bytes]] = []
         for ino, arena in list(self._arenas.items()):
             config = wanted.get(arena.name)
-            if config is not None and config.root == arena.config.root:
+            if config is not None and config.root == arena.config.root and arena.name not in reopen:
                 arena.config = config  # a new default mode: nothing else changes
             else:
                 del self._arenas[ino]
@@ -345,6 +355,8 @@ class Namespace:
             self.inodes.looked_up(ino)
             return self.getattr(ino)
         arena, rel = self._locate(parent)
+        if not rel and name == MARKER:
+            raise NotFound()  # the arena's marker is the daemon's: not shown
         try:
             pin, st = self._pin(arena, join(rel, name))
         except NotFound:
@@ -457,10 +469,14 @@ class Namespace:
 
     # ------------------------------------------------------------ creating and removing
 
-    def _arena_dir(self, parent: int) -> tuple[Arena, bytes]:
+    def _arena_dir(self, parent: int, name: bytes) -> tuple[Arena, bytes]:
+        """The arena and directory where *name* is made, removed or renamed."""
         if parent in self._virtual_dirs:
             raise NotPermitted("only arenas hold files")
-        return self._locate(parent)
+        arena, rel = self._locate(parent)
+        if not rel and name == MARKER:
+            raise NotPermitted("the arena's marker is realizefs's own")
+        return arena, rel
 
     def wrote(self, handle: FileHandle) -> None:
         """After a write through the mount: the kernel knows, no invalidation needed, pages still good."""
@@ -487,7 +503,7 @@ class Namespace:
         return pin
 
     def _make(self, parent: int, name: bytes, make: Callable[[Backing, bytes], os.stat_result]) -> Attr:
-        arena, rel = self._arena_dir(parent)
+        arena, rel = self._arena_dir(parent, name)
         st = make(arena.backing, rel)
         return self._created(parent, name, st, self._pin_new(arena, join(rel, name), st))
 
@@ -501,7 +517,7 @@ class Namespace:
         return self._make(parent, name, lambda backing, rel: backing.symlink(rel, name, target, owner))
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, owner: Owner) -> tuple[int, Attr]:
-        arena, rel = self._arena_dir(parent)
+        arena, rel = self._arena_dir(parent, name)
         fd, st = arena.backing.create(rel, name, flags, mode, owner)
         pin = None
         if len(self._pins) < self.max_pins:
@@ -516,20 +532,20 @@ class Namespace:
         return self._open_fd(attr.ino, fd), attr
 
     def unlink(self, parent: int, name: bytes) -> None:
-        arena, rel = self._arena_dir(parent)
+        arena, rel = self._arena_dir(parent, name)
         arena.backing.unlink(rel, name)
         self._detach(parent, name)
 
     def rmdir(self, parent: int, name: bytes) -> None:
         if self._virtual_dirs.get(parent, VirtualDir()).children.get(name):
             raise NotPermitted("arenas are removed in the config")
-        arena, rel = self._arena_dir(parent)
+        arena, rel = self._arena_dir(parent, name)
         arena.backing.rmdir(rel, name)
         self._detach(parent, name)
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
-        arena_a, rel_a = self._arena_dir(old_parent)
-        arena_b, rel_b = self._arena_dir(new_parent)
+        arena_a, rel_a = self._arena_dir(old_parent, old_name)
+        arena_b, rel_b = self._arena_dir(new_parent, new_name)
         if arena_a is not arena_b:
             raise FsError("across arenas", errno=18)  # EXDEV: mv copies, as across filesystems
         arena_a.backing.rename(join(rel_a, old_name), join(rel_b, new_name), flags)
@@ -657,7 +673,7 @@ class Namespace:
             entries.extend((name, self.getattr(child)) for name, child in sorted(vdir.children.items()))
         else:
             arena, rel, _ = self._here(ino)
-            entries.extend(arena.backing.listdir(rel))
+            entries.extend(e for e in arena.backing.listdir(rel) if rel or e[0] != MARKER)
         return entries
 
     def dir_entry(self, fh: int, index: int) -> tuple[bytes, Attr]:

@@ -30,7 +30,7 @@ from realizefs.real.backing import Backing
 from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
 from realizefs.real.indexer import MAX_BACKOFF, Indexer, parts
 from realizefs.real.watcher import Change
-from realizefs.store.index import KIND_DIR, KIND_LINK, Counts, Index, Record
+from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
 from realizefs.store.schema import Store
 
 OLD = 1_000_000_000_000_000_000  # an mtime (2001) long rested
@@ -99,13 +99,13 @@ class CountingHasher:
         self.clocks = clocks
         self.times: list[float] = []  # the mock-clock time of each call (with *clocks*)
 
-    def __call__(self, fd: int) -> Content:
+    def __call__(self, fd: int, prefix: int | None = None) -> Content:
         self.calls += 1
         if self.clocks is not None:
             self.times.append(self.clocks.mock.current_time())
         if self.fail:
             raise self.fail.pop(0)
-        return hash_fd(fd)
+        return hash_fd(fd, prefix)
 
 
 def make(
@@ -325,7 +325,7 @@ def test_awkward_names_and_files(store: Store, tree: Path) -> None:
 
 def test_a_file_that_vanishes_before_it_is_read(store: Store, tree: Path) -> None:
     class Vanishing(CountingHasher):
-        def __call__(self, fd: int) -> Content:
+        def __call__(self, fd: int, prefix: int | None = None) -> Content:
             if (tree / "a.txt").exists():  # gone between the look and the read: the fd still reads
                 os.unlink(tree / "a.txt")
             return super().__call__(fd)
@@ -485,11 +485,12 @@ class FullIndex(Index):
         record: Record,
         chunks: Sequence[tuple[int, int, bytes]] | None = None,
         op: str | None = None,
+        when: int | None = None,
     ) -> bool:
         if record.hash is not None and list(path) == parts(self.rel) and not self.failed:
             self.failed = True
             raise OSError(errno.ENOSPC, "injected: no space left")
-        return super().put(root, path, record, chunks, op)
+        return super().put(root, path, record, chunks, op, when)
 
 
 @pytest.mark.expect_log(r"a/x: indexing failed")
@@ -508,3 +509,31 @@ def test_a_failure_to_record_a_hash_queues_the_path_again(store: Store, tree: Pa
     clocks.run(scenario)
     assert index.failed
     assert history_ops(indexer)[-1] == ("create", b"x")
+
+
+@pytest.mark.expect_log("NOT INDEXED: the root")
+def test_an_index_from_before_markers_is_marked_and_a_marked_one_without_it_is_left_alone(
+    store: Store, tree: Path, tmp_path: Path
+) -> None:
+    clocks = Clocks()
+    index = Index(store, b"me-peer!")
+    root = index.arena_root("a")
+    index.put(root, parts(b"gone.txt"), Record(KIND_FILE, 1, OLD, 0o644, blake3(b"x").digest()), op="create")
+    indexer = make(store, clocks, Backing(tree), index=index)  # an index older than markers
+
+    async def start(indexer: Indexer, condition: Callable[[], object]) -> None:
+        async with running(indexer):
+            await until(condition)
+
+    clocks.run(lambda: start(indexer, settled(indexer)))
+    assert (tree / ".realize-arena").is_file() and index.marked(root)
+    assert index.get(root, parts(b".realize-arena")) is None  # not indexed
+    assert history_ops(indexer)[1] == ("delete", b"gone.txt")  # trusted as before: it is gone
+    entries = len(history_ops(indexer))
+    # the disk is not there: an empty directory, no marker
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    unmarked = make(store, clocks, Backing(empty), index=index)
+    clocks.run(lambda: start(unmarked, lambda: unmarked.unmarked("a")))
+    assert len(history_ops(unmarked)) == entries and not unmarked.scanned("a")
+    assert unmarked.counts("a").files == 3 and not (empty / ".realize-arena").exists()

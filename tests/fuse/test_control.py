@@ -63,6 +63,32 @@ def test_status_counts_the_real(daemon: Daemon) -> None:
     assert "mounted 1 arena on" in daemon.log()
 
 
+def test_status_counts_no_file_that_is_gone(base: Path) -> None:
+    """A deleted file waits a rest period before it is forgotten (a save may bring it back):
+    the counts leave it out meanwhile."""
+    d = Daemon(base, extra='\n[consensus]\nrest = "1h"\n')
+    d.start()
+    try:
+        for name in ("one", "two", "three"):
+            (d.mnt() / name).write_bytes(b"x" * 10)
+
+        def real() -> dict[str, Any]:
+            counts: dict[str, Any] = json.loads(read(d, "status.json"))["arenas"][0]["real"]
+            return counts
+
+        wait_for(lambda: real()["files"] == 3, 10, "three files counted")
+        os.unlink(d.mnt() / "one")
+        os.unlink(d.mnt() / "two")
+        wait_for(lambda: (real()["files"], real()["bytes"], real()["pending"]) == (1, 10, 1), 10, "one file")
+        assert real()["gone"] == 2
+        assert "real: 1 file, 10 B" in read(d, "status") and "2 files deleted, forgotten after" in read(
+            d, "status"
+        )
+        d.stop()
+    finally:
+        d.kill()
+
+
 def test_status_shows_the_mode_in_effect_at_the_arena_root(daemon: Daemon) -> None:
     def arena() -> dict[str, Any]:
         [a] = json.loads(read(daemon, "status.json"))["arenas"]

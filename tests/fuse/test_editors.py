@@ -96,6 +96,17 @@ def test_an_append_loop_is_one_edit_once_it_stops(d: Daemon) -> None:
     assert new_entries(d, before, ("edit", "doc.txt", None)) == [("edit", "doc.txt", None)]
 
 
+def test_an_append_to_a_small_file_is_an_edit(d: Daemon) -> None:
+    """A file of one chunk shares none with its grown self: the old content being its start tells."""
+    before = start_with(d, "6 byte")
+    with open(d.mnt() / "doc.txt", "a") as f:
+        f.write(" grown to 20 b")
+    assert new_entries(d, before, ("edit", "doc.txt", None)) == [("edit", "doc.txt", None)]
+    with open(d.mnt() / "doc.txt", "r+") as f:  # the start changed: no longer the old content
+        f.write("seven b and more")
+    assert new_entries(d, before + 1, ("overwrite", "doc.txt", None)) == [("overwrite", "doc.txt", None)]
+
+
 def test_vim_style_backup_rename_is_recorded_as_it_happened(d: Daemon) -> None:
     """vim's default save renames the file to a backup, writes anew, removes the backup."""
     before = start_with(d, TEXT)

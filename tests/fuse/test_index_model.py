@@ -81,6 +81,7 @@ def settled(d: Daemon) -> bool:
         "links": sum(n.kind == "link" for n in disk.values()),
         "pending": 0,
         "unreadable": 0,
+        "gone": 0,
         "scanned": True,
     }
     if {k: real[k] for k in counts} != counts:
@@ -355,7 +356,7 @@ def test_a_chmod_with_a_same_content_rewrite_enters_the_history(d: Daemon) -> No
     disk, index, problems = settled_store(d)
     assert index == disk
     assert not problems  # replaying the history gave mode 0644, the index 0600
-    assert [op for op, _, _ in changes(d)] == ["create", "mode"]
+    assert [op for op, _, _ in changes(d)] == ["create", "chmod"]
 
 
 def test_the_watcher_tells_apart_two_exchanged_directories(base: Path) -> None:

@@ -75,6 +75,8 @@ def listing(root: Path) -> Listing:
         for name in dirnames:
             out[prefix + name] = (KIND_DIR, None)
         for name in filenames:
+            if not prefix and name == b".realize-arena":
+                continue  # the arena's marker: not indexed
             full = os.path.join(dirpath, name)
             if os.path.islink(full):
                 out[prefix + name] = (KIND_LINK, None)
@@ -104,7 +106,7 @@ def counts_match(d: Daemon) -> bool:
         real = arena["real"]
         files = sum(1 for kind, _ in disk if kind == KIND_FILE)
         dirs = sum(1 for kind, _ in disk if kind == KIND_DIR)
-        if (real["files"], real["directories"], real["pending"]) != (files, dirs, 0):
+        if (real["files"], real["directories"], real["pending"], real["gone"]) != (files, dirs, 0, 0):
             return False
     return True
 

@@ -95,3 +95,19 @@ def test_a_file_changed_while_read_is_refused(
     monkeypatch.setattr(hashing, "_chunker", ChangingChunker)
     with pytest.raises(ChangedWhileHashingError):
         hash_path(path)
+
+
+@pytest.mark.parametrize("prefix", [0, 1, 4096, 4096 * 3 + 7, 4096 * 5, 4096 * 5 + 1])
+def test_the_same_pass_hashes_a_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: int) -> None:
+    monkeypatch.setattr(hashing, "READ_BLOCK", 4096)  # the prefix spans several blocks
+    data = random_bytes(4096 * 5)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        content = hash_fd(fd, prefix)
+    finally:
+        os.close(fd)
+    assert content.hash == blake3(data).digest()
+    expected = blake3(data[:prefix]).digest() if prefix <= len(data) else None
+    assert content.prefix_hash == expected
