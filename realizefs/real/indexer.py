@@ -63,6 +63,7 @@ from realizefs.real import marker
 from realizefs.real.backing import Backing, join
 from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
 from realizefs.real.watcher import Change
+from realizefs.shrink import Shrink
 from realizefs.store.history import Entry
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
 from realizefs.store.records import tally
@@ -158,6 +159,7 @@ class Indexer:
         self.stats = Stats()
         self._arenas: dict[str, _Arena] = {}
         self._pending: dict[Key, _Pending] = {}
+        self._shrink = Shrink()  # of _pending (see realizefs.shrink)
         self._due: list[tuple[float, Key]] = []  # heap of (due, path); see _next_due
         self._expected: dict[Key, Signature | None] = {}
         self._inbox: list[_Event] = []  # appended on the event loop, taken by `run`
@@ -455,6 +457,8 @@ class Indexer:
             self._now, self._wall_ns = self.clock(), self.wall()
             if events or (self._due and self._due[0][0] <= self._now):
                 await trio.to_thread.run_sync(self._round, events)
+                if self._shrink.due(len(self._pending)):  # no round runs: safe to swap
+                    self._pending = dict(self._pending)
                 continue
             waits = [self._due[0][0]] if self._due else []
             waits += [a.retry_at for a in self._arenas.values() if not a.scanned]

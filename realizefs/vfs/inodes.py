@@ -28,6 +28,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from realizefs.shrink import Shrink
+
 ROOT_INODE = 1
 KEEP_FORGOTTEN = 1 << 16  # forgotten nodes kept so their paths keep their numbers (~300 bytes each)
 
@@ -57,6 +59,7 @@ class InodeTable:
         self._forgotten: OrderedDict[int, None] = OrderedDict()
         self.keep_forgotten = keep_forgotten
         self._on_drop = on_drop  # told of every node dropped from the table
+        self._shrink = Shrink()
         self._children: dict[int, dict[bytes, int]] = {}  # parent -> name -> child
         self._next = first_free
 
@@ -95,6 +98,7 @@ class InodeTable:
         self._next += 1
         self._nodes[ino] = Node(parent, name, kind, ident)
         self._children.setdefault(parent, {})[name] = ino
+        self._shrink.due(len(self._nodes))  # notes the largest size
         if not keep:
             self._unused(ino)  # until the kernel takes a reference
         return ino
@@ -186,6 +190,7 @@ class InodeTable:
         if node.parent == 0:
             del self._nodes[ino]
             self._on_drop(ino)
+            self._compact()
         else:
             self._unused(ino)
 
@@ -202,3 +207,11 @@ class InodeTable:
             node = self._nodes.pop(oldest)
             self._pop(node.parent, node.name)
             self._on_drop(oldest)
+            self._compact()
+
+    def _compact(self) -> None:
+        """Give back the tables of a table that shrank a lot (see `realizefs.shrink`)."""
+        if self._shrink.due(len(self._nodes)):
+            self._nodes = dict(self._nodes)
+            self._children = dict(self._children)
+            self._forgotten = OrderedDict(self._forgotten)

@@ -57,6 +57,7 @@ from realizefs.errors import (
 )
 from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join, reopen
 from realizefs.real.marker import MARKER
+from realizefs.shrink import Shrink
 from realizefs.vfs import attributes
 from realizefs.vfs.attrs import Attr, FsStats
 from realizefs.vfs.inodes import ROOT_INODE, Ident, InodeTable
@@ -136,6 +137,7 @@ class Namespace:
         self.inodes = InodeTable(on_drop=self._dropped)
         self.max_pins = max_pins
         self._pins: dict[int, int] = {}  # inode -> O_PATH descriptor of its object
+        self._shrink = Shrink()
         self._content_hash = content_hash  # the indexed hash of a rested Real file
         self.ttl = ATTR_TTL  # raised to WATCHED_TTL once every arena is watched
         self._told: dict[int, int] = {}  # inode -> ctime of what the kernel was last given
@@ -311,6 +313,8 @@ class Namespace:
         pin = self._pins.pop(ino, None)
         if pin is not None:
             os.close(pin)
+        if self._shrink.due(len(self._told)):  # the tables of a namespace that shrank a lot
+            self._told, self._stamps, self._pins = dict(self._told), dict(self._stamps), dict(self._pins)
 
     def _pin(self, arena: Arena, rel: bytes) -> tuple[int | None, os.stat_result]:
         """A pin of the object at *rel* if the budget allows (else None), and its attributes."""

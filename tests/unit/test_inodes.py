@@ -7,6 +7,7 @@ import stat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from realizefs.shrink import Shrink
 from realizefs.vfs.inodes import ROOT_INODE, InodeTable
 from tests.support import examples
 
@@ -132,3 +133,28 @@ def test_a_node_no_one_referenced_is_forgotten_from_the_start() -> None:
     t.add(ROOT_INODE, b"d", F)
     t.add(ROOT_INODE, b"e", F)
     assert b in t and dropped == [a, c]  # a referenced node is never dropped
+
+
+def test_a_table_that_shrank_a_lot_is_copied_to_give_its_memory_back() -> None:
+    """CPython never shrinks a dict's table: the inode table copies its own once mostly empty."""
+    t = InodeTable()
+    d = t.add(ROOT_INODE, b"d", D)
+    t.looked_up(d)
+    files = [t.add(d, b"f%d" % i, F) for i in range(6000)]
+    for f in files:
+        t.looked_up(f)
+    table = t._nodes
+    for i, f in enumerate(files[:5000]):
+        t.detach(d, b"f%d" % i)
+        t.forget(f, 1)
+    assert t._nodes is not table  # a fresh table, sized for what is left
+    assert len(t._nodes) == 1000 + 2 and all(t.child(d, b"f%d" % i) == files[i] for i in range(5000, 6000))
+
+
+def test_shrink_says_when_a_mapping_emptied_to_a_quarter_of_its_largest() -> None:
+    s = Shrink()
+    assert not any(s.due(n) for n in range(0, 10_001))  # growing
+    assert not s.due(2_501) and s.due(2_499)  # a quarter of 10,000
+    assert not s.due(2_000)  # measured from the new size
+    small = Shrink()
+    assert not small.due(4000) and not small.due(10)  # too small to be worth a copy
