@@ -619,6 +619,10 @@ class Indexer:
         own = self._own((event.arena, new), st)
         record = self.index.get(a.root, parts(old))
         current = (st.st_size, st.st_mtime_ns) if st is not None and stat.S_ISREG(st.st_mode) else None
+        if record is None and current is not None and st is not None:
+            # made and renamed before it was looked at (an editor's atomic save, quickly): it is
+            # recorded as it is first, so the rename says the same whatever the timing
+            self._record(a, old, st, None, quiet=own)
         self.index.rename(a.root, parts(old), parts(new), logged=not own, current=current)
         if record is not None and record.kind == KIND_DIR:  # what was waiting below moves too
             prefix = old + b"/"

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,19 @@ def test_atomic_save_is_a_rename_then_an_edit(d: Daemon) -> None:
     before = start_with(d, TEXT)
     (d.mnt() / ".doc.txt.swp").write_text(TEXT + "line two\n")
     os.rename(d.mnt() / ".doc.txt.swp", d.mnt() / "doc.txt")  # gedit, kate, most GUI editors
+    entries = new_entries(d, before, ("edit", "doc.txt", None))
+    assert entries == [("rename", "doc.txt", ".doc.txt.swp"), ("edit", "doc.txt", None)]
+
+
+def test_an_atomic_save_is_the_same_history_however_its_events_arrive(d: Daemon) -> None:
+    """Made and renamed over the file before the indexer looked at it: still a rename, then an edit."""
+    before = start_with(d, TEXT)
+    d.signal(signal.SIGSTOP)  # the events wait in the queue, then arrive in one read
+    try:
+        (d.root() / ".doc.txt.swp").write_text(TEXT + "line two\n")
+        os.rename(d.root() / ".doc.txt.swp", d.root() / "doc.txt")
+    finally:
+        d.signal(signal.SIGCONT)
     entries = new_entries(d, before, ("edit", "doc.txt", None))
     assert entries == [("rename", "doc.txt", ".doc.txt.swp"), ("edit", "doc.txt", None)]
 
