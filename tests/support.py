@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -241,4 +241,25 @@ def run_as(
     """Run a command as another user (no supplementary groups)."""
     return subprocess.run(
         args, user=uid, group=gid, extra_groups=[], umask=umask, capture_output=True, text=True, check=check
+    )
+
+
+def serving(d: Daemon) -> Iterator[Daemon]:
+    """Start *d*, hand it over, then stop it and check its exit and log (for fixtures: ``yield from``)."""
+    d.start()
+    try:
+        yield d
+        d.stop()
+    finally:
+        d.kill()
+
+
+def run_daemon(d: Daemon) -> subprocess.CompletedProcess[str]:
+    """Run *d*'s daemon in the foreground to its end (one that refuses to start, say): its outcome."""
+    return subprocess.run(
+        [sys.executable, "-m", "realizefs", "--config", str(d.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )

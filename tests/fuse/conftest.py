@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import FUSE_AVAILABLE, Daemon, cleanup_base, make_base
+from tests.support import FUSE_AVAILABLE, Daemon, cleanup_base, make_base, serving
 
 if not FUSE_AVAILABLE:  # never on CI: it runs as root with /dev/fuse
     pytest.skip("needs /dev/fuse and root", allow_module_level=True)
@@ -24,9 +24,4 @@ def base() -> Iterator[Path]:
 def daemon(base: Path) -> Iterator[Daemon]:
     """A running daemon with one Real arena "a"; stopped and checked afterwards."""
     d = Daemon(base)
-    d.start()
-    try:
-        yield d
-        d.stop()
-    finally:
-        d.kill()
+    yield from serving(d)

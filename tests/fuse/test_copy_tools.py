@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import NOBODY, Daemon, run_as, wait_for
+from tests.support import NOBODY, Daemon, run_as, serving, wait_for
 
 MODE = "user.realize.mode"
 HASH = "user.realize.hash"
@@ -29,12 +29,7 @@ USERS = pytest.mark.parametrize("uid", [0, NOBODY], ids=["root", "nobody"])
 def two(base: Path) -> Iterator[Daemon]:
     """Arenas "a" and "b", both Real, whose files are hashed 300 ms after they rest."""
     d = Daemon(base, arenas=[("a", "real"), ("b", "real")], extra='\n[consensus]\nrest = "300ms"\n')
-    d.start()
-    try:
-        yield d
-        d.stop()
-    finally:
-        d.kill()
+    yield from serving(d)
 
 
 def run(uid: int, *args: str | Path) -> None:

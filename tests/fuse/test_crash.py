@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -21,17 +20,7 @@ from realizefs import mounttable
 from realizefs.peers.identity import load_or_create
 from realizefs.store.index import KIND_FILE, Index
 from realizefs.store.schema import Store
-from tests.support import Daemon, wait_for
-
-
-def run_daemon(d: Daemon) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "realizefs", "--config", str(d.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+from tests.support import Daemon, run_daemon, wait_for
 
 
 def on_the_same_mountpoint(d: Daemon) -> Daemon:

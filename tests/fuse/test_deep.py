@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Daemon, wait_for
+from tests.support import Daemon, serving, wait_for
 
 NAME = "d" * 200
 LEVELS = 3 * 4096 // (len(NAME) + 1) + 1  # deeper than three PATH_MAX
@@ -36,12 +36,7 @@ def descend(top: str, levels: int, make: bool) -> Iterator[int]:
 @pytest.fixture
 def daemon(base: Path) -> Iterator[Daemon]:
     d = Daemon(base, extra='\n[consensus]\nrest = "100ms"\n')
-    d.start()
-    try:
-        yield d
-        d.stop()
-    finally:
-        d.kill()
+    yield from serving(d)
 
 
 def hashed(path: str) -> bool:

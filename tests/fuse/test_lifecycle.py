@@ -6,22 +6,11 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import lmdb
 
-from tests.support import Daemon, wait_for
-
-
-def run_daemon(d: Daemon) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "realizefs", "--config", str(d.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+from tests.support import Daemon, run_daemon, wait_for
 
 
 def test_sigint_unmounts_cleanly(base: Path) -> None:
