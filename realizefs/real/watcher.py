@@ -20,6 +20,11 @@ caller must assume anything changed). When the watch limit (``fs.inotify.max_use
 the daemon (as root) doubles it, up to 4 Mi watches, and says so; past that
 the tree is reported as incompletely watched and a warning names the sysctl.
 
+Where each watch is, is indexed per tree by path (`_Watches`): finding, moving
+or dropping the watches below a directory costs in proportion to that subtree,
+not to all the watches (two watches may claim one path for a while: an old
+directory moved out, not yet known to be gone, and a new one of the same name).
+
 Concurrency: one task awaits `changes()`; what the events ask for (listing a
 new or moved directory to watch what it holds, watching every tree anew after
 an overflow) walks directories, so it runs in a worker thread, never on the
@@ -35,7 +40,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +83,7 @@ class Change:
 class Watcher:
     def __init__(self) -> None:
         self._inotify = INotify(nonblocking=True)
-        self._dirs: dict[int, tuple[Hashable, bytes]] = {}  # watch descriptor -> (tree, path)
+        self._dirs = _Watches()
         self._trees: dict[Hashable, Backing] = {}
         self.complete: dict[Hashable, bool] = {}
         self._limit_logged = False
@@ -98,9 +103,8 @@ class Watcher:
 
     def remove_tree(self, tree: Hashable) -> None:
         with self._lock:
-            for wd, (owner, _) in list(self._dirs.items()):
-                if owner == tree:
-                    self._unwatch(wd)
+            for wd in self._dirs.below(tree, b""):
+                self._unwatch(wd)
             self._trees.pop(tree, None)
             self.complete.pop(tree, None)
 
@@ -146,23 +150,23 @@ class Watcher:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
                 return None
             raise
-        self._dirs[wd] = (tree, rel)
+        self._dirs.put(int(wd), tree, rel)
         return int(wd)
 
     def _unwatch(self, wd: int) -> None:
-        self._dirs.pop(wd, None)
+        self._dirs.pop(wd)
         with contextlib.suppress(OSError):  # already gone with its directory
             self._inotify.rm_watch(wd)
 
     def _below(self, tree: Hashable, top: bytes) -> list[int]:
-        return [wd for wd, (owner, rel) in self._dirs.items() if owner == tree and _under(rel, top)]
+        return self._dirs.below(tree, top)
 
     def _moved(self, tree: Hashable, old: bytes, new: bytes, wds: list[int]) -> None:
         """The directory *old* (watched by *wds*) is now *new*, as far as the event says."""
         for wd in wds:
             where = self._dirs.get(wd)
             if where is not None and where[0] == tree and _under(where[1], old):
-                self._dirs[wd] = (tree, new + where[1][len(old) :])
+                self._dirs.put(wd, tree, new + where[1][len(old) :])
         # A directory created inside it just before the move was reported under the old
         # path, which no longer led to it: it could not be watched then. Watch the moved
         # tree from the disk (a watched directory keeps its watch: each is looked up).
@@ -209,7 +213,7 @@ class Watcher:
                 overflow = True
                 continue
             if mask & F.IGNORED:
-                self._dirs.pop(wd, None)
+                self._dirs.pop(wd)
                 continue
             where = self._dirs.get(wd)
             if where is None or mask & F.DELETE_SELF:
@@ -259,6 +263,105 @@ class Watcher:
             where = self._dirs.get(wd)
             if where is not None and where[0] == tree and _under(where[1], top):
                 self._unwatch(wd)
+
+
+class _Watches:
+    """Where each watch is (wd -> (tree, path)), and per tree the watches by path.
+
+    Per tree, *wds* gives the watches at each watched path and *kids* the children
+    of each path that are watched or lead to a watched path (the chain up to the
+    root is registered, so a watched directory under an unwatched one is reached);
+    a path neither watched nor leading to one is pruned, so the index stays within
+    the watched paths and their ancestors."""
+
+    def __init__(self) -> None:
+        self._where: dict[int, tuple[Hashable, bytes]] = {}
+        self._trees: dict[Hashable, _Paths] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._where)
+
+    def get(self, wd: int) -> tuple[Hashable, bytes] | None:
+        return self._where.get(wd)
+
+    def put(self, wd: int, tree: Hashable, path: bytes) -> None:
+        """*wd* watches *path* of *tree* (wherever it was before)."""
+        if self._where.get(wd) == (tree, path):
+            return
+        self.pop(wd)
+        self._where[wd] = (tree, path)
+        paths = self._trees.get(tree)
+        if paths is None:
+            paths = self._trees[tree] = _Paths()
+        paths.add(wd, path)
+
+    def pop(self, wd: int) -> None:
+        where = self._where.pop(wd, None)
+        if where is None:
+            return
+        tree, path = where
+        paths = self._trees[tree]
+        paths.remove(wd, path)
+        if not paths.wds:
+            del self._trees[tree]
+
+    def below(self, tree: Hashable, top: bytes) -> list[int]:
+        """The watches of *top* and of every path below it."""
+        paths = self._trees.get(tree)
+        return [] if paths is None else paths.below(top)
+
+
+class _Paths:
+    """One tree's watches by path (see `_Watches`); the common single watch of a path is a bare int."""
+
+    def __init__(self) -> None:
+        self.wds: dict[bytes, int | tuple[int, ...]] = {}  # watched path -> its watch(es)
+        self.kids: dict[bytes, dict[bytes, None]] = {}  # path -> its children watched or leading to one
+
+    def add(self, wd: int, path: bytes) -> None:
+        there = self.wds.get(path)
+        self.wds[path] = wd if there is None else (*_tuple(there), wd)
+        while path:  # register the chain up to the root, as far as it is not yet
+            parent = path.rpartition(b"/")[0]
+            kids = self.kids.get(parent)
+            if kids is None:
+                kids = self.kids[parent] = {}
+            elif path in kids:
+                return
+            kids[path] = None
+            path = parent
+
+    def remove(self, wd: int, path: bytes) -> None:
+        rest = tuple(w for w in _tuple(self.wds.pop(path, ())) if w != wd)
+        if rest:
+            self.wds[path] = rest[0] if len(rest) == 1 else rest
+            return
+        while path not in self.wds and path not in self.kids:  # leads to no watch any more: prune
+            if not path:
+                return
+            parent = path.rpartition(b"/")[0]
+            kids = self.kids[parent]
+            del kids[path]
+            if kids:
+                return
+            del self.kids[parent]
+            path = parent
+
+    def below(self, top: bytes) -> list[int]:
+        found: list[int] = []
+        pending = [top]
+        while pending:
+            path = pending.pop()
+            found.extend(_tuple(self.wds.get(path, ())))
+            pending.extend(self.kids.get(path, ()))
+        return found
+
+
+def _tuple(wds: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (wds,) if isinstance(wds, int) else wds
 
 
 def _raise_watch_limit(path: Path = WATCH_LIMIT, ceiling: int = MAX_WATCH_LIMIT) -> bool:
