@@ -1,6 +1,6 @@
 """The content index: what each arena's Real holds, as a tree of nodes in LMDB.
 
-Layout (schema version 3, see `realizefs.store.schema`):
+Layout (schema version 4, see `realizefs.store.schema`):
 
 ``nodes``
     key: parent node id (8 bytes, big-endian) + entry name (bytes, at most 255)
@@ -19,6 +19,12 @@ Layout (schema version 3, see `realizefs.store.schema`):
     ``[offset, length, chunk hash]`` triples. Shared by every file with that
     content; kept when the last such file goes (pruning comes with peers'
     acknowledgements).
+``chunks``
+    See `realizefs.store.chunks`: chunk hash + source -> where the chunk's
+    bytes are. Every write below that changes which file node holds which
+    settled content changes these entries in its own transaction (a rename or
+    an exchange keeps node ids, so it changes none), so `chunk_sources` never
+    lists a file that no longer holds the chunk as indexed.
 ``meta`` keys ``arena:<name>`` -> the arena root's node id; ``next_id`` -> the
     next node id to hand out (8 bytes); ``counts:<root id>`` -> what the arena
     holds, changed by every write in its own transaction (`realizefs.store.records`).
@@ -46,9 +52,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-import msgpack
-
+from realizefs.store import chunks as chunk_index
 from realizefs.store import history, records
+from realizefs.store.chunks import ChunkSource, RealSource
 from realizefs.store.records import (
     KIND_DIR,
     KIND_FILE,
@@ -63,7 +69,7 @@ from realizefs.store.records import (
 )
 from realizefs.store.schema import Store
 
-__all__ = ["KIND_DIR", "KIND_FILE", "KIND_LINK", "Counts", "Index", "Record"]
+__all__ = ["KIND_DIR", "KIND_FILE", "KIND_LINK", "ChunkSource", "Counts", "Index", "RealSource", "Record"]
 
 _ID = struct.Struct(">Q")
 
@@ -78,6 +84,7 @@ class Index:
         self._nodes = store.dbs[b"nodes"]
         self._parents = store.dbs[b"parents"]
         self._manifests = store.dbs[b"manifests"]
+        self._chunks = store.dbs[b"chunks"]
         self._meta = store.dbs[b"meta"]
 
     # ------------------------------------------------------------ transactions
@@ -183,11 +190,31 @@ class Index:
 
     def manifest(self, content_hash: bytes) -> list[tuple[int, int, bytes]] | None:
         with self._reading() as txn:
-            raw = txn.get(content_hash, db=self._manifests)
-        if raw is None:
-            return None
-        flat = msgpack.unpackb(raw)
-        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+            return chunk_index.read_manifest(txn, self._manifests, content_hash)
+
+    def chunk_sources(self, chunk_hash: bytes) -> list[ChunkSource]:
+        """Where this peer holds *chunk_hash*: each indexed file whose settled content has
+        it (first occurrence), with the file's path as indexed now; in node id order.
+
+        Kept exactly in step with the records (same transactions), not checked on read:
+        a file that was changed, deleted or replaced since is not listed. The file on
+        disk may have been written since the indexer looked: verify the bytes read."""
+        with self._reading() as txn:
+            found: list[ChunkSource] = []
+            for _, node, offset, length in chunk_index.sources(txn, self._chunks, chunk_hash):
+                root, path = self._locate(txn, node)
+                found.append(RealSource(root, node, path, offset, length))
+            return found
+
+    def _locate(self, txn: Any, node: int) -> tuple[int, tuple[bytes, ...]]:
+        """(arena root id, names from it) of *node*, by its ``parents`` entries."""
+        names: list[bytes] = []
+        while True:
+            raw = txn.get(_ID.pack(node), db=self._parents)
+            if raw is None:
+                return node, tuple(reversed(names))  # the arena root has no parent
+            node = _ID.unpack(raw[:8])[0]
+            names.append(bytes(raw[8:]))
 
     def counts(self, root: int) -> Counts:
         """What the arena's index holds: kept by every write, so one read."""
@@ -239,9 +266,21 @@ class Index:
             txn.put(key, pack(node, record, vv), db=self._nodes)
             records.add_counts(txn, self._meta, root, delta)
             if record.hash is not None and chunks is not None:
-                flat = [x for chunk in chunks for x in chunk]
-                txn.put(record.hash, msgpack.packb(flat), db=self._manifests, overwrite=False)
+                chunk_index.write_manifest(txn, self._manifests, record.hash, chunks)
+            after = chunk_index.held(node, record)
+            self._hold(txn, chunk_index.held_value(old), after, again=chunks is not None)
             return True
+
+    def _hold(
+        self, txn: Any, before: tuple[int, bytes] | None, after: tuple[int, bytes] | None, again: bool = False
+    ) -> None:
+        """A file node's settled content went from *before* to *after* (node, hash; None: none):
+        move its chunks' sources along. *again*: write *after*'s even if it is *before*
+        (its chunks were just given: a content recorded before its manifest is listed now)."""
+        if before is not None and before != after:
+            chunk_index.remove_file(txn, self._chunks, self._manifests, *before)
+        if after is not None and (before != after or again):
+            chunk_index.add_file(txn, self._chunks, self._manifests, *after)
 
     def _log(
         self,
@@ -287,6 +326,7 @@ class Index:
             gone = self._drop_below(txn, value[0], root if logged else None, list(path)) + tally_value(value)
             if logged:
                 self._log_gone(txn, root, list(path), value, when)
+            self._hold(txn, chunk_index.held_value(value), None)
             txn.delete(key, db=self._nodes)
             txn.delete(_ID.pack(value[0]), db=self._parents)
             records.add_counts(txn, self._meta, root, -gone)
@@ -342,6 +382,7 @@ class Index:
                 replaced = unpack(raw_replaced)
                 delta -= self._drop_below(txn, replaced[0], None, list(new)) + tally_value(replaced)
                 txn.delete(_ID.pack(replaced[0]), db=self._parents)
+                self._hold(txn, chunk_index.held_value(replaced), None)
                 replaced_record = to_record(replaced)
                 if not (replaced_record.kind == KIND_FILE and replaced_record.hash is None):
                     before = replaced_record.version()  # else never hashed: not in the history
@@ -361,6 +402,8 @@ class Index:
                 record = replace(record, hash=base, changed=True)
             if logged:
                 self._log(txn, root, "rename", new, old, before, record.version(), vv)
+            # the moved node keeps its id and its chunks' sources: only a record with no
+            # settled content (pending, or never hashed) is changed above, and stays so
             txn.delete(old_key, db=self._nodes)
             txn.put(new_key, pack(value[0], record, vv), db=self._nodes)
             txn.put(_ID.pack(value[0]), new_key, db=self._parents)
@@ -423,6 +466,7 @@ class Index:
                 gone += self._drop_below(txn, value[0], root, [*path, name])
             if root is not None:
                 self._log_gone(txn, root, [*path, name], value)
+            self._hold(txn, chunk_index.held_value(value), None)
             txn.delete(_ID.pack(node) + name, db=self._nodes)
             txn.delete(_ID.pack(value[0]), db=self._parents)
             gone += tally_value(value)

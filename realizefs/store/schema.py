@@ -3,9 +3,10 @@
 This module owns every named database, its key layout and value format, and
 the schema version checked at start. Keep this docstring the reference.
 
-Schema version 3 (version 1 had ``meta`` only; the upgrade to 2 adds the
+Schema version 4 (version 1 had ``meta`` only; the upgrade to 2 adds the
 empty databases of the content index; the upgrade to 3 counts each arena's
-index once into its kept ``counts:`` key):
+index once into its kept ``counts:`` key; the upgrade to 4 adds ``chunks`` and
+fills it from the index):
 
 ``meta``
     Small facts about the store, keys are ASCII names:
@@ -19,6 +20,14 @@ index once into its kept ``counts:`` key):
 
 ``nodes``, ``parents``, ``manifests``
     The content index, documented in `realizefs.store.index`.
+``chunks``
+    key: chunk hash (32 bytes) + source kind (1 byte) + source id -> value by
+    kind: where a chunk's bytes are on this peer, documented in
+    `realizefs.store.chunks`. Kind 1, a settled Real file: id its node id
+    (8 bytes, big-endian), value offset (8 bytes) + length (4 bytes) of the
+    chunk's first occurrence in it; kept exactly in step with ``nodes`` and
+    ``manifests`` by every write of the index. Kind 2 is kept for the chunk
+    cache.
 ``history``
     The local history, documented in `realizefs.store.history`.
 
@@ -47,12 +56,12 @@ from typing import Any
 import lmdb
 
 from realizefs.errors import StoreError
-from realizefs.store import records
+from realizefs.store import chunks, records
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
-DATABASES = (b"meta", b"nodes", b"parents", b"manifests", b"history")
+SCHEMA_VERSION = 4
+DATABASES = (b"meta", b"nodes", b"parents", b"manifests", b"history", b"chunks")
 MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 
 _U32 = struct.Struct(">I")
@@ -76,8 +85,18 @@ def _keep_counts(txn: Any, dbs: dict[bytes, Any]) -> None:
         records.write_counts(txn, dbs[b"meta"], root, records.recount(txn, dbs[b"nodes"], root))
 
 
+def _index_chunks(txn: Any, dbs: dict[bytes, Any]) -> None:
+    """3 -> 4: list every settled file's chunks as sources; from now on every write keeps them."""
+    for key, value in chunks.derive(txn, dbs[b"nodes"], dbs[b"manifests"]):
+        txn.put(key, value, db=dbs[b"chunks"])
+
+
 # from-version -> function upgrading a write transaction by one version
-_MIGRATIONS: dict[int, Callable[[Any, dict[bytes, Any]], None]] = {1: _add_index, 2: _keep_counts}
+_MIGRATIONS: dict[int, Callable[[Any, dict[bytes, Any]], None]] = {
+    1: _add_index,
+    2: _keep_counts,
+    3: _index_chunks,
+}
 
 
 class Store:
