@@ -42,7 +42,7 @@ from common import report
 
 from realizefs.errors import RemoteError
 from realizefs.peers import tls
-from realizefs.peers.connection import Connection, Reply, Timing
+from realizefs.peers.connection import Connection, PeerInfo, Reply, Timing
 from realizefs.peers.messages import Hello, Request, Value
 from realizefs.peers.transport import Acceptor, Transport, dial
 from realizefs.types import Address
@@ -56,7 +56,7 @@ TIMING = Timing(keepalive=15.0, timeout=45.0, hello_timeout=10.0)
 class Server:
     """``bulk`` streams ``size`` bytes in parts of ``PART``; ``ping`` answers at once."""
 
-    async def handle(self, peer: str, request: Request, reply: Reply) -> Value:
+    async def handle(self, peer: PeerInfo, request: Request, reply: Reply) -> Value:
         if request.method == "ping":
             return None
         if request.method == "bulk":

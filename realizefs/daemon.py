@@ -34,9 +34,9 @@ from realizefs.ops.control import Control
 from realizefs.ops.fs import Operations
 from realizefs.ops.invalidate import KernelCacheSync
 from realizefs.peers import identity as identity_mod
-from realizefs.peers.connection import NoMethods
 from realizefs.peers.household import Household, PeerStatus
 from realizefs.peers.messages import Hello
+from realizefs.peers.methods import Methods
 from realizefs.real.backing import check_kernel_support
 from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Watcher
@@ -73,7 +73,7 @@ class Daemon:
         self.control.namespace = self.namespace
         self.watcher = Watcher()
         self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
-        self.household = Household(identity, self._hello(), config.network, config.peers, NoMethods())
+        self.household = Household(identity, self._hello(), config.network, config.peers, Methods())
         self._serve_arenas()
 
     def _hello(self) -> Hello:

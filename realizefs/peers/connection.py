@@ -79,21 +79,37 @@ class _Lost(ConnectionLost):
     """This connection ended while a handler was streaming on it."""
 
 
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """Who is at the other end of a connection: its configured name, its proven key, its hello."""
+
+    name: str  # as this peer's config calls it
+    key: bytes  # its Ed25519 public key, proven by the TLS handshake
+    hello: Hello  # what it said of itself: its store id (for resync), its arenas, its protocol version
+    address: str  # where the connection comes from or goes to
+    outbound: bool  # whether we dialed it
+
+    @property
+    def store_id(self) -> bytes:
+        return self.hello.store_id
+
+    @property
+    def arenas(self) -> tuple[str, ...]:
+        return self.hello.arenas
+
+    @property
+    def version(self) -> int:
+        return self.hello.version
+
+
 class Handler(Protocol):
-    """What the layer above does with a request from a peer.
+    """What the layer above does with a request from a peer (`realizefs.peers.methods.Methods`).
 
     Returns the final answer; may first stream parts with ``reply.send``;
     raises `RemoteError` to answer with an error.
     """
 
-    async def handle(self, peer: str, request: Request, reply: Reply) -> Value: ...
-
-
-class NoMethods:
-    """A handler that knows no method (what a peer serves before consensus exists)."""
-
-    async def handle(self, peer: str, request: Request, reply: Reply) -> Value:
-        raise RemoteError("unknown-method", f"this peer does not serve {request.method!r}")
+    async def handle(self, peer: PeerInfo, request: Request, reply: Reply) -> Value: ...
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,7 @@ class Connection:
         self.handler = handler
         self.timing = timing
         self.peer_hello: Hello | None = None
+        self._peer: PeerInfo | None = None
         self.rtt: float | None = None
         self.closed_reason: str | None = None
         self._calls: dict[int, _Call] = {}
@@ -231,10 +248,19 @@ class Connection:
                 self.peer_hello = await self._receive_hello()
                 if self.transport.dialed:
                     await self.transport.send(self.hello)
+                t = self.transport
+                self._peer = PeerInfo(self.name, t.peer_key, self.peer_hello, t.address, t.dialed)
             except ConnectionLost as exc:
                 raise Refused(f"the peer closed the connection before its hello ({exc})") from None
         if scope.cancelled_caught:
             raise Refused(f"no hello within {self.timing.hello_timeout:g}s")
+
+    @property
+    def peer(self) -> PeerInfo:
+        """The peer, once `open` has exchanged hellos."""
+        if self._peer is None:
+            raise RuntimeError("the connection has not been opened")
+        return self._peer
 
     async def _receive_hello(self) -> Hello:
         try:
@@ -407,7 +433,7 @@ class Connection:
         try:
             with scope:
                 try:
-                    value = await self.handler.handle(self.name, request, reply)
+                    value = await self.handler.handle(self.peer, request, reply)
                 except RemoteError as exc:
                     answer: Message = _error(request.id, exc.code, exc.message)
                 except _Lost:

@@ -18,6 +18,12 @@ whose connection lost waits while the winner lives, so nothing flaps.
 accepted), removed or changed ones disconnected, without a restart.
 Everything runs in the caller's trio thread; `status` is a snapshot for
 ``.realize/peers``.
+
+`subscribe` gives the layers above a peer's connections as events
+(`realizefs.peers.events`): `Connected` when a connection becomes the peer's,
+`Disconnected` when it stops being so (closed, timed out, replaced by a
+newer one, or its peer removed by `update`), published at that moment so
+that for one peer they strictly alternate.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from realizefs.config import NetworkConfig, PeerConfig, format_key
 from realizefs.errors import PeerRefused
 from realizefs.peers import tls
 from realizefs.peers.connection import Connection, Handler, Timing
+from realizefs.peers.events import Connected, Disconnected, Publisher, Subscription
 from realizefs.peers.identity import Identity
 from realizefs.peers.messages import Hello
 from realizefs.peers.transport import Acceptor, Refused, Transport, dial
@@ -122,6 +129,7 @@ class Household:
         self._initial = tuple(peers)
         self._nursery: trio.Nursery | None = None
         self._handshakes = trio.Semaphore(MAX_HANDSHAKES)
+        self._events = Publisher()
 
     # ------------------------------------------------------------ life
 
@@ -135,14 +143,22 @@ class Household:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for listener in listeners:
-                nursery.start_soon(self._accept, listener)
-            for peer in self._initial:
-                self._add(peer)
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for listener in listeners:
+                    nursery.start_soon(self._accept, listener)
+                for peer in self._initial:
+                    self._add(peer)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._events.end()  # after each connection's `Disconnected`
+
+    def subscribe(self) -> Subscription:
+        """Connections and disconnections from now on, after a `Connected` for each peer connected now."""
+        live = [p.connection for p in self._peers.values() if p.connection is not None]
+        return self._events.subscribe(Connected(conn.peer, conn) for conn in live)
 
     async def close(self, reason: str) -> None:
         """Say goodbye to every connected peer (before the caller cancels `run`)."""
@@ -175,8 +191,10 @@ class Household:
         assert self._nursery is not None
         del self._peers[peer.config.name]
         peer.dialer.cancel()
-        if peer.connection is not None:
-            self._nursery.start_soon(peer.connection.close, why)
+        if (conn := peer.connection) is not None:
+            peer.connection = None  # so its end publishes nothing more: its `Disconnected` is now
+            self._events.publish(Disconnected(conn.peer, conn, why))
+            self._nursery.start_soon(conn.close, why)
 
     # ------------------------------------------------------------ status
 
@@ -326,7 +344,9 @@ class Household:
         peer.set_state("connected", self.clock())
         if existing is not None:
             assert self._nursery is not None
+            self._events.publish(Disconnected(existing.peer, existing, "replaced by a newer connection"))
             self._nursery.start_soon(existing.close, "duplicate connection")
+        self._events.publish(Connected(conn.peer, conn))
         log.info(
             "connected to peer %s (%s, %s)",
             name,
@@ -342,6 +362,7 @@ class Household:
                 peer.connection = None
                 reason = conn.closed_reason or "closed"
                 peer.set_state("disconnected", self.clock(), reason)
+                self._events.publish(Disconnected(conn.peer, conn, reason))
                 log.info("disconnected from peer %s: %s", name, reason)
         return True
 

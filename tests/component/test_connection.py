@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from realizefs.errors import RemoteError
-from realizefs.peers.connection import Connection, Handler, NoMethods, Reply, Timing
+from realizefs.peers.connection import Connection, Handler, PeerInfo, Reply, Timing
 from realizefs.peers.frames import encode_frame
 from realizefs.peers.messages import (
     MAX_TEXT,
@@ -36,6 +36,7 @@ from realizefs.peers.messages import (
     Value,
     encode,
 )
+from realizefs.peers.methods import Methods
 from realizefs.peers.transport import Transport
 from tests.integration.support import Recorder
 from tests.support import examples
@@ -53,7 +54,7 @@ def run(driver: Driver, handler: Handler | None = None) -> Connection:
         Transport(ours, b"k" * 32, "test", dialed=False),
         "them",
         Hello("us", b"\x02" * 16, ()),
-        handler or NoMethods(),
+        handler or Methods(),
         TIMING,
     )
     peer = Transport(theirs, b"u" * 32, "test", dialed=True)
@@ -242,7 +243,7 @@ def test_a_peer_gone_in_the_middle_of_a_stream_is_not_a_handler_failure(
 class Awkward:
     """A handler whose answers cannot go on the wire as they are."""
 
-    async def handle(self, peer: str, request: Request, reply: Reply) -> Value:
+    async def handle(self, peer: PeerInfo, request: Request, reply: Reply) -> Value:
         if request.method == "huge":
             return b"x" * (3 << 20)  # more than a frame holds
         if request.method == "big-int":

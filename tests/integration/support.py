@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from realizefs.config import NetworkConfig, PeerConfig
 from realizefs.errors import RemoteError
-from realizefs.peers.connection import Reply
+from realizefs.peers.connection import PeerInfo, Reply
 from realizefs.peers.household import Household
 from realizefs.peers.identity import Identity
 from realizefs.peers.messages import PROTOCOL_VERSION, Hello, Request, Value
@@ -44,7 +44,8 @@ class Recorder:
     cancelled: list[str] = field(default_factory=list)
     sent: int = 0
 
-    async def handle(self, peer: str, request: Request, reply: Reply) -> Value:
+    async def handle(self, info: PeerInfo, request: Request, reply: Reply) -> Value:
+        peer = info.name
         self.served.append((peer, request.method))
         if request.method == "echo":
             return request.args

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from realizefs.errors import ConnectionLost, ProtocolError
-from realizefs.peers.connection import Connection, NoMethods, Timing
+from realizefs.peers.connection import Connection, Timing
 from realizefs.peers.frames import FrameDecoder, encode_frame
 from realizefs.peers.messages import (
     Cancel,
@@ -45,6 +45,7 @@ from realizefs.peers.messages import (
     decode,
     encode,
 )
+from realizefs.peers.methods import Methods
 from realizefs.peers.transport import Transport
 from tests.support import examples
 
@@ -188,7 +189,7 @@ def unknown_method(request: Request) -> Error:
 
 
 def expect(data: bytes) -> Expected:
-    """The protocol's rules, for a connection that has made no request and serves `NoMethods`.
+    """The protocol's rules, for a connection that has made no request and serves no method.
 
     *data* arrives in one piece: the whole frames before a refused length are
     read and may be answered, then the refusal closes the connection.
@@ -244,7 +245,7 @@ async def connected() -> tuple[Connection, Transport, trio.abc.HalfCloseableStre
         Transport(ours, peer_key=b"k" * 32, address="test", dialed=False),
         "them",
         OUR_HELLO,
-        NoMethods(),
+        Methods(),
         TIMING,
     )
     peer = Transport(theirs, peer_key=b"u" * 32, address="test", dialed=True)
