@@ -118,6 +118,7 @@ class _Event:
     moved_from: bytes | None = None
     expected: Signature | None = None  # with *expect*: the state the daemon left
     expect: bool = False
+    closed: bool = False  # a writer closed the file
 
 
 @dataclass(frozen=True)
@@ -388,7 +389,7 @@ class Indexer:
             path = join(change.directory, change.name) if change.name else change.directory
             if marker.MARKER in (path, change.moved_from):
                 a.walks_wanted += 1  # the marker changed: the walk checks it is still there
-            self._inbox.append(_Event(arena, path, change.moved_from))
+            self._inbox.append(_Event(arena, path, change.moved_from, closed=change.closed))
         self._wake.set()
 
     def rescan_all(self) -> None:
@@ -517,6 +518,8 @@ class Indexer:
                         self._queue(event.arena, event.path, now)
                     elif event.moved_from is None:
                         self._queue(event.arena, event.path, now)  # looked at now; hashed once rested
+                        if event.closed:
+                            self._look_soon((event.arena, event.path))
                         self._seen_gone((event.arena, event.path))
                     elif (partner := self._exchanged(events, i - 1)) is not None:
                         for skipped in events[i:partner]:  # the second move's first half
@@ -530,6 +533,17 @@ class Indexer:
                     for rel in (event.path, event.moved_from):
                         if rel is not None:
                             self._retry((event.arena, rel), now)
+
+    def _look_soon(self, key: Key) -> None:
+        """A writer closed *key*: look at it now rather than after its rest.
+
+        The look records its size and mtime (else the index keeps what the last
+        look saw, a new file's 0 bytes, for a whole rest period), and waits a
+        rest again if they changed since the last look; if they did not, the
+        file was quiet since then and is hashed now."""
+        pending = self._pending.get(key)
+        if pending is not None and pending.due > self._now:
+            self._later(key, pending, self._now)
 
     def _seen_gone(self, key: Key) -> None:
         """A file waiting for its rest that is missing now waits as a gone one (not counted).

@@ -79,6 +79,11 @@ class Change:
     mask: int
     moved_from: bytes | None = None  # a rename within the tree: the old path (with MOVED_TO)
 
+    @property
+    def closed(self) -> bool:
+        """A file opened for writing was closed: its writer is done, for now."""
+        return bool(self.mask & F.CLOSE_WRITE)
+
 
 class Watcher:
     def __init__(self) -> None:

@@ -214,6 +214,46 @@ def test_a_file_is_hashed_once_it_has_rested(store: Store, tree: Path) -> None:
     clocks.run(scenario)
 
 
+def test_a_file_closed_after_writing_is_looked_at_then(store: Store, tree: Path) -> None:
+    """A file first looked at while empty shows its size once its writer closes it, not a
+    rest period later; closed again with nothing new written, it is hashed at once."""
+    clocks = Clocks(autojump=False)
+    rest = 3600.0
+    hasher = CountingHasher()
+    indexer = make(store, clocks, Backing(tree), hasher, rest)
+    root = indexer.index.arena_root("a")
+    new = tree / "new"
+
+    def size() -> int | None:
+        record = indexer.index.get(root, [b"new"])
+        return None if record is None else record.size
+
+    def now() -> tuple[int, int]:
+        return (clocks.wall(), clocks.wall())
+
+    async def scenario() -> None:
+        async with running(indexer):
+            await until(settled(indexer))
+            calls = hasher.calls
+            new.write_bytes(b"")
+            os.utime(new, ns=now())
+            indexer.changed("a", [Change(0, b"", b"new", 0x100)])  # IN_CREATE
+            await until(lambda: size() == 0, "the look at the empty file")
+            with open(new, "ab") as f:
+                f.write(b"x" * 10)
+            os.utime(new, ns=now())
+            indexer.changed("a", [Change(0, b"", b"new", 0x2)])  # IN_MODIFY: the rest goes on
+            indexer.changed("a", [Change(0, b"", b"new", 0x8)])  # IN_CLOSE_WRITE: look now
+            await until(lambda: size() == 10, "the look after the close")
+            assert indexer.hash_of("a", b"new") is None  # written since the last look: it rests
+            assert hasher.calls == calls
+            indexer.changed("a", [Change(0, b"", b"new", 0x8)])  # closed, nothing new: quiet
+            await until(lambda: indexer.hash_of("a", b"new") == blake3(b"x" * 10).digest(), "the hash")
+            assert trio.current_time() == 0  # no rest period went by
+
+    clocks.run(scenario)
+
+
 def test_renames_move_the_record_without_reading_again(store: Store, tree: Path) -> None:
     clocks = Clocks()
     hasher = CountingHasher()
