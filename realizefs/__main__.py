@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from realizefs import __version__, daemon, log
+from realizefs import __version__, daemon, log, memory
 from realizefs.config import DEFAULT_PATH
 
 
@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The ``realizefs`` console script."""
+    memory.use_system_allocator()
     sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

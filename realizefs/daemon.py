@@ -25,7 +25,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from realizefs import __version__, mounttable, systemd
+from realizefs import __version__, memory, mounttable, systemd
 from realizefs import config as config_mod
 from realizefs.config import Config
 from realizefs.errors import ConfigError, IdentityError, StoreError
@@ -274,6 +274,7 @@ async def _serve(daemon: Daemon) -> None:
                     services.start_soon(daemon.cache_sync.run)
                     services.start_soon(daemon.indexer.run)
                     services.start_soon(daemon.household.run, listeners)
+                    services.start_soon(memory.give_back_after_compactions)
                     await _until_stopped(daemon, signals)
                     services.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
