@@ -251,7 +251,7 @@ class Connection:
                 t = self.transport
                 self._peer = PeerInfo(self.name, t.peer_key, self.peer_hello, t.address, t.dialed)
             except ConnectionLost as exc:
-                raise Refused(f"the peer closed the connection before its hello ({exc})") from None
+                raise Refused(f"the peer closed the connection before its hello ({exc})", cut=True) from None
         if scope.cancelled_caught:
             raise Refused(f"no hello within {self.timing.hello_timeout:g}s")
 

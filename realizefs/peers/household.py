@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 import trio
 
 from realizefs.config import NetworkConfig, PeerConfig, format_key
-from realizefs.errors import PeerRefused
 from realizefs.peers import tls
 from realizefs.peers.connection import Connection, Handler, Timing
 from realizefs.peers.events import Connected, Disconnected, Publisher, Subscription
@@ -246,7 +245,7 @@ class Household:
                         self.network.handshake_timeout,
                     )
                 except Refused as exc:
-                    self._refused(peer, f"dialing {address}", exc.reason, exc.offered)
+                    self._refused(peer, f"dialing {address}", exc)
                 except (OSError, trio.TooSlowError) as exc:
                     why = (
                         exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or "timed out"
@@ -266,7 +265,18 @@ class Household:
             peer.logged = why
             log.info("peer %s: %s", peer.config.name, why)
 
-    def _refused(self, peer: _Peer | None, where: str, reason: str, offered: bytes | None) -> None:
+    def _refused(self, peer: _Peer | None, where: str, exc: Refused, key: bytes | None = None) -> None:
+        reason, offered = exc.reason, exc.offered or key
+        if exc.cut:  # nothing was refused: the connection ended half-way (said once per reason)
+            line = f"{where}: {reason}"
+            if peer is None:  # not even a key: anyone's port scan
+                log.debug("a connection %s", line)
+                return
+            peer.set_state("disconnected", self.clock(), line)
+            if peer.logged != reason:
+                peer.logged = reason
+                log.info("peer %s: %s", peer.config.name, line)
+            return
         if offered is not None:
             line = f"{where}: {reason} (key offered: {format_key(offered)})"
         elif where.startswith("from"):
@@ -301,7 +311,7 @@ class Household:
             transport = await self._acceptor.accept(tcp, address, self.network.handshake_timeout)
         except Refused as exc:
             # Not attributed to the peer whose key it claimed: nothing proved it is that peer.
-            self._refused(None, f"from {address}", exc.reason, exc.offered)
+            self._refused(None, f"from {address}", exc)
             return
         finally:
             self._handshakes.release()
@@ -322,10 +332,10 @@ class Household:
         conn = Connection(transport, name, self.hello, self.handler, self.timing)
         try:
             await conn.open()
-        except PeerRefused as exc:
+        except Refused as exc:
             await transport.aclose()
             where = f"{'dialing' if transport.dialed else 'from'} {transport.address}"
-            self._refused(peer, where, str(exc), transport.peer_key)
+            self._refused(peer, where, exc, transport.peer_key)
             return False
         if self._peers.get(name) is not peer:
             await conn.close("removed from the household")

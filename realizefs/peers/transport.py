@@ -36,12 +36,17 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class Refused(PeerRefused):
-    """A handshake refused: *reason* for the log, *offered* the key the peer offered, if known."""
+    """A handshake refused: *reason* for the log, *offered* the key the peer offered, if known.
 
-    def __init__(self, reason: str, offered: bytes | None = None) -> None:
+    *cut*: nothing was refused; the connection ended before the handshake
+    (or the hellos) finished: a peer stopping or a network cut, not a
+    disagreement worth a warning."""
+
+    def __init__(self, reason: str, offered: bytes | None = None, cut: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.offered = offered
+        self.cut = cut
 
 
 class TlsStream(trio.abc.Stream):
@@ -212,6 +217,14 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+CUT = "closed during the TLS handshake"
+
+
+def _handshake_refusal(exc: BaseException, offered: bytes | None = None) -> Refused:
+    reason = _handshake_error(exc)
+    return Refused(reason, offered, cut=reason == CUT)
+
+
 def _handshake_error(exc: BaseException) -> str:
     """A person's reason for a failed TLS handshake."""
     cause = exc.__cause__
@@ -223,7 +236,7 @@ def _handshake_error(exc: BaseException) -> str:
     if reason in {"WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"}:
         return f"not a TLS 1.3 handshake ({reason.lower().replace('_', ' ')})"
     if isinstance(cause, ssl.SSLEOFError) or (cause is None and isinstance(exc, trio.BrokenResourceError)):
-        return "closed during the TLS handshake"
+        return CUT
     return f"TLS handshake failed ({_why(exc)})"
 
 
@@ -260,13 +273,13 @@ class Acceptor:
 
     def _refusal(self, ssl_object: ssl.SSLObject, allowed: frozenset[bytes], exc: BaseException) -> Refused:
         if ssl_object not in self._claims:  # the handshake failed before the client named a key
-            return Refused(_handshake_error(exc))
+            return _handshake_refusal(exc)
         offered = self._claims[ssl_object]
         if offered is None:
             return Refused("it claimed no key (not a realizefs peer?)")
         if offered not in allowed:
             return Refused("its key is not a configured peer", offered)
-        return Refused(_handshake_error(exc), offered)
+        return _handshake_refusal(exc, offered)
 
 
 async def dial(
@@ -289,7 +302,7 @@ async def dial(
             key = tls.peer_key(stream.ssl_object, expected_key, "the one configured for this peer")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await trio.aclose_forcefully(stream)
-            raise Refused(_handshake_error(exc)) from None
+            raise _handshake_refusal(exc) from None
         except tls.KeyMismatch as exc:
             await trio.aclose_forcefully(stream)
             raise Refused(f"the server presented {exc}", exc.offered) from None
