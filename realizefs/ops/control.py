@@ -30,7 +30,6 @@ from realizefs import __version__
 from realizefs.config import Config, format_key
 from realizefs.errors import InvalidValue
 from realizefs.peers.household import PeerStatus
-from realizefs.real import xattrs
 from realizefs.real.indexer import Indexer
 from realizefs.real.marker import MARKER
 from realizefs.store.history import Entry, Version
@@ -130,7 +129,7 @@ class Control:
         arenas: list[dict[str, Any]] = []
         for arena in self.namespace.arenas if self.namespace else []:
             counts = self.indexer.counts(arena.name)
-            stored = xattrs.stored_mode(arena.backing, b"")
+            stored = arena.tree.stored_mode(b"")
             real = asdict(counts) | {
                 "unreadable": sum(1 for name, _ in self.indexer.stats.unreadable if name == arena.name),
                 "scanned": self.indexer.scanned(arena.name),

@@ -30,11 +30,12 @@ The callback runs where pyfuse3's own C handlers run: inside
 thread with the GIL held. Like them it does not block: it starts a task in that
 worker's nursery (pyfuse3's, which `pyfuse3.main` waits for, so every request
 is answered before the daemon closes the session) and returns. The task does
-the fallocate on the handle's backing descriptor in a worker thread (it can
-wait on the disk, e.g. writing back dirty pages for a punched range), tells
-the namespace the file was written through the mount (the kernel updates its
-own size and drops the attributes and punched pages itself, so the watcher's
-event for the backing file needs no invalidation) and answers with libfuse's
+the fallocate through the namespace (`Namespace.allocate`: the Real runs it on
+the backing descriptor in a worker thread, as it can wait on the disk, e.g.
+writing back dirty pages for a punched range; the namespace takes it as a write
+through the mount, as the kernel updates its own size and drops the attributes
+and punched pages itself, so the watcher's event for the backing file needs no
+invalidation) and answers with libfuse's
 ``fuse_reply_err`` (0 on success), exactly once, whatever happens.
 
 The kernel passes only ``FALLOC_FL_KEEP_SIZE``, ``FALLOC_FL_PUNCH_HOLE`` and
@@ -58,7 +59,6 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from realizefs.errors import FsError
 from realizefs.ops.fs import handler
 from realizefs.vfs.namespace import Namespace
 
@@ -170,7 +170,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.dladdr.argtypes = (ctypes.c_void_p, ctypes.POINTER(_DlInfo))
 _libc.malloc_usable_size.argtypes = (ctypes.c_void_p,)
 _libc.malloc_usable_size.restype = ctypes.c_size_t
-_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 
 _CALLBACK = ctypes.CFUNCTYPE(
     None,
@@ -281,22 +280,12 @@ class Fallocate:
 
     @handler
     async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
-        handle = self.ns.file(fh)
-        if handle.fd < 0:
-            raise FsError("realizefs's own files cannot be allocated", errno=errno.EOPNOTSUPP)
-        await trio.to_thread.run_sync(_fallocate, handle.fd, mode, offset, length)
-        self.ns.wrote(handle)
+        await self.ns.allocate(fh, mode, offset, length)
 
     def _send(self, req: int, err: int) -> None:
         ret = self._reply(req, err)
         if ret != 0:
             log.error("fallocate: fuse_reply_err failed with %s", os.strerror(-ret))
-
-
-def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 _installed: list[Fallocate] = []  # libfuse may call a callback until the process ends

@@ -3,9 +3,8 @@
 Each handler decodes the request, calls one method of the namespace and
 converts the answer; `FsError` becomes the errno it carries, anything else is
 logged and answered with ``EIO`` (an unexpected exception must never end the
-FUSE session). Reads and fsyncs run in worker threads, so a slow disk does not
-stall other requests; writes go to the page cache and run inline (a thread
-hand-off costs more than the copy).
+FUSE session). Reads, writes and fsyncs are awaited on the namespace, which
+hands them to the open file (`realizefs.vfs.tree` says where each one runs).
 """
 
 from __future__ import annotations
@@ -13,12 +12,10 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
-import trio
 
 from realizefs.errors import FsError
 from realizefs.real.backing import Owner
@@ -43,7 +40,7 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
             raise pyfuse3.FUSEError(exc.errno) from None
         except pyfuse3.FUSEError:
             raise
-        except OSError as exc:  # a call outside the backing module, e.g. pread
+        except OSError as exc:  # one a lower layer let through unconverted
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except Exception:
             log.exception("%s failed unexpectedly", fn.__name__)
@@ -204,20 +201,11 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self.ns.file(fh)
-        if handle.fd < 0:
-            return handle.content[off : off + size]
-        return await trio.to_thread.run_sync(os.pread, handle.fd, size, off)
+        return await self.ns.read(fh, off, size)
 
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        handle = self.ns.file(fh)
-        if handle.fd < 0:
-            self.ns.write_virtual(handle, buf)
-            return len(buf)
-        written = os.pwrite(handle.fd, buf, off)
-        self.ns.wrote(handle)
-        return written
+        return await self.ns.write(fh, off, buf)
 
     # No flush handler: pyfuse3 answers ENOSYS, after which the kernel stops sending
     # FLUSH on every close(2). Nothing is buffered here that a flush would write
@@ -229,9 +217,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def fsync(self, fh: int, datasync: bool) -> None:
-        handle = self.ns.file(fh)
-        if handle.fd >= 0:
-            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, handle.fd)
+        await self.ns.fsync(fh, datasync)
 
     # ------------------------------------------------------------ directories
 
@@ -254,12 +240,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        fd = self.ns.open_for_fsyncdir(fh)
-        if fd is not None:
-            try:
-                await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
-            finally:
-                os.close(fd)
+        await self.ns.fsyncdir(fh, datasync)
 
     @handler
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:

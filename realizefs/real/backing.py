@@ -48,6 +48,8 @@ _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int
 
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
 _fchownat = _libc.fchownat
 _fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
 _fchownat.restype = ctypes.c_int
@@ -100,6 +102,13 @@ def reopen(fd: int, flags: int) -> int:
         return os.open(proc_path(fd), (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC)
     except OSError as exc:
         raise from_oserror(exc) from None
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """``fallocate(2)`` on *fd* with its *mode* flags (Python has only ``posix_fallocate``)."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise from_oserror(OSError(err, os.strerror(err)))
 
 
 def _fstat_or_close(fd: int) -> os.stat_result:

@@ -2,8 +2,9 @@
 
 A path's realize mode is stored on the backing file or directory as the
 attribute ``user.realize.mode`` (``real`` or ``unreal``). It is local to this
-peer. The *effective* mode of a path is the nearest setting on the path or an
-ancestor, else the arena's configured default.
+peer. The *effective* mode of a path (the nearest setting on the path or an
+ancestor, else the arena's configured default) is worked out above the Real,
+in `realizefs.vfs.attributes`, where ancestors may have no backing object.
 
 ``user.realize.*`` names are reserved: they are never read or written as
 ordinary user attributes (the mount answers them itself), and the only one
@@ -20,7 +21,7 @@ import logging
 import xattr
 
 from realizefs.errors import NoData, NotPermitted, NotSupported, from_oserror
-from realizefs.real.backing import Backing, split
+from realizefs.real.backing import Backing
 from realizefs.types import Mode
 
 log = logging.getLogger(__name__)
@@ -87,17 +88,6 @@ def stored_mode(backing: Backing, rel: bytes) -> Mode | None:
             raw,
         )
     return mode
-
-
-def effective_mode(backing: Backing, rel: bytes, default: Mode) -> Mode:
-    """The nearest mode set on *rel* or an ancestor, else *default*."""
-    while True:
-        mode = stored_mode(backing, rel)
-        if mode is not None:
-            return mode
-        if not rel:
-            return default
-        rel = split(rel)[0]
 
 
 def set_mode(backing: Backing, rel: bytes, mode: Mode | None) -> None:

@@ -1,13 +1,15 @@
 """Extended attributes of arena paths: the ``user.realize.*`` ones and the rest.
 
-``user.realize.mode`` reads the effective mode and writes (or removes) the
-setting stored on the backing object; ``user.realize.status`` and
-``user.realize.hash`` are computed. Computed values are readable by name but
+``user.realize.mode`` reads the effective mode (`effective_mode`: the nearest
+setting the tree holds on the path or an ancestor, else the arena default) and
+writes (or removes) the setting stored on the path; ``user.realize.status``
+(the tree's account of the path's state) and ``user.realize.hash`` are
+computed. Computed values are readable by name but
 never listed: `names` lists ``user.realize.mode`` only where it is set on that
 very path, so that copy tools (``cp -a``, ``mv``, ``rsync -X``) neither copy
 nor pin them. Writing a computed attribute is refused unless the value is the
 one it has (then nothing is stored). Other ``user.realize.*`` names are
-reserved; every other ``user.*`` name passes through to the backing object.
+reserved; every other ``user.*`` name passes through to the tree.
 Names outside ``user.`` are answered without touching the disk (the kernel
 asks for ``security.capability`` on every write). The errno of each refusal
 and the reasons are in docs/design.md.
@@ -21,8 +23,9 @@ from collections.abc import Callable
 
 from realizefs.errors import InvalidValue, NoData, NotPermitted, NotSupported
 from realizefs.real import xattrs
-from realizefs.real.backing import Backing
+from realizefs.real.backing import split
 from realizefs.types import Mode
+from realizefs.vfs.tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -34,68 +37,77 @@ COMPUTED = (STATUS, HASH)
 ContentHash = Callable[[], bytes | None]
 
 
-def get(backing: Backing, rel: bytes, name: bytes, default: Mode, content_hash: ContentHash) -> bytes:
+def effective_mode(tree: Tree, rel: bytes, default: Mode) -> Mode:
+    """The nearest mode *tree* holds on *rel* or an ancestor, else *default*."""
+    while True:
+        mode = tree.stored_mode(rel)
+        if mode is not None:
+            return mode
+        if not rel:
+            return default
+        rel = split(rel)[0]
+
+
+def get(tree: Tree, rel: bytes, name: bytes, default: Mode, content_hash: ContentHash) -> bytes:
     if not name.startswith(xattrs.USER_PREFIX):
         raise NoData()
     if name == MODE:
-        return xattrs.effective_mode(backing, rel, default).value.encode()
+        return effective_mode(tree, rel, default).value.encode()
     if name in COMPUTED:
-        value = _computed(name, content_hash)
+        value = _computed(tree, rel, name, content_hash)
         if value is None:
             raise NoData("not hashed yet")  # being written, resting, or not a file
         return value
     if not xattrs.is_passthrough(name):
         raise NoData()
-    return xattrs.get(backing, rel, name)
+    return tree.getxattr(rel, name)
 
 
-def _computed(name: bytes, content_hash: ContentHash) -> bytes | None:
+def _computed(tree: Tree, rel: bytes, name: bytes, content_hash: ContentHash) -> bytes | None:
     if name == STATUS:
-        return b"real"
+        return tree.status(rel)
     found = content_hash()
     return None if found is None else found.hex().encode()
 
 
-def names(backing: Backing, rel: bytes, kind: int) -> list[bytes]:
+def names(tree: Tree, rel: bytes, kind: int) -> list[bytes]:
     """What ``listxattr`` shows: a mode set on this very path and pass-through names, nothing computed."""
     if kind not in (stat.S_IFREG, stat.S_IFDIR):
         return []  # the kernel refuses user.* attributes on anything else
-    return xattrs.names(backing, rel)
+    return tree.xattr_names(rel)
 
 
-def put(
-    backing: Backing, rel: bytes, name: bytes, value: bytes, where: str, content_hash: ContentHash
-) -> None:
+def put(tree: Tree, rel: bytes, name: bytes, value: bytes, where: str, content_hash: ContentHash) -> None:
     if not name.startswith(xattrs.USER_PREFIX):
         raise NotSupported()
     if name == MODE:
         mode = Mode.parse(value.decode("utf-8", "replace").strip())
         if mode is None:
             raise InvalidValue('expected "real" or "unreal"')
-        xattrs.set_mode(backing, rel, mode)
+        tree.set_mode(rel, mode)
         log.info("%s: mode set to %s", where, mode.value)
     elif name in COMPUTED:
         # A copy of a file that carries the value it has here changes nothing: accepted,
         # so the copy does not fail; any other value would be setting a computed one.
-        if value != _computed(name, content_hash):
+        if value != _computed(tree, rel, name, content_hash):
             raise NotPermitted(f"{name.decode()} is computed")
     elif not xattrs.is_passthrough(name):
         raise NotSupported()
     else:
-        xattrs.set(backing, rel, name, value)
+        tree.setxattr(rel, name, value)
 
 
-def remove(backing: Backing, rel: bytes, name: bytes, where: str) -> None:
+def remove(tree: Tree, rel: bytes, name: bytes, where: str) -> None:
     if not name.startswith(xattrs.USER_PREFIX):
         raise NoData()
     if name == MODE:
-        if xattrs.stored_mode(backing, rel) is None:
+        if tree.stored_mode(rel) is None:
             raise NoData()
-        xattrs.set_mode(backing, rel, None)
+        tree.set_mode(rel, None)
         log.info("%s: mode setting removed", where)
     elif name in COMPUTED:
         raise NotPermitted()
     elif not xattrs.is_passthrough(name):
         raise NoData()
     else:
-        xattrs.remove(backing, rel, name)
+        tree.removexattr(rel, name)

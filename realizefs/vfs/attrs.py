@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from dataclasses import dataclass
+
+from realizefs.vfs.tree import Stat
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class Attr:
     entry_timeout: float = 1.0  # how long it may cache the name -> inode mapping
 
     @classmethod
-    def from_stat(cls, ino: int, st: os.stat_result, timeout: float, entry_timeout: float) -> Attr:
+    def from_stat(cls, ino: int, st: Stat, timeout: float, entry_timeout: float) -> Attr:
         return cls(
             ino=ino,
             mode=st.st_mode,

@@ -2,17 +2,20 @@
 
 Maps inodes (see `inodes`) to either a virtual node (the root, the parents of
 arena names with a ``/``, ``.realize/`` and its files) or a path inside an
-arena, which it serves from the arena's Real through `realizefs.real`.
-Operations take and return inodes, names and `Attr`; they raise `FsError`.
+arena, which it serves from the arena's `Tree` (`realizefs.vfs.tree`; today the
+Real, `realizefs.vfs.realtree`) and nothing else. Operations take and return
+inodes, names and `Attr`; they raise `FsError`. Open files of both kinds are
+read and written through the namespace (`read`, `write`), which hands the call
+to the `Handle` the open made.
 
 The marker in each arena's root (`realizefs.real.marker`) is not shown: a
 lookup does not find it, a listing leaves it out, and no name can be made,
 removed or renamed onto or from it through the mount (``EPERM``).
 
-Node identity: an arena inode is the backing object it was looked up as
+Node identity: an arena inode is the tree's object it was looked up as
 (`realizefs.vfs.inodes`). While the kernel holds a reference to a node, the
-node holds an ``O_PATH`` descriptor of its object (a *pin*, up to `max_pins`
-of them): it is opened and stat'ed through that descriptor, so it stays that
+node holds a `Pin` of its object (on the Real an ``O_PATH`` descriptor, up to
+`max_pins` of them): it is opened and stat'ed through that pin, so it stays that
 object when the name is renamed over or removed in the backing tree, exactly
 as an inode on the disk does, and an open racing a rename gets the old file
 or the new one, never an error. Without a pin (over the budget), every
@@ -31,8 +34,9 @@ or write to, it through the mount: the ctime moves with every change of content 
 user can set it back, unlike the mtime (``cp -p``, ``rsync -t``).
 
 Concurrency: every method runs on the event loop thread and does short
-blocking system calls; reads, writes and fsyncs of file contents are done by
-the caller (`realizefs.ops`) on the descriptor this module hands out.
+blocking calls into the tree; the async ones (`read`, `write`, `fsync`,
+`allocate`, `fsyncdir`) await the handle, which may run the work in a worker
+thread (see `realizefs.vfs.tree`).
 """
 
 from __future__ import annotations
@@ -46,22 +50,16 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from realizefs.config import ArenaConfig
-from realizefs.errors import (
-    AccessDenied,
-    FsError,
-    NoData,
-    NotFound,
-    NotPermitted,
-    Stale,
-    from_oserror,
-)
-from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join, reopen
+from realizefs.errors import AccessDenied, FsError, NoData, NotFound, NotPermitted, Stale
+from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join
 from realizefs.real.marker import MARKER
 from realizefs.shrink import Shrink
 from realizefs.vfs import attributes
 from realizefs.vfs.attrs import Attr, FsStats
 from realizefs.vfs.inodes import ROOT_INODE, Ident, InodeTable
-from realizefs.vfs.virtual import CommandInput, Reader, Snapshots, VirtualDir, VirtualFile
+from realizefs.vfs.realtree import RealTree
+from realizefs.vfs.tree import Changes, File, Pin, Stat, Tree
+from realizefs.vfs.virtual import Reader, Snapshots, VirtualDir, VirtualFile, VirtualOpen
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +87,8 @@ _NOT_PASSED = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_DIRECT
 @dataclass
 class Arena:
     config: ArenaConfig
-    backing: Backing
+    backing: Backing  # the Real, for those who watch and index it
+    tree: Tree  # what the mount shows: the only way the namespace reaches the arena
     ino: int
 
     @property
@@ -100,29 +99,26 @@ class Arena:
 @dataclass
 class FileHandle:
     ino: int
-    fd: int = -1  # a Real file
-    content: bytes = b""  # a virtual file's snapshot
-    virtual: VirtualFile | None = None
-    commands: CommandInput | None = None  # what is written to a virtual file
+    io: File | VirtualOpen  # a tree's open file, or a virtual one
 
 
 @dataclass
 class DirHandle:
     ino: int
     # the listing: an arena entry's attributes as listed, numbered when handed to the kernel
-    entries: list[tuple[bytes, Attr | os.stat_result]] = field(default_factory=list)
+    entries: list[tuple[bytes, Attr | Stat]] = field(default_factory=list)
     listed: bool = False
 
 
 Stamp = tuple[int, int, int]  # size, mtime_ns, ctime_ns
 
 
-def ident(st: os.stat_result) -> Ident:
-    """The identity of a backing object."""
+def ident(st: Stat) -> Ident:
+    """The identity of a tree's object."""
     return st.st_dev, st.st_ino
 
 
-def _stamp(st: os.stat_result) -> Stamp:
+def _stamp(st: Stat) -> Stamp:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
@@ -133,10 +129,12 @@ class Namespace:
         control: Iterable[VirtualFile],
         content_hash: Callable[[str, bytes], bytes | None] = lambda arena, rel: None,
         max_pins: int = MAX_PINS,
+        tree: Callable[[Backing], Tree] = RealTree,
     ) -> None:
         self.inodes = InodeTable(on_drop=self._dropped)
         self.max_pins = max_pins
-        self._pins: dict[int, int] = {}  # inode -> O_PATH descriptor of its object
+        self._tree = tree  # the tree an arena's mount shows, over its Real
+        self._pins: dict[int, Pin] = {}  # inode -> pin of its object
         self._shrink = Shrink()
         self._content_hash = content_hash  # the indexed hash of a rested Real file
         self.ttl = ATTR_TTL  # raised to WATCHED_TTL once every arena is watched
@@ -149,7 +147,7 @@ class Namespace:
         self._arenas: dict[int, Arena] = {}
         self._handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = 1
-        self._fds_by_ino: dict[int, list[int]] = {}
+        self._open: dict[int, list[File]] = {}  # inode -> its files open through the mount
         self._stamps: dict[int, Stamp] = {}
         self._born_ns = time.time_ns()
         control_ino = self._add_virtual_dir(ROOT_INODE, CONTROL_DIR)
@@ -193,7 +191,7 @@ class Namespace:
                 parent = self._add_virtual_dir(parent, part)
             ino = self.inodes.add(parent, last, stat.S_IFDIR, keep=True)
             self._virtual_dirs[parent].children[last] = ino
-            self._arenas[ino] = Arena(config, backing, ino)
+            self._arenas[ino] = Arena(config, backing, self._tree(backing), ino)
         return removed
 
     def _add_virtual_dir(self, parent: int, name: bytes) -> int:
@@ -222,12 +220,13 @@ class Namespace:
         raise AssertionError("unreachable: the root always stops the walk")
 
     def close(self) -> None:
-        for handle in self._handles.values():
-            if isinstance(handle, FileHandle) and handle.fd >= 0:
-                os.close(handle.fd)
+        for files in self._open.values():
+            for file in files:
+                file.close()
+        self._open.clear()
         self._handles.clear()
-        for fd in self._pins.values():
-            os.close(fd)
+        for pin in self._pins.values():
+            pin.close()
         self._pins.clear()
         for arena in self._arenas.values():
             arena.backing.close()
@@ -269,21 +268,21 @@ class Namespace:
         """Attributes of a virtual file with the size of the snapshot *reader* would read (see `virtual`)."""
         return self._virtual_attr(ino, await self._snapshots.size(ino, self._virtual_files[ino], reader))
 
-    def _attr(self, ino: int, st: os.stat_result) -> Attr:
+    def _attr(self, ino: int, st: Stat) -> Attr:
         self._told[ino] = st.st_ctime_ns
         return Attr.from_stat(ino, st, self.ttl, VIRTUAL_TTL if ino in self._arenas else self.ttl)
 
-    def _here(self, ino: int) -> tuple[Arena, bytes, os.stat_result]:
+    def _here(self, ino: int) -> tuple[Arena, bytes, Stat]:
         """Arena, path and attributes of the object *ino* names; `Stale` if the path leads elsewhere."""
         arena, rel = self._locate(ino)
         try:
-            st = arena.backing.stat(rel)
+            st = arena.tree.stat(rel)
         except NotFound:
             raise self._stale(ino) from None
         self._check(ino, st)
         return arena, rel, st
 
-    def _check(self, ino: int, st: os.stat_result) -> None:
+    def _check(self, ino: int, st: Stat) -> None:
         """Raise `Stale` if *st* is not the object *ino* was looked up as."""
         node = self.inodes.node(ino)
         if node is not None and node.ident is not None and node.ident != ident(st):
@@ -304,7 +303,7 @@ class Namespace:
         if node is None or node.lookups <= 0:
             pin = self._pins.pop(ino, None)
             if pin is not None:
-                os.close(pin)
+                pin.close()
 
     def _dropped(self, ino: int) -> None:
         """The inode table dropped *ino*: nothing is kept about it."""
@@ -312,20 +311,20 @@ class Namespace:
         self._stamps.pop(ino, None)
         pin = self._pins.pop(ino, None)
         if pin is not None:
-            os.close(pin)
+            pin.close()
         if self._shrink.due(len(self._told)):  # the tables of a namespace that shrank a lot
             self._told, self._stamps, self._pins = dict(self._told), dict(self._stamps), dict(self._pins)
 
-    def _pin(self, arena: Arena, rel: bytes) -> tuple[int | None, os.stat_result]:
+    def _pin(self, arena: Arena, rel: bytes) -> tuple[Pin | None, Stat]:
         """A pin of the object at *rel* if the budget allows (else None), and its attributes."""
         if len(self._pins) < self.max_pins:
             try:
-                return arena.backing.pin(rel)
+                return arena.tree.pin(rel)
             except FsError as exc:
                 if exc.errno not in _NO_DESCRIPTORS:
                     raise
                 self._out_of_descriptors()
-        return None, arena.backing.stat(rel)
+        return None, arena.tree.stat(rel)
 
     def _out_of_descriptors(self) -> None:
         """The process ran out of descriptors (its limit was lowered, say): pin fewer from now on.
@@ -334,16 +333,16 @@ class Namespace:
         so the calls that need a descriptor now, and the opens to come, get one."""
         self.max_pins = max(0, len(self._pins) - PINS_GIVEN_BACK)
         for ino in list(self._pins)[: len(self._pins) - self.max_pins]:
-            os.close(self._pins.pop(ino))
+            self._pins.pop(ino).close()
         log.info("out of file descriptors: at most %d inodes are pinned from now on", self.max_pins)
 
-    def _referenced(self, ino: int, pin: int | None) -> None:
+    def _referenced(self, ino: int, pin: Pin | None) -> None:
         """The kernel took a reference to *ino*; keep *pin* (of the same object) while it holds one."""
         self.inodes.looked_up(ino)
         if pin is None:
             return
         if ino in self._pins or len(self._pins) >= self.max_pins:
-            os.close(pin)
+            pin.close()
         else:
             self._pins[ino] = pin
 
@@ -370,7 +369,7 @@ class Namespace:
         self._referenced(ino, pin)
         return self._attr(ino, st)
 
-    def _add(self, parent: int, name: bytes, st: os.stat_result) -> int:
+    def _add(self, parent: int, name: bytes, st: Stat) -> int:
         """The node of *name* in *parent*, which holds the object *st* describes."""
         self._stale_entries.pop((parent, name), None)
         old = self.inodes.child(parent, name)
@@ -401,25 +400,25 @@ class Namespace:
                 pass  # gone since the listing: the kernel finds out at its next call
             else:
                 if pin is not None and node.ident != ident(st):
-                    os.close(pin)  # replaced since the listing: leave the node to its path check
+                    pin.close()  # replaced since the listing: leave the node to its path check
                     pin = None
         self._referenced(ino, pin)
 
     def getattr(self, ino: int) -> Attr:
         if self.is_virtual(ino):
             return self._virtual_attr(ino)
-        fds = self._fds_by_ino.get(ino)
-        if fds:  # answers for open files that were unlinked or renamed away too
-            return self._attr(ino, _fstat(fds[0]))
+        files = self._open.get(ino)
+        if files:  # answers for open files that were unlinked or renamed away too
+            return self._attr(ino, files[0].stat())
         pin = self._pins.get(ino)
         if pin is not None:
-            return self._attr(ino, _fstat(pin))
+            return self._attr(ino, pin.stat())
         _, _, st = self._here(ino)
         return self._attr(ino, st)
 
     def readlink(self, ino: int) -> bytes:
         arena, rel, _ = self._here(ino)
-        return arena.backing.readlink(rel)
+        return arena.tree.readlink(rel)
 
     # ------------------------------------------------------------ changing attributes
 
@@ -442,33 +441,21 @@ class Namespace:
             raise NotPermitted()
         if ino in self._virtual_dirs:
             raise NotPermitted()
-        fd = self._fd_for(ino, fh)
-        try:
-            if fd is not None:
-                _set_by_fd(fd, size, mode, uid, gid, atime_ns, mtime_ns)
-                return self._attr(ino, os.fstat(fd))
-        except OSError as exc:
-            raise from_oserror(exc) from None
+        changes = Changes(size, mode, uid, gid, atime_ns, mtime_ns)
+        file = self._file_for(ino, fh)
+        if file is not None:
+            return self._attr(ino, file.setattr(changes))
         arena, rel, _ = self._here(ino)
-        backing = arena.backing
-        if size is not None:
-            backing.truncate(rel, size)
-        if uid is not None or gid is not None:
-            backing.chown(rel, -1 if uid is None else uid, -1 if gid is None else gid)
-        if mode is not None:
-            backing.chmod(rel, mode)
-        if atime_ns is not None or mtime_ns is not None:
-            backing.utime(rel, atime_ns, mtime_ns)
-        return self._attr(ino, backing.stat(rel))
+        return self._attr(ino, arena.tree.setattr(rel, changes))
 
-    def _fd_for(self, ino: int, fh: int | None) -> int | None:
+    def _file_for(self, ino: int, fh: int | None) -> File | None:
         handle = self._handles.get(fh) if fh is not None else None
-        if isinstance(handle, FileHandle) and handle.fd >= 0:
-            return handle.fd
+        if isinstance(handle, FileHandle) and not isinstance(handle.io, VirtualOpen):
+            return handle.io
         node = self.inodes.node(ino)
-        fds = self._fds_by_ino.get(ino)
-        if fds and node is not None and node.parent == 0:  # orphan: only its open files remain
-            return fds[0]
+        files = self._open.get(ino)
+        if files and node is not None and node.parent == 0:  # orphan: only its open files remain
+            return files[0]
         return None
 
     # ------------------------------------------------------------ creating and removing
@@ -482,69 +469,69 @@ class Namespace:
             raise NotPermitted("the arena's marker is realizefs's own")
         return arena, rel
 
-    def wrote(self, handle: FileHandle) -> None:
+    def _wrote(self, ino: int, file: File) -> None:
         """After a write through the mount: the kernel knows, no invalidation needed, pages still good."""
-        st = os.fstat(handle.fd)
-        self._told[handle.ino] = st.st_ctime_ns
-        if handle.ino in self._stamps:
-            self._stamps[handle.ino] = _stamp(st)
+        st = file.stat()
+        self._told[ino] = st.st_ctime_ns
+        if ino in self._stamps:
+            self._stamps[ino] = _stamp(st)
 
-    def _created(self, parent: int, name: bytes, st: os.stat_result, pin: int | None) -> Attr:
+    def _created(self, parent: int, name: bytes, st: Stat, pin: Pin | None) -> Attr:
         """The new object *st* at *name* in *parent*, referenced by the kernel; *pin*: of it, or None."""
         ino = self._add(parent, name, st)
         self._referenced(ino, pin)
         return self._attr(ino, st)
 
-    def _pin_new(self, arena: Arena, rel: bytes, st: os.stat_result) -> int | None:
+    def _pin_new(self, arena: Arena, rel: bytes, st: Stat) -> Pin | None:
         """A pin of the object just made at *rel*, if it is still there (and the budget allows)."""
         try:
             pin, now = self._pin(arena, rel)
         except FsError:
             return None
         if pin is not None and ident(now) != ident(st):
-            os.close(pin)
+            pin.close()
             return None
         return pin
 
-    def _make(self, parent: int, name: bytes, make: Callable[[Backing, bytes], os.stat_result]) -> Attr:
+    def _make(self, parent: int, name: bytes, make: Callable[[Tree, bytes], Stat]) -> Attr:
         arena, rel = self._arena_dir(parent, name)
-        st = make(arena.backing, rel)
+        st = make(arena.tree, rel)
         return self._created(parent, name, st, self._pin_new(arena, join(rel, name), st))
 
     def mkdir(self, parent: int, name: bytes, mode: int, owner: Owner) -> Attr:
-        return self._make(parent, name, lambda backing, rel: backing.mkdir(rel, name, mode, owner))
+        return self._make(parent, name, lambda tree, rel: tree.mkdir(rel, name, mode, owner))
 
     def mknod(self, parent: int, name: bytes, mode: int, owner: Owner) -> Attr:
-        return self._make(parent, name, lambda backing, rel: backing.mkfifo(rel, name, mode, owner))
+        return self._make(parent, name, lambda tree, rel: tree.mkfifo(rel, name, mode, owner))
 
     def symlink(self, parent: int, name: bytes, target: bytes, owner: Owner) -> Attr:
-        return self._make(parent, name, lambda backing, rel: backing.symlink(rel, name, target, owner))
+        return self._make(parent, name, lambda tree, rel: tree.symlink(rel, name, target, owner))
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, owner: Owner) -> tuple[int, Attr]:
         arena, rel = self._arena_dir(parent, name)
-        fd, st = arena.backing.create(rel, name, flags, mode, owner)
+        file, st = arena.tree.create(rel, name, flags, mode, owner)
         pin = None
         if len(self._pins) < self.max_pins:
             try:
-                pin = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)  # the very object created
-            except OSError as exc:
+                pin = file.pin()  # the very object created
+            except FsError as exc:
                 if exc.errno not in _NO_DESCRIPTORS:
-                    os.close(fd)
-                    raise from_oserror(exc) from None
+                    file.close()
+                    raise
                 self._out_of_descriptors()
         attr = self._created(parent, name, st, pin)
-        return self._open_fd(attr.ino, fd), attr
+        return self._opened(attr.ino, file), attr
 
     def unlink(self, parent: int, name: bytes) -> None:
         arena, rel = self._arena_dir(parent, name)
-        arena.backing.unlink(rel, name)
+        arena.tree.unlink(rel, name)
         self._detach(parent, name)
 
     def rmdir(self, parent: int, name: bytes) -> None:
         if self._virtual_dirs.get(parent, VirtualDir()).children.get(name):
             raise NotPermitted("arenas are removed in the config")
         arena, rel = self._arena_dir(parent, name)
-        arena.backing.rmdir(rel, name)
+        arena.tree.rmdir(rel, name)
         self._detach(parent, name)
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
@@ -552,7 +539,7 @@ class Namespace:
         arena_b, rel_b = self._arena_dir(new_parent, new_name)
         if arena_a is not arena_b:
             raise FsError("across arenas", errno=18)  # EXDEV: mv copies, as across filesystems
-        arena_a.backing.rename(join(rel_a, old_name), join(rel_b, new_name), flags)
+        arena_a.tree.rename(join(rel_a, old_name), join(rel_b, new_name), flags)
         if flags & RENAME_EXCHANGE:
             self.inodes.exchange(old_parent, old_name, new_parent, new_name)
         else:
@@ -563,9 +550,9 @@ class Namespace:
 
     # ------------------------------------------------------------ files
 
-    def _open_fd(self, ino: int, fd: int) -> int:
-        fh = self._new_fh(FileHandle(ino, fd=fd))
-        self._fds_by_ino.setdefault(ino, []).append(fd)
+    def _opened(self, ino: int, file: File) -> int:
+        fh = self._new_fh(FileHandle(ino, file))
+        self._open.setdefault(ino, []).append(file)
         self.inodes.opened(ino)
         return fh
 
@@ -575,73 +562,89 @@ class Namespace:
         self._handles[fh] = handle
         return fh
 
-    def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open a Real file: (handle, whether the kernel may keep its cached pages)."""
+    def _open_node(self, ino: int, flags: int) -> tuple[File, Stat]:
+        """Open the object *ino* is (through its pin, else by its path, checked); its attributes."""
         pin = self._pins.get(ino)
         if pin is not None:
-            fd = reopen(pin, flags & ~_NOT_PASSED)
+            file = pin.open(flags)
         else:
             arena, rel = self._locate(ino)
             try:
-                fd = arena.backing.open(rel, flags & ~_NOT_PASSED)
+                file = arena.tree.open(rel, flags)
             except NotFound:
                 raise self._stale(ino) from None
         try:
-            st = os.fstat(fd)
+            st = file.stat()
             self._check(ino, st)
         except BaseException:
-            os.close(fd)
+            file.close()
             raise
+        return file, st
+
+    def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Open an arena's file: (handle, whether the kernel may keep its cached pages)."""
+        file, st = self._open_node(ino, flags & ~_NOT_PASSED)
         stamp = _stamp(st)
         keep = self._stamps.get(ino) == stamp
         self._stamps[ino] = stamp
-        return self._open_fd(ino, fd), keep
+        return self._opened(ino, file), keep
 
     async def open_virtual(self, ino: int, flags: int, reader: Reader) -> int:
         """Open a virtual file with the snapshot *reader* is shown (see `virtual`)."""
         vfile = self._virtual_files[ino]
         if flags & _WRITE_FLAGS and vfile.command is None:
             raise AccessDenied("read-only")
-        commands = CommandInput(vfile.command) if vfile.command is not None else None
-        handle = FileHandle(ino, virtual=vfile, commands=commands)
-        fh = self._new_fh(handle)
+        handle = VirtualOpen(vfile, self._snapshots, f"{CONTROL_DIR.decode()}/{vfile.name.decode()}")
+        fh = self._new_fh(FileHandle(ino, handle))
         if flags & os.O_ACCMODE != os.O_WRONLY:
             try:
-                handle.content = await self._snapshots.open(fh, ino, vfile, reader)
+                await handle.load(fh, ino, reader)
             except BaseException:
                 self._handles.pop(fh, None)
                 raise
         return fh
 
-    def file(self, fh: int) -> FileHandle:
+    def _file(self, fh: int) -> FileHandle:
         handle = self._handles.get(fh)
         if not isinstance(handle, FileHandle):
             raise FsError("bad file handle", errno=9)
         return handle
 
-    def write_virtual(self, handle: FileHandle, data: bytes) -> None:
-        if handle.commands is None:
-            raise AccessDenied()
-        self._snapshots.changed()  # the next open shows what the command did
-        handle.commands.write(data)
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        return await self._file(fh).io.read(offset, size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self._file(fh)
+        written = await handle.io.write(offset, data)
+        if not isinstance(handle.io, VirtualOpen):
+            self._wrote(handle.ino, handle.io)
+        return written
+
+    async def allocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """``fallocate(2)`` on an open file; like a write, the kernel knows what changed."""
+        handle = self._file(fh)
+        await handle.io.allocate(mode, offset, length)
+        if not isinstance(handle.io, VirtualOpen):
+            self._wrote(handle.ino, handle.io)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._file(fh).io.fsync(datasync)
 
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
-        if isinstance(handle, FileHandle) and handle.virtual is not None:
-            self._snapshots.close(fh)
-            if handle.commands is not None:
-                self._snapshots.changed()
-                handle.commands.close(f"{CONTROL_DIR.decode()}/{handle.virtual.name.decode()}")
-        if isinstance(handle, FileHandle) and handle.fd >= 0:
-            # No new stamp here: the kernel sends the release after close(2) has returned,
-            # so a change made in the backing tree meanwhile would pass for one it has seen.
-            os.close(handle.fd)
-            fds = self._fds_by_ino.get(handle.ino, [])
-            fds.remove(handle.fd)
-            if not fds:
-                self._fds_by_ino.pop(handle.ino, None)
-            self.inodes.closed(handle.ino)
-            self._settle(handle.ino)
+        if not isinstance(handle, FileHandle):
+            return
+        # No new stamp here: the kernel sends the release after close(2) has returned,
+        # so a change made in the backing tree meanwhile would pass for one it has seen.
+        handle.io.close()
+        if isinstance(handle.io, VirtualOpen):
+            return
+        files = self._open.get(handle.ino, [])
+        files.remove(handle.io)
+        if not files:
+            self._open.pop(handle.ino, None)
+        self.inodes.closed(handle.ino)
+        self._settle(handle.ino)
 
     # ------------------------------------------------------------ directories
 
@@ -667,8 +670,8 @@ class Namespace:
             handle.listed = True
         return len(handle.entries)
 
-    def _listing(self, ino: int) -> list[tuple[bytes, Attr | os.stat_result]]:
-        entries: list[tuple[bytes, Attr | os.stat_result]] = [(b".", self.getattr(ino))]
+    def _listing(self, ino: int) -> list[tuple[bytes, Attr | Stat]]:
+        entries: list[tuple[bytes, Attr | Stat]] = [(b".", self.getattr(ino))]
         node = self.inodes.node(ino)
         parent = node.parent if node is not None and node.parent else ROOT_INODE
         entries.append((b"..", self.getattr(parent) if parent in self._virtual_dirs else self._dotdot(ino)))
@@ -677,7 +680,7 @@ class Namespace:
             entries.extend((name, self.getattr(child)) for name, child in sorted(vdir.children.items()))
         else:
             arena, rel, _ = self._here(ino)
-            entries.extend(e for e in arena.backing.listdir(rel) if rel or e[0] != MARKER)
+            entries.extend(e for e in arena.tree.listdir(rel) if rel or e[0] != MARKER)
         return entries
 
     def dir_entry(self, fh: int, index: int) -> tuple[bytes, Attr]:
@@ -700,22 +703,22 @@ class Namespace:
     def releasedir(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
-    def open_for_fsyncdir(self, fh: int) -> int | None:
-        """A descriptor of the listed directory for the caller to fsync (in a worker) and close."""
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        """Flush the listed directory to its disk (virtual ones have nothing to flush)."""
         handle = self._handles.get(fh)
         if not isinstance(handle, DirHandle) or self.is_virtual(handle.ino):
-            return None
-        pin = self._pins.get(handle.ino)
-        if pin is not None:
-            return reopen(pin, os.O_RDONLY | os.O_DIRECTORY)
-        arena, rel, _ = self._here(handle.ino)
-        return arena.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+            return
+        directory, _ = self._open_node(handle.ino, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await directory.fsync(datasync)
+        finally:
+            directory.close()
 
     def statfs(self) -> FsStats:
         """The backing filesystems' numbers, summed over distinct filesystems."""
         seen: dict[int, os.statvfs_result] = {}
         for arena in self._arenas.values():
-            seen.setdefault(arena.backing.stat(b"").st_dev, arena.backing.statvfs())
+            seen.setdefault(arena.tree.stat(b"").st_dev, arena.tree.statvfs())
         if not seen:
             return FsStats(4096, 4096, 0, 0, 0, 0, 0, 0, 255)
         frsize = min(v.f_frsize for v in seen.values())
@@ -745,25 +748,25 @@ class Namespace:
         if self.is_virtual(ino):
             raise NoData()
         arena, rel, _ = self._here(ino)
-        return attributes.get(arena.backing, rel, name, arena.config.mode, self._hash_of(arena, rel))
+        return attributes.get(arena.tree, rel, name, arena.config.mode, self._hash_of(arena, rel))
 
     def listxattr(self, ino: int) -> list[bytes]:
         if self.is_virtual(ino):
             return []
         arena, rel, st = self._here(ino)
-        return attributes.names(arena.backing, rel, stat.S_IFMT(st.st_mode))
+        return attributes.names(arena.tree, rel, stat.S_IFMT(st.st_mode))
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         if self.is_virtual(ino):
             raise NotPermitted("realizefs's own files and directories have no attributes to set")
         arena, rel, _ = self._here(ino)
-        attributes.put(arena.backing, rel, name, value, _where(arena, rel), self._hash_of(arena, rel))
+        attributes.put(arena.tree, rel, name, value, _where(arena, rel), self._hash_of(arena, rel))
 
     def removexattr(self, ino: int, name: bytes) -> None:
         if self.is_virtual(ino):
             raise NotPermitted()
         arena, rel, _ = self._here(ino)
-        attributes.remove(arena.backing, rel, name, _where(arena, rel))
+        attributes.remove(arena.tree, rel, name, _where(arena, rel))
 
     def _hash_of(self, arena: Arena, rel: bytes) -> Callable[[], bytes | None]:
         return lambda: self._content_hash(arena.name, rel)
@@ -790,36 +793,3 @@ class Namespace:
 
 def _where(arena: Arena, rel: bytes) -> str:
     return f"{arena.name}/{rel.decode('utf-8', 'backslashreplace')}"
-
-
-def _fstat(fd: int) -> os.stat_result:
-    try:
-        return os.fstat(fd)
-    except OSError as exc:
-        raise from_oserror(exc) from None
-
-
-def _set_by_fd(
-    fd: int,
-    size: int | None,
-    mode: int | None,
-    uid: int | None,
-    gid: int | None,
-    atime_ns: int | None,
-    mtime_ns: int | None,
-) -> None:
-    if size is not None:
-        os.ftruncate(fd, size)
-    if uid is not None or gid is not None:
-        os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
-    if mode is not None:
-        os.fchmod(fd, mode & 0o7777)
-    if atime_ns is not None or mtime_ns is not None:
-        st = os.fstat(fd)
-        os.utime(
-            fd,
-            ns=(
-                st.st_atime_ns if atime_ns is None else atime_ns,
-                st.st_mtime_ns if mtime_ns is None else mtime_ns,
-            ),
-        )

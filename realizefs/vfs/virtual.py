@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from realizefs.errors import InvalidValue
+from realizefs.errors import AccessDenied, InvalidValue, NotSupported
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +157,47 @@ class CommandInput:
             self.command.run(pending)
         except InvalidValue as exc:
             log.warning("%s: ignoring %r written without a newline: %s", where, pending, exc)
+
+
+class VirtualOpen:
+    """One open handle of a virtual file: the snapshot it reads, the commands written to it.
+
+    A `realizefs.vfs.tree.Handle`, like a tree's open file: reads come from the
+    snapshot taken at `load`, writes feed the file's command (others are
+    refused), and `close` runs an unterminated last command."""
+
+    def __init__(self, vfile: VirtualFile, snapshots: Snapshots, where: str) -> None:
+        self._vfile = vfile
+        self._snapshots = snapshots
+        self._where = where  # the file's path, for the log
+        self._fh: int | None = None
+        self._content = b""
+        self._commands = CommandInput(vfile.command) if vfile.command is not None else None
+
+    async def load(self, fh: int, ino: int, reader: Reader) -> None:
+        """Take the snapshot the handle *fh* of the file *ino* reads (see `Snapshots.open`)."""
+        self._fh = fh
+        self._content = await self._snapshots.open(fh, ino, self._vfile, reader)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return self._content[offset : offset + size]
+
+    async def write(self, offset: int, data: bytes) -> int:
+        if self._commands is None:
+            raise AccessDenied()
+        self._snapshots.changed()  # the next open shows what the command did
+        self._commands.write(data)
+        return len(data)
+
+    async def fsync(self, datasync: bool) -> None:
+        pass  # nothing is kept to flush
+
+    async def allocate(self, mode: int, offset: int, length: int) -> None:
+        raise NotSupported("realizefs's own files cannot be allocated")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._snapshots.close(self._fh)
+        if self._commands is not None:
+            self._snapshots.changed()
+            self._commands.close(self._where)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from realizefs.config import ArenaConfig
 from realizefs.errors import FsError, NotFound, NotPermitted, Stale
@@ -83,9 +84,7 @@ def test_virtual_directories_hold_no_files(ns: Namespace) -> None:
 def test_changes_made_through_the_namespace_need_no_invalidation(ns: Namespace, root: Path) -> None:
     a = arena(ns)
     fh, attr = ns.create(a, b"f", 0o644, os.O_WRONLY, ROOT)
-    handle = ns.file(fh)
-    os.pwrite(handle.fd, b"data", 0)
-    ns.wrote(handle)
+    assert trio.run(ns.write, fh, 0, b"data") == 4
     ns.release(fh)
     ns.getattr(a)
     todo = backing_changed(ns, a, [Change(a, b"", b"f", CREATE), Change(a, b"", b"f", MODIFY)])
@@ -122,7 +121,7 @@ def test_inode_survives_rename_and_kind_change_gets_a_new_one(ns: Namespace, roo
 
 
 def read_all(ns: Namespace, fh: int) -> bytes:
-    return os.pread(ns.file(fh).fd, 1 << 16, 0)
+    return trio.run(ns.read, fh, 0, 1 << 16)
 
 
 @pytest.fixture
