@@ -274,7 +274,7 @@ async def _serve(daemon: Daemon) -> None:
                     services.start_soon(daemon.cache_sync.run)
                     services.start_soon(daemon.indexer.run)
                     services.start_soon(daemon.household.run, listeners)
-                    services.start_soon(memory.give_back_after_compactions)
+                    services.start_soon(memory.give_back_freed_memory)
                     await _until_stopped(daemon, signals)
                     services.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()

@@ -7,7 +7,7 @@ outlived them (a dict resized meanwhile, a cached string) keep most arenas
 alive: measured on 100,000 files created and deleted through the mount, 58
 arenas stayed allocated holding 16 MB of objects, 44 MB of them free. So the
 daemon runs on the C library's allocator (``PYTHONMALLOC=malloc``), whose
-free pages `give_back` returns to the system (``malloc_trim``), in one glibc
+free pages it returns to the system (``malloc_trim``), in one glibc
 arena (``MALLOC_ARENA_MAX=1``: Python allocates under the GIL, so threads
 seldom contend for it; with one arena per thread each kept its own free
 pages). Neither can be changed in a running interpreter, so the command line
@@ -15,10 +15,14 @@ re-executes itself once with them set (`use_system_allocator`); a value the
 user set is kept. Creating 10,000 files through the mount ran as fast either
 way (546 and 550 files/s, within the runs' noise).
 
-When to trim: after much was freed, which the tables that hold per-inode and
-per-path state tell by compacting themselves (`Shrink`); the
-daemon looks every `TRIM_INTERVAL`. A trim walks the heap's free chunks
-(milliseconds for 100 MB), in a worker thread.
+When to trim: every `TRIM_INTERVAL` the daemon reads how many bytes the heap
+holds free (glibc's ``mallinfo2``) and trims once that grew by `TRIM_STEP`
+since the last trim (`TrimPolicy`): much was freed, as when the kernel
+forgets a large tree. Trimmed pages stay counted as free, so the count after a
+trim is the next baseline; memory taken again lowers it. (Trimming after a
+table compacted missed what was freed after the last compaction: 30 MB of
+free heap stayed resident after 100,000 files were deleted.) A trim walks the
+heap's free chunks (milliseconds for 100 MB), in a worker thread.
 """
 
 from __future__ import annotations
@@ -28,18 +32,16 @@ import ctypes.util
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
 import trio
 
-from realizefs.shrink import Shrink
-
 log = logging.getLogger(__name__)
 
 ENVIRONMENT = {"PYTHONMALLOC": "malloc", "MALLOC_ARENA_MAX": "1"}
-TRIM_INTERVAL = 10.0  # seconds between looks at the process's memory
+TRIM_INTERVAL = 10.0  # seconds between looks at the heap
+TRIM_STEP = 8 << 20  # bytes freed since the last trim that make another worth it
 
 
 def use_system_allocator() -> None:
@@ -61,39 +63,80 @@ def anonymous_bytes(status: Path = Path("/proc/self/status")) -> int:
     return 0
 
 
-def _load_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)  # glibc's; not in musl
-    if trim is None:
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return cast(Callable[[int], int], trim)
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
-_TRIM = _load_trim()
+class _Libc:
+    """glibc's ``malloc_trim`` and ``mallinfo2`` (2.33+); absent elsewhere (musl)."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        self._trim = getattr(libc, "malloc_trim", None)
+        self._info = getattr(libc, "mallinfo2", None)
+        if self._trim is not None and self._info is not None:
+            self._trim.argtypes = [ctypes.c_size_t]
+            self._trim.restype = ctypes.c_int
+            self._info.argtypes = []
+            self._info.restype = _MallInfo2
+
+    @property
+    def usable(self) -> bool:
+        return self._trim is not None and self._info is not None
+
+    def free_bytes(self) -> int:
+        """Bytes the heap holds free (in its chunks, trimmed or not)."""
+        assert self._info is not None
+        return int(cast(_MallInfo2, self._info()).fordblks)
+
+    def trim(self) -> None:
+        assert self._trim is not None
+        self._trim(0)
 
 
-def give_back() -> bool:
-    """Return the heap's free pages to the system; whether the C library can (blocking)."""
-    if _TRIM is None:
-        return False
-    _TRIM(0)
-    return True
+LIBC = _Libc()
 
 
-async def give_back_after_compactions(interval: float = TRIM_INTERVAL) -> None:
-    """Every *interval* seconds, if a table was compacted since (much was freed), trim (a service)."""
-    if _TRIM is None:
+class TrimPolicy:
+    """When a trim is worth it: the heap's free bytes grew by *step* since the last (pure)."""
+
+    def __init__(self, step: int = TRIM_STEP) -> None:
+        self.step = step
+        self.baseline: int | None = None  # free bytes after the last trim (None: not looked yet)
+
+    def due(self, free: int) -> bool:
+        if self.baseline is None or free < self.baseline:  # the first look, or memory taken again
+            self.baseline = free
+        return free >= self.baseline + self.step
+
+    def trimmed(self, free: int) -> None:
+        self.baseline = free
+
+
+async def give_back_freed_memory(interval: float = TRIM_INTERVAL) -> None:
+    """Every *interval* seconds, trim the heap if much was freed since the last trim (a service)."""
+    if not LIBC.usable:
         return
-    seen = Shrink.compactions
+    policy = TrimPolicy()
     while True:
         await trio.sleep(interval)
-        if Shrink.compactions == seen:
-            continue
-        seen = Shrink.compactions
-        before = anonymous_bytes()
-        await trio.to_thread.run_sync(give_back)
-        log.debug("gave %d MiB of free heap back", max(before - anonymous_bytes(), 0) >> 20)
+        if policy.due(LIBC.free_bytes()):
+            before = anonymous_bytes()
+            await trio.to_thread.run_sync(LIBC.trim)
+            policy.trimmed(LIBC.free_bytes())
+            log.debug("gave %d MiB of free heap back", max(before - anonymous_bytes(), 0) >> 20)

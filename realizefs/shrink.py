@@ -4,21 +4,14 @@ A dict that once held 100,000 entries keeps a table sized for them after they
 are deleted (a few megabytes per dict, for the life of the daemon). `Shrink`
 notes a mapping's largest size and says when a copy, sized for what it holds
 now, would give most of that table back. Pure; no I/O.
-
-`Shrink.compactions` counts the copies advised, in every thread: each is a sign that
-much memory was just freed, which `realizefs.memory` gives back to the system.
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 MIN_PEAK = 4096  # below this, a table is too small to be worth a copy
 
 
 class Shrink:
-    compactions: ClassVar[int] = 0  # copies advised so far (a lost increment only delays a trim)
-
     def __init__(self) -> None:
         self.peak = 0
 
@@ -29,6 +22,5 @@ class Shrink:
             return False
         if self.peak >= MIN_PEAK and size * 4 < self.peak:
             self.peak = size
-            Shrink.compactions += 1
             return True
         return False
