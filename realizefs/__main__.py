@@ -6,11 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from realizefs import __version__, daemon, log, memory
+from realizefs import __version__, memory
 from realizefs.config import DEFAULT_PATH
 
 
 def main(argv: list[str] | None = None) -> int:
+    from realizefs import daemon, log  # noqa: PLC0415 (after `entry` re-executed: imported once)
+
     parser = argparse.ArgumentParser(
         prog="realizefs",
         description="Mount the arenas of a realizefs peer and keep them in sync with the household.",

@@ -28,14 +28,11 @@ heap's free chunks (milliseconds for 100 MB), in a worker thread.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import cast
-
-import trio
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +82,7 @@ class _Libc:
     """glibc's ``malloc_trim`` and ``mallinfo2`` (2.33+); absent elsewhere (musl)."""
 
     def __init__(self) -> None:
-        name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name) if name else None
+        libc = ctypes.CDLL(None)  # the process's own symbols, libc's among them (no ldconfig run)
         self._trim = getattr(libc, "malloc_trim", None)
         self._info = getattr(libc, "mallinfo2", None)
         if self._trim is not None and self._info is not None:
@@ -130,6 +126,8 @@ class TrimPolicy:
 
 async def give_back_freed_memory(interval: float = TRIM_INTERVAL) -> None:
     """Every *interval* seconds, trim the heap if much was freed since the last trim (a service)."""
+    import trio  # noqa: PLC0415 (the command line imports this module before it re-executes)
+
     if not LIBC.usable:
         return
     policy = TrimPolicy()

@@ -267,15 +267,11 @@ class Household:
 
     def _refused(self, peer: _Peer | None, where: str, exc: Refused, key: bytes | None = None) -> None:
         reason, offered = exc.reason, exc.offered or key
-        if exc.cut:  # nothing was refused: the connection ended half-way (said once per reason)
+        if exc.cut:  # nothing was refused: the connection ended half-way
             line = f"{where}: {reason}"
-            if peer is None:  # not even a key: anyone's port scan
-                log.debug("a connection %s", line)
-                return
-            peer.set_state("disconnected", self.clock(), line)
-            if peer.logged != reason:
-                peer.logged = reason
-                log.info("peer %s: %s", peer.config.name, line)
+            log.debug("%s %s", f"peer {peer.config.name}:" if peer else "a connection", line)
+            if peer is not None and not peer.state.startswith("refused"):  # a refusal says more
+                peer.set_state("disconnected", self.clock(), line)
             return
         if offered is not None:
             line = f"{where}: {reason} (key offered: {format_key(offered)})"

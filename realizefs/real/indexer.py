@@ -50,6 +50,7 @@ from __future__ import annotations
 import errno
 import heapq
 import logging
+import math
 import os
 import stat
 import time
@@ -73,6 +74,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, bytes]  # (arena name, path)
 BATCH = 256  # paths looked at (and hashed) per round, written in one transaction each way
 MAX_BACKOFF = 300.0  # seconds between retries of what keeps failing, at most
+CLOSED_QUIET = 1.0  # seconds a file closed by its writer stays unchanged before it is hashed
 Signature = tuple[int, int, int, int]  # file type, size, mtime_ns, inode
 
 
@@ -107,6 +109,8 @@ class _Pending:
     gone_at: int = 0  # when it was first seen missing (wall clock, ns): the delete's time
     quiet: bool = False  # the daemon's own change: indexed, but no history entry
     force: bool = False  # read again even if size and mtime look unchanged (an exchange)
+    closed: bool = False  # a writer closed it since it was last hashed (see `_look_soon`)
+    looked: float = -math.inf  # when it was last looked at (monotonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,15 +539,25 @@ class Indexer:
                             self._retry((event.arena, rel), now)
 
     def _look_soon(self, key: Key) -> None:
-        """A writer closed *key*: look at it now rather than after its rest.
+        """A writer closed *key*: look at it soon rather than after a rest period.
 
         The look records its size and mtime (else the index keeps what the last
-        look saw, a new file's 0 bytes, for a whole rest period), and waits a
-        rest again if they changed since the last look; if they did not, the
-        file was quiet since then and is hashed now."""
+        look saw, a new file's 0 bytes, for a whole rest period), and the file
+        is hashed once it has stayed unchanged for `CLOSED_QUIET` since (not at
+        once: a logger that opens, appends and closes many times a second
+        would be read whole at each close). At most one such look per
+        `CLOSED_QUIET`, however often it is closed."""
         pending = self._pending.get(key)
-        if pending is not None and pending.due > self._now:
-            self._later(key, pending, self._now)
+        if pending is None:
+            return
+        pending.closed = True
+        due = max(self._now, pending.looked + self._quiet)
+        if due < pending.due:
+            self._later(key, pending, due)
+
+    @property
+    def _quiet(self) -> float:
+        return min(CLOSED_QUIET, self.rest)
 
     def _seen_gone(self, key: Key) -> None:
         """A file waiting for its rest that is missing now waits as a gone one (not counted).
@@ -724,10 +738,15 @@ class Indexer:
             return (a, rel, pending.force) if outcome == "dir" else None
         pending.force = False  # recorded as changed: it will be read
         seen = (st.st_size, st.st_mtime_ns)
-        rested = self._wall_ns - st.st_mtime_ns >= self.rest * 1e9
-        if not rested and pending.seen != seen:  # written to lately: look again after a rest
+        unchanged_for = self._wall_ns - st.st_mtime_ns
+        rested = unchanged_for >= self.rest * 1e9
+        pending.looked = self._now
+        # Closed by its writer: hashed once unchanged for a moment (its mtime says so, or two
+        # looks that far apart saw the same), not after a whole rest period.
+        quiet = pending.closed and unchanged_for >= self._quiet * 1e9
+        if not rested and not quiet and pending.seen != seen:  # written to lately: look again later
             pending.seen = seen
-            self._later(key, pending, self._now + self.rest)
+            self._later(key, pending, self._now + (self._quiet if pending.closed else self.rest))
             return None
         self._pending.pop(key, None)
         return _Hashing(a, rel, st, pending.quiet, self._base(old, st))

@@ -28,7 +28,7 @@ from blake3 import blake3
 from realizefs.errors import AccessDenied
 from realizefs.real.backing import Backing
 from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
-from realizefs.real.indexer import MAX_BACKOFF, Indexer, parts
+from realizefs.real.indexer import CLOSED_QUIET, MAX_BACKOFF, Indexer, parts
 from realizefs.real.watcher import Change
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
 from realizefs.store.schema import Store
@@ -214,42 +214,43 @@ def test_a_file_is_hashed_once_it_has_rested(store: Store, tree: Path) -> None:
     clocks.run(scenario)
 
 
-def test_a_file_closed_after_writing_is_looked_at_then(store: Store, tree: Path) -> None:
-    """A file first looked at while empty shows its size once its writer closes it, not a
-    rest period later; closed again with nothing new written, it is hashed at once."""
+def test_a_file_its_writer_closes_is_hashed_once_quiet_for_a_moment(store: Store, tree: Path) -> None:
+    """A logger that opens, appends and closes twice a `CLOSED_QUIET` is looked at once per
+    `CLOSED_QUIET` (its size shows), never hashed while it writes, and hashed once, a
+    moment after it stops: not a rest period (an hour here) later."""
     clocks = Clocks(autojump=False)
     rest = 3600.0
     hasher = CountingHasher()
     indexer = make(store, clocks, Backing(tree), hasher, rest)
     root = indexer.index.arena_root("a")
-    new = tree / "new"
+    log = tree / "log"
 
-    def size() -> int | None:
-        record = indexer.index.get(root, [b"new"])
+    def indexed_size() -> int | None:
+        record = indexer.index.get(root, [b"log"])
         return None if record is None else record.size
 
-    def now() -> tuple[int, int]:
-        return (clocks.wall(), clocks.wall())
+    def append(i: int) -> None:
+        with open(log, "ab") as f:
+            f.write(b"line %d\n" % i)
+        os.utime(log, ns=(clocks.wall(), clocks.wall()))
+        indexer.changed("a", [Change(0, b"", b"log", 0x2), Change(0, b"", b"log", 0x8)])  # MODIFY, CLOSE
 
     async def scenario() -> None:
         async with running(indexer):
             await until(settled(indexer))
             calls = hasher.calls
-            new.write_bytes(b"")
-            os.utime(new, ns=now())
-            indexer.changed("a", [Change(0, b"", b"new", 0x100)])  # IN_CREATE
-            await until(lambda: size() == 0, "the look at the empty file")
-            with open(new, "ab") as f:
-                f.write(b"x" * 10)
-            os.utime(new, ns=now())
-            indexer.changed("a", [Change(0, b"", b"new", 0x2)])  # IN_MODIFY: the rest goes on
-            indexer.changed("a", [Change(0, b"", b"new", 0x8)])  # IN_CLOSE_WRITE: look now
-            await until(lambda: size() == 10, "the look after the close")
-            assert indexer.hash_of("a", b"new") is None  # written since the last look: it rests
-            assert hasher.calls == calls
-            indexer.changed("a", [Change(0, b"", b"new", 0x8)])  # closed, nothing new: quiet
-            await until(lambda: indexer.hash_of("a", b"new") == blake3(b"x" * 10).digest(), "the hash")
-            assert trio.current_time() == 0  # no rest period went by
+            append(0)
+            await until(lambda: indexed_size() == 7, "the first look, at once")
+            for i in range(1, 8):
+                clocks.mock.jump(CLOSED_QUIET / 2)
+                append(i)
+                if i % 2 == 0:  # a look was due: it shows what was written
+                    await until(lambda: indexed_size() == log.stat().st_size, f"the look at {i}")
+                assert hasher.calls == calls and indexer.hash_of("a", b"log") is None
+            clocks.mock.jump(CLOSED_QUIET)
+            content = log.read_bytes()
+            await until(lambda: indexer.hash_of("a", b"log") == blake3(content).digest(), "the hash")
+            assert hasher.calls == calls + 1
 
     clocks.run(scenario)
 
