@@ -18,7 +18,9 @@ way (546 and 550 files/s, within the runs' noise).
 When to trim: every `TRIM_INTERVAL` the daemon reads how many bytes the heap
 holds free (glibc's ``mallinfo2``) and trims once that grew by `TRIM_STEP`
 since the last trim (`TrimPolicy`): much was freed, as when the kernel
-forgets a large tree. Trimmed pages stay counted as free, so the count after a
+forgets a large tree; what was freed in smaller steps is trimmed within
+`TRIM_LAZY` (10 MB stayed resident otherwise after 30,000 files were
+deleted through the mount). Trimmed pages stay counted as free, so the count after a
 trim is the next baseline; memory taken again lowers it. (Trimming after a
 table compacted missed what was freed after the last compaction: 30 MB of
 free heap stayed resident after 100,000 files were deleted.) A trim walks the
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 ENVIRONMENT = {"PYTHONMALLOC": "malloc", "MALLOC_ARENA_MAX": "1"}
 TRIM_INTERVAL = 10.0  # seconds between looks at the heap
 TRIM_STEP = 8 << 20  # bytes freed since the last trim that make another worth it
+TRIM_LAZY = 60.0  # seconds after which less is worth a trim too
 
 
 def use_system_allocator() -> None:
@@ -109,19 +112,25 @@ LIBC = _Libc()
 
 
 class TrimPolicy:
-    """When a trim is worth it: the heap's free bytes grew by *step* since the last (pure)."""
+    """When a trim is worth it (pure): the heap's free bytes grew by *step* since the last
+    trim, or by anything (a MiB) and the last trim is *lazy* seconds old, so what is freed
+    in small steps goes back too, within a minute."""
 
-    def __init__(self, step: int = TRIM_STEP) -> None:
+    def __init__(self, step: int = TRIM_STEP, lazy: float = TRIM_LAZY) -> None:
         self.step = step
+        self.lazy = lazy
         self.baseline: int | None = None  # free bytes after the last trim (None: not looked yet)
+        self.last = 0.0  # when the last trim was (monotonic seconds)
 
-    def due(self, free: int) -> bool:
+    def due(self, free: int, now: float) -> bool:
         if self.baseline is None or free < self.baseline:  # the first look, or memory taken again
             self.baseline = free
-        return free >= self.baseline + self.step
+        grown = free - self.baseline
+        return grown >= self.step or (grown >= 1 << 20 and now - self.last >= self.lazy)
 
-    def trimmed(self, free: int) -> None:
+    def trimmed(self, free: int, now: float) -> None:
         self.baseline = free
+        self.last = now
 
 
 async def give_back_freed_memory(interval: float = TRIM_INTERVAL) -> None:
@@ -133,8 +142,8 @@ async def give_back_freed_memory(interval: float = TRIM_INTERVAL) -> None:
     policy = TrimPolicy()
     while True:
         await trio.sleep(interval)
-        if policy.due(LIBC.free_bytes()):
+        if policy.due(LIBC.free_bytes(), trio.current_time()):
             before = anonymous_bytes()
             await trio.to_thread.run_sync(LIBC.trim)
-            policy.trimmed(LIBC.free_bytes())
+            policy.trimmed(LIBC.free_bytes(), trio.current_time())
             log.debug("gave %d MiB of free heap back", max(before - anonymous_bytes(), 0) >> 20)
