@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from realizefs.memory import TRIM_LAZY
-from tests.support import Daemon, wait_for
+from realizefs.memory import TRIM_LAZY, anonymous_bytes
+from tests.support import Daemon, serving, wait_for
 
 FILES = 30_000
 DIRS = 100
@@ -27,10 +27,7 @@ MARGIN = 20 << 20
 
 
 def anonymous(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no RssAnon")
+    return anonymous_bytes(Path(f"/proc/{pid}/status"))
 
 
 def drop_kernel_caches() -> None:
@@ -40,13 +37,7 @@ def drop_kernel_caches() -> None:
 
 @pytest.fixture
 def daemon(base: Path) -> Iterator[Daemon]:
-    d = Daemon(base, extra='\n[consensus]\nrest = "1s"\n')
-    d.start()
-    try:
-        yield d
-        d.stop()
-    finally:
-        d.kill()
+    yield from serving(Daemon(base, extra='\n[consensus]\nrest = "1s"\n'))
 
 
 def test_the_daemon_runs_on_the_system_allocator(daemon: Daemon) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 from cryptography.hazmat.primitives import serialization
@@ -196,3 +196,17 @@ def run_trio(test: Runner, timeout: float = 4 * MIN_DEADLINE) -> None:
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+async def through_a_proxy(
+    nursery: trio.Nursery, b_network: NetworkConfig = FAST
+) -> tuple[Node, Node, FreezableProxy]:
+    """a dials b through a proxy the test can freeze or cut."""
+    b = await start_node(nursery, "b", network=b_network)
+    assert b.address is not None
+    proxy = FreezableProxy(b.address)
+    proxy_address = await nursery.start(proxy.run)
+    a = await start_node(nursery, "a", listen=False)
+    b.household.update([a.peer(address=False)])
+    a.household.update([replace(b.peer(), address=proxy_address)])
+    return a, b, proxy

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import pytest
 import trio
@@ -11,7 +10,15 @@ import trio
 from realizefs.errors import RemoteError
 from realizefs.peers.connection import DEFAULT_WINDOW, Connection
 from realizefs.peers.messages import PROTOCOL_VERSION
-from tests.integration.support import FAST, FreezableProxy, Node, eventually, run_trio, start_node
+from tests.integration.support import (
+    FAST,
+    FreezableProxy,
+    Node,
+    eventually,
+    run_trio,
+    start_node,
+    through_a_proxy,
+)
 from tests.support import reserve_port
 
 HOUSEHOLD = "realizefs.peers.household"
@@ -141,21 +148,9 @@ def test_a_restarted_peer_is_reconnected() -> None:
         run_trio(test)
 
 
-async def _through_a_proxy(nursery: trio.Nursery) -> tuple[Node, Node, FreezableProxy]:
-    """a dials b through a proxy the test can freeze or cut."""
-    b = await start_node(nursery, "b")
-    assert b.address is not None
-    proxy = FreezableProxy(b.address)
-    proxy_address = await nursery.start(proxy.run)
-    a = await start_node(nursery, "a", listen=False)
-    b.household.update([a.peer(address=False)])
-    a.household.update([replace(b.peer(), address=proxy_address)])
-    return a, b, proxy
-
-
 def test_a_frozen_peer_is_detected_by_keepalive_and_reconnected() -> None:
     async def test(nursery: trio.Nursery) -> None:
-        a, _, proxy = await _through_a_proxy(nursery)
+        a, _, proxy = await through_a_proxy(nursery)
         await eventually(lambda: a.state("b") == "connected")
         first = a.household.connection("b")
         await eventually(lambda: first is not None and first.rtt is not None, what="a round-trip time")
@@ -172,7 +167,7 @@ def test_a_frozen_peer_is_detected_by_keepalive_and_reconnected() -> None:
 
 def test_a_reset_connection_is_noticed_at_once_and_redialed() -> None:
     async def test(nursery: trio.Nursery) -> None:
-        a, b, proxy = await _through_a_proxy(nursery)
+        a, b, proxy = await through_a_proxy(nursery)
         await eventually(lambda: a.state("b") == "connected" and b.state("a") == "connected")
         first = a.household.connection("b")
         assert first is not None

@@ -29,6 +29,7 @@ from tests.integration.support import (
     new_identity,
     run_trio,
     start_node,
+    through_a_proxy,
 )
 
 
@@ -109,23 +110,9 @@ def test_connect_then_disconnect_when_the_other_side_stops() -> None:
     run_trio(test)
 
 
-async def _through_a_proxy(
-    nursery: trio.Nursery, b_network: object = FAST
-) -> tuple[Node, Node, FreezableProxy]:
-    """a dials b through a proxy the test can freeze or cut."""
-    b = await start_node(nursery, "b", network=b_network)  # type: ignore[arg-type]
-    assert b.address is not None
-    proxy = FreezableProxy(b.address)
-    proxy_address = await nursery.start(proxy.run)
-    a = await start_node(nursery, "a", listen=False)
-    b.household.update([a.peer(address=False)])
-    a.household.update([replace(b.peer(), address=proxy_address)])
-    return a, b, proxy
-
-
 def test_disconnect_by_keepalive_timeout() -> None:
     async def test(nursery: trio.Nursery) -> None:
-        a, _, proxy = await _through_a_proxy(nursery)
+        a, _, proxy = await through_a_proxy(nursery)
         log = await subscribed(nursery, a.household)
         await eventually(lambda: log.connected("b"), what="Connected")
         proxy.freeze()
@@ -165,7 +152,7 @@ def test_a_newer_connection_replacing_the_live_one_is_a_disconnect_then_a_connec
     """b still holds a's first connection (frozen, and b's timeout is long) when a's second arrives."""
 
     async def test(nursery: trio.Nursery) -> None:
-        a, b, proxy = await _through_a_proxy(nursery, b_network=replace(FAST, timeout=3600.0))
+        a, b, proxy = await through_a_proxy(nursery, b_network=replace(FAST, timeout=3600.0))
         a_log, b_log = await subscribed(nursery, a.household), await subscribed(nursery, b.household)
         await eventually(lambda: a_log.connected("b") and b_log.connected("a"), what="both Connected")
         first = b_log.connected("a")

@@ -26,13 +26,6 @@ CREATE, DELETE, MODIFY = 0x100, 0x200, 0x2
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "real"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def ns(root: Path) -> Iterator[Namespace]:
     namespace = Namespace([ArenaConfig("a", root, Mode.REAL)], [])
     yield namespace

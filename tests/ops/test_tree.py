@@ -25,13 +25,6 @@ ROOT = Owner(0, 0, lambda gid: gid == 0)
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "real"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def real(root: Path) -> Iterator[RealTree]:
     backing = Backing(root)
     yield RealTree(backing)
