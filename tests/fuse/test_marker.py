@@ -38,7 +38,7 @@ def test_a_root_without_its_marker_is_not_indexed(base: Path) -> None:
     root = d.root()
     d.start()
     try:
-        assert (root / MARKER).is_file()  # marked on first use
+        wait_for(lambda: (root / MARKER).is_file(), 10, "the root to be marked on first use")
         assert (
             f"store = {json.loads((d.mountpoint / '.realize' / 'status.json').read_text())['store_id']}"
             in (root / MARKER).read_text()
@@ -82,7 +82,7 @@ def test_a_root_without_its_marker_is_not_indexed(base: Path) -> None:
 
 def test_the_marker_is_not_shown_through_the_mount(daemon: Daemon) -> None:
     root, mnt = daemon.root(), daemon.mnt()
-    assert (root / MARKER).is_file()
+    wait_for(lambda: (root / MARKER).is_file(), 10, "the root to be marked")
     assert MARKER not in os.listdir(mnt)
     assert not (mnt / MARKER).exists()
     (mnt / "f").write_text("x")
