@@ -12,7 +12,7 @@
     - kind 2 is kept for the chunk cache (issue 10): a chunk hash + 2 key, its
       value saying where the cache holds the bytes.
 
-The entries of kind 1 are exactly: for every file node whose record has a
+The entries of kind 1 are exactly: for every Real file node whose record has a
 settled hash (hashed, and not changed since) and whose content's manifest is
 stored, one entry per distinct chunk of that manifest. `realizefs.store.index`
 keeps them so in the same write transaction as every change of a ``nodes``
@@ -115,8 +115,8 @@ def remove_file(txn: Any, chunks: Any, manifests: Any, node: int, content_hash: 
 
 
 def held(node: int, record: Record) -> tuple[int, bytes] | None:
-    """(node id, settled hash) of a file with a settled content; None for anything else."""
-    if record.kind != KIND_FILE or record.settled_hash is None:
+    """(node id, settled hash) of a Real file with a settled content; None for anything else."""
+    if record.kind != KIND_FILE or not record.real or record.settled_hash is None:
         return None
     return node, bytes(record.settled_hash)
 

@@ -1,12 +1,12 @@
 """The local history: an append-only, sequence-numbered log of each arena's changes.
 
-Layout (schema version 2, see `realizefs.store.schema`):
+Layout (schema version 5, see `realizefs.store.schema`):
 
 ``history``
     key: the arena root's node id (8 bytes) + sequence number (8 bytes), both
     big-endian, so an arena's entries are one ordered key range and pruning
     what every peer acknowledged is deleting a prefix of it.
-    value: msgpack array ``[op, path, old_path, old, new, vv, time_ns]``:
+    value: msgpack array ``[op, path, old_path, old, new, vv, time_ns, origin, kind]``:
     *op* one of `OPS`; *path* the path (bytes, names joined by ``/``);
     *old_path* the previous path of a rename, or the other path of an
     ``exchange`` (``RENAME_EXCHANGE``: what was at *old_path* is now at *path*
@@ -20,7 +20,14 @@ Layout (schema version 2, see `realizefs.store.schema`):
     for a chmod or symlink, the ctime the look saw; for a delete, when the
     file was first seen missing (it is recorded a rest period later); else
     when the indexer took the change (at once). So times need not grow with
-    the sequence number.
+    the sequence number. *origin*: the id (as in vectors) of the peer that made
+    the change: this peer for its own, the maker's for a change accepted from
+    a peer (relayed unchanged), empty when unknown (a change taken from a
+    peer's full index, which tells versions, not who made them). *kind*: the
+    path's kind (`realizefs.store.records` ``KIND_*``) after the change, or
+    before it for a delete; 0 when unknown (entries migrated from schema 4
+    whose path was gone). Entries written before schema 5 are migrated
+    (`migrate_value`).
 
 Entries are appended by `realizefs.store.index` in the same transaction as
 the index change they describe, so a crash never leaves one without the other.
@@ -58,6 +65,8 @@ class Entry:
     new: Version | None
     vv: dict[bytes, int]
     time_ns: int
+    origin: bytes = b""
+    kind: int = 0
 
 
 def append(txn: Any, db: Any, root: int, entry: Entry) -> int:
@@ -71,6 +80,8 @@ def append(txn: Any, db: Any, root: int, entry: Entry) -> int:
         _version(entry.new),
         entry.vv,
         entry.time_ns,
+        entry.origin,
+        entry.kind,
     ]
     txn.put(_KEY.pack(root, seq), msgpack.packb(value), db=db)
     return seq
@@ -92,13 +103,53 @@ def recent(txn: Any, db: Any, root: int, limit: int) -> list[Entry]:
         found_root, seq = _KEY.unpack(bytes(cursor.key()))
         if found_root != root:
             break
-        op, path, old_path, old, new, vv, time_ns = msgpack.unpackb(cursor.value(), strict_map_key=False)
-        out.append(
-            Entry(seq, _RENAMED.get(op, op), path, old_path, _unversion(old), _unversion(new), vv, time_ns)
-        )
+        out.append(_entry(seq, cursor.value()))
         positioned = cursor.prev()
     out.reverse()
     return out
+
+
+def since(txn: Any, db: Any, root: int, seq: int, limit: int) -> list[Entry]:
+    """At most *limit* entries of the arena after sequence number *seq*, oldest first."""
+    out: list[Entry] = []
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(_KEY.pack(root, seq + 1)):
+        return out
+    for key, value in cursor:
+        found_root, found = _KEY.unpack(bytes(key))
+        if found_root != root or len(out) >= limit:
+            break
+        out.append(_entry(found, value))
+    return out
+
+
+def _entry(seq: int, raw: bytes) -> Entry:
+    op, path, old_path, old, new, vv, time_ns, origin, kind = msgpack.unpackb(raw, strict_map_key=False)
+    return Entry(
+        seq, _RENAMED.get(op, op), path, old_path, _unversion(old), _unversion(new), vv, time_ns, origin, kind
+    )
+
+
+def migrate_value(raw: bytes, kind_at: Any) -> bytes:
+    """A schema 4 value with its *origin* and *kind* (schema 5).
+
+    Before schema 5 peers exchanged nothing, so every entry was made here and its
+    vector counts this peer alone: the origin is that one id. The kind follows from
+    the op, else from what *kind_at(path)* says the path is now (0: unknown)."""
+    value = msgpack.unpackb(raw, strict_map_key=False)
+    if len(value) > 7:
+        return raw  # already migrated (a store taken back to an older version by hand)
+    op, path, old_path, old, new, vv, time_ns = value
+    origin = next(iter(vv)) if len(vv) == 1 else b""
+    kind = _OP_KIND.get(_RENAMED.get(op, op), 0)
+    if op == "delete" and old is not None and old[4] is not None:
+        kind = 3  # a symlink's delete
+    if not kind:
+        kind = kind_at(path)
+    return msgpack.packb([op, path, old_path, old, new, vv, time_ns, origin, kind])  # type: ignore[no-any-return]
+
+
+_OP_KIND = {"create": 1, "edit": 1, "overwrite": 1, "delete": 1, "mkdir": 2, "rmdir": 2, "symlink": 3}
 
 
 def _seek_last(cursor: Any, root: int) -> bool:

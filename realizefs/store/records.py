@@ -1,13 +1,15 @@
 """The value format of the ``nodes`` database, and each arena's counts kept beside it in ``meta``.
 
 A ``nodes`` value is the msgpack array
-``[id, kind, size, mtime_ns, mode, hash, target, pending, vv]`` (see
-`realizefs.store.index` for the keys and what each field means).
+``[id, kind, size, mtime_ns, mode, hash, target, pending, vv, real]`` (see
+`realizefs.store.index` for the keys and what each field means; values
+written before schema 5 have no *real* and read as Real).
 
 ``meta`` key ``counts:`` + the arena root's node id (8 bytes, big-endian)
     -> five 8-byte big-endian unsigned ints: files, bytes (of the files),
     directories, symlinks, files pending (not hashed since they changed).
-    Everything below the arena root is counted; the root itself is not. An
+    Everything Real below the arena root is counted (entries known only from
+    peers and tombstones are not); the root itself is not. An
     absent key means all zero (an arena with nothing indexed yet). The index
     adds each write's change to it in the write's own transaction, so reading
     it is one ``get``; `recount` walks the tree (the migration to schema 3
@@ -27,6 +29,7 @@ import msgpack
 from realizefs.store import history
 
 KIND_FILE, KIND_DIR, KIND_LINK = 1, 2, 3
+KIND_DELETED = 4  # a tombstone: the path was deleted at version *vv*
 _ID = struct.Struct(">Q")
 _COUNTS = struct.Struct(">5Q")
 COUNTS_PREFIX = b"counts:"
@@ -42,6 +45,17 @@ class Record:
     target: bytes | None = None
     changed: bool = False  # content changed since *hash* (stored as "pending")
     vv: dict[bytes, int] = field(default_factory=dict, compare=False)
+    real: bool = True  # in this peer's Real; False: known only from peers (Unreal)
+
+    @property
+    def live(self) -> bool:
+        """Not a tombstone."""
+        return self.kind != KIND_DELETED
+
+    @property
+    def here(self) -> bool:
+        """A live entry in this peer's Real."""
+        return self.real and self.kind != KIND_DELETED
 
     @property
     def pending(self) -> bool:
@@ -86,7 +100,7 @@ class Counts:
 
 
 def pack(node: int, r: Record, vv: dict[bytes, int]) -> bytes:
-    value = [node, r.kind, r.size, r.mtime_ns, r.mode, r.hash, r.target, r.changed, vv]
+    value = [node, r.kind, r.size, r.mtime_ns, r.mode, r.hash, r.target, r.changed, vv, r.real]
     return msgpack.packb(value)  # type: ignore[no-any-return]
 
 
@@ -95,13 +109,13 @@ def unpack(raw: bytes) -> list[Any]:
 
 
 def to_record(value: list[Any]) -> Record:
-    _, kind, size, mtime_ns, mode, content_hash, target, changed, vv = value
-    return Record(kind, size, mtime_ns, mode, content_hash, target, changed, vv)
+    _, kind, size, mtime_ns, mode, content_hash, target, changed, vv, *rest = value
+    return Record(kind, size, mtime_ns, mode, content_hash, target, changed, vv, rest[0] if rest else True)
 
 
 def tally(r: Record | None) -> Counts:
-    """What one record (None: no record) adds to its arena's counts."""
-    if r is None:
+    """What one record (None: no record) adds to its arena's counts: Real entries only."""
+    if r is None or not r.here:
         return Counts()
     if r.kind == KIND_DIR:
         return Counts(directories=1)

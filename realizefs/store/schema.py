@@ -3,10 +3,12 @@
 This module owns every named database, its key layout and value format, and
 the schema version checked at start. Keep this docstring the reference.
 
-Schema version 4 (version 1 had ``meta`` only; the upgrade to 2 adds the
+Schema version 5 (version 1 had ``meta`` only; the upgrade to 2 adds the
 empty databases of the content index; the upgrade to 3 counts each arena's
 index once into its kept ``counts:`` key; the upgrade to 4 adds ``chunks`` and
-fills it from the index):
+fills it from the index; the upgrade to 5 gives every ``nodes`` value its
+*real* flag (all Real then) and every history entry its *origin* and *kind*,
+for the entries known from peers, tombstones and peers' views):
 
 ``meta``
     Small facts about the store, keys are ASCII names:
@@ -15,7 +17,8 @@ fills it from the index):
     - ``store_id``: 16 random bytes, created once; a new store id tells peers
       that this store was recreated and needs a full index.
     - ``created_ns``: 8-byte big-endian unsigned int, creation time (ns since epoch).
-    - ``arena:<name>``, ``next_id``: see `realizefs.store.index`.
+    - ``arena:<name>``, ``next_id``, ``marked:``, ``view:<peer>:<arena>``,
+      ``sync:<peer>:<arena>``: see `realizefs.store.index`.
     - ``counts:<root id>``: see `realizefs.store.records`.
 
 ``nodes``, ``parents``, ``manifests``
@@ -54,13 +57,14 @@ from types import TracebackType
 from typing import Any
 
 import lmdb
+import msgpack
 
 from realizefs.errors import StoreError
-from realizefs.store import chunks, records
+from realizefs.store import chunks, history, records
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DATABASES = (b"meta", b"nodes", b"parents", b"manifests", b"history", b"chunks")
 MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 
@@ -91,11 +95,36 @@ def _index_chunks(txn: Any, dbs: dict[bytes, Any]) -> None:
         txn.put(key, value, db=dbs[b"chunks"])
 
 
+def _views(txn: Any, dbs: dict[bytes, Any]) -> None:
+    """4 -> 5: every record says it is Real; every history entry says who made it and its kind."""
+    nodes = dbs[b"nodes"]
+    for key, raw in list(txn.cursor(db=nodes)):
+        value = records.unpack(raw)
+        if len(value) == 9:
+            txn.put(key, msgpack.packb([*value, True]), db=nodes)
+
+    def kind_at(root: int, path: bytes) -> int:
+        node, value = root, None
+        for name in path.split(b"/"):
+            raw = txn.get(_U64.pack(node) + name, db=nodes)
+            if raw is None:
+                return 0
+            value = records.unpack(raw)
+            node = value[0]
+        return int(value[1]) if value is not None else 0
+
+    db = dbs[b"history"]
+    for key, raw in list(txn.cursor(db=db)):
+        root = _U64.unpack(bytes(key[:8]))[0]
+        txn.put(key, history.migrate_value(raw, lambda path, root=root: kind_at(root, path)), db=db)
+
+
 # from-version -> function upgrading a write transaction by one version
 _MIGRATIONS: dict[int, Callable[[Any, dict[bytes, Any]], None]] = {
     1: _add_index,
     2: _keep_counts,
     3: _index_chunks,
+    4: _views,
 }
 
 

@@ -30,7 +30,7 @@ from realizefs.real.backing import Backing
 from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
 from realizefs.real.indexer import CLOSED_QUIET, MAX_BACKOFF, Indexer, parts
 from realizefs.real.watcher import Change
-from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
+from realizefs.store.index import KIND_DELETED, KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
 from realizefs.store.schema import Store
 
 OLD = 1_000_000_000_000_000_000  # an mtime (2001) long rested
@@ -578,3 +578,43 @@ def test_an_index_from_before_markers_is_marked_and_a_marked_one_without_it_is_l
     clocks.run(lambda: start(unmarked, lambda: unmarked.unmarked("a")))
     assert len(history_ops(unmarked)) == entries and not unmarked.scanned("a")
     assert unmarked.counts("a").files == 3 and not (empty / ".realize-arena").exists()
+
+
+def test_deletes_leave_tombstones_that_a_file_made_again_continues_from(store: Store, tree: Path) -> None:
+    """A delete keeps the path's record as a tombstone with the delete's vector (a peer that
+    missed the delete cannot bring the file back); a file made there again dominates it."""
+    clocks = Clocks()
+
+    def walk(until_: Callable[[Indexer], Callable[[], object]] = settled) -> Indexer:
+        indexer = make(store, clocks, Backing(tree))
+
+        async def start() -> None:
+            async with running(indexer):
+                await until(until_(indexer))
+
+        clocks.run(start)
+        return indexer
+
+    indexer = walk()
+    root = indexer.index.arena_root("a")
+    me = b"me-peer!"
+    made = indexer.index.get(root, parts(b"a.txt"))
+    assert made is not None and made.vv == {me: 1}
+    os.unlink(tree / "a.txt")
+    os.unlink(tree / "d" / "e" / "deep")
+    os.rmdir(tree / "d" / "e")
+    os.rmdir(tree / "d")
+    indexer = walk()
+    for rel, kind in ((b"a.txt", KIND_FILE), (b"d/e/deep", KIND_FILE), (b"d/e", KIND_DIR), (b"d", KIND_DIR)):
+        assert indexer.index.get(root, parts(rel)) is None  # not an entry any more
+        stone = indexer.index.get(root, parts(rel), tombstones=True)
+        assert stone is not None and stone.kind == KIND_DELETED and stone.vv == {me: 2}, rel
+        assert [e.kind for e in indexer.history("a", 100) if e.path == rel][-1] == kind
+    assert indexer.counts("a") == Counts(files=1, bytes=0, directories=0, links=1, pending=0)
+    assert set(indexer.index.children(root, [])) == {b"empty", b"link"}
+    (tree / "a.txt").write_bytes(b"alpha again")
+    os.utime(tree / "a.txt", ns=(OLD, OLD))
+    indexer = walk(lambda i: lambda: i.hash_of("a", b"a.txt") == blake3(b"alpha again").digest())
+    again = indexer.index.get(root, parts(b"a.txt"))
+    assert again is not None and again.vv == {me: 3}  # dominates the delete's {me: 2}
+    assert indexer.history("a", 1)[0].vv == {me: 3} and indexer.history("a", 1)[0].origin == me
