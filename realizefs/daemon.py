@@ -42,7 +42,10 @@ from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Watcher
 from realizefs.store.index import Index
 from realizefs.store.schema import Store
+from realizefs.sync.lists import FileLists
+from realizefs.vfs.merged import MergedTree
 from realizefs.vfs.namespace import Namespace
+from realizefs.vfs.realtree import RealTree
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +66,29 @@ class Daemon:
         self.store = store
         self.identity = identity
         self.started = time.time()
-        self.indexer = Indexer(
-            Index(store, identity.public_key[:PEER_ID_BYTES]), config.consensus.rest, store_id=store.store_id
-        )
+        self.index = Index(store, peer_id(identity.public_key))
+        self.indexer = Indexer(self.index, config.consensus.rest, store_id=store.store_id)
         self.control = Control(self, self.indexer)
         self.namespace = Namespace(
-            config.arenas, self.control.files(), self.indexer.hash_of, max_pins=_descriptor_budget()
+            config.arenas,
+            self.control.files(),
+            self.indexer.hash_of,
+            max_pins=_descriptor_budget(),
+            tree=lambda arena, backing: MergedTree(
+                RealTree(backing), self.index, self.index.arena_root(arena.name)
+            ),
         )
         self.control.namespace = self.namespace
         self.watcher = Watcher()
         self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
-        self.household = Household(identity, self._hello(), config.network, config.peers, Methods())
+        self.lists = FileLists(
+            self.index,
+            lambda: [a.name for a in self.config.arenas],
+            peer_id,
+            lambda arena, changed: self.cache_sync.peers_changed(arena, (c.told.path for c in changed)),
+        )
+        methods = Methods(*self.lists.served())
+        self.household = Household(identity, self._hello(), config.network, config.peers, methods)
         self._serve_arenas()
 
     def _hello(self) -> Hello:
@@ -129,6 +144,11 @@ class Daemon:
         self.household.update(new.peers)
         log.info("config reloaded: %d arenas, %d peers", len(new.arenas), len(new.peers))
         _status(self)
+
+
+def peer_id(key: bytes) -> bytes:
+    """A peer's id in version vectors: the start of its public key."""
+    return key[:PEER_ID_BYTES]
 
 
 def _forget_entry(parent: int, name: bytes) -> None:
@@ -274,6 +294,7 @@ async def _serve(daemon: Daemon) -> None:
                     services.start_soon(daemon.cache_sync.run)
                     services.start_soon(daemon.indexer.run)
                     services.start_soon(daemon.household.run, listeners)
+                    services.start_soon(daemon.lists.run, daemon.household)
                     services.start_soon(memory.give_back_freed_memory)
                     await _until_stopped(daemon, signals)
                     services.cancel_scope.cancel()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import pyfuse3
 import trio
@@ -47,6 +47,8 @@ class KernelCacheSync:
         self.invalidate = invalidate or _invalidate  # runs in a worker thread
         self._watched: set[Hashable] = set()
         self._rewatching = trio.Lock()  # a reload and an overflow may both ask
+        self._from_peers: dict[int, set[tuple[bytes, bytes]]] = {}  # arena inode -> (directory, name)
+        self._peers_changed = trio.Event()
 
     def watch_arenas(self) -> None:
         """Watch the arenas being served (and only those); set the cache lifetime.
@@ -78,7 +80,34 @@ class KernelCacheSync:
         self.namespace.ttl = WATCHED_TTL if complete else ATTR_TTL
         log.debug("watching %d arenas; kernel cache lifetime %.0fs", len(wanted), self.namespace.ttl)
 
+    def peers_changed(self, arena: str, paths: Iterable[Sequence[bytes]]) -> None:
+        """Paths of *arena* that a peer's change altered in this peer's view (the Unreal)."""
+        ino = next((a.ino for a in self.namespace.arenas if a.name == arena), None)
+        if ino is None:
+            return
+        pending = self._from_peers.setdefault(ino, set())
+        for path in paths:
+            pending.add((b"/".join(path[:-1]), path[-1]))
+        self._peers_changed.set()
+
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_peers)
+            await self._follow_watcher()
+
+    async def _follow_peers(self) -> None:
+        while True:
+            await self._peers_changed.wait()
+            self._peers_changed = trio.Event()
+            batch, self._from_peers = self._from_peers, {}
+            todo = Invalidation()
+            for ino, items in batch.items():
+                changes = [Change(ino, directory, name, 0) for directory, name in items]
+                todo.update(backing_changed(self.namespace, ino, changes))
+            if todo:
+                await trio.to_thread.run_sync(self.invalidate, todo)  # cancelling waits for it
+
+    async def _follow_watcher(self) -> None:
         while True:
             changes = await self.watcher.changes()
             if changes is None:

@@ -18,8 +18,9 @@ same) follows.
 
 A file is hashed once it has rested: no change seen for the configured rest
 period and the same size and mtime at two looks that far apart. A file that
-disappears is forgotten only once it has stayed away for a rest period, so a
-delete followed by a new write (some editors' save) is one edit. A file that
+disappears is forgotten only once it has stayed away for `DELETE_GRACE` (a
+second, or the rest period if shorter), so a delete followed by a new write
+(some editors' save) is one edit, and peers hear of a delete at once. A file that
 changes while it is read is queued again; a file that cannot be read is
 reported (log and `unreadable`) and stays pending, never treated as deleted.
 FIFOs, sockets and devices are not indexed.
@@ -75,6 +76,9 @@ Key = tuple[str, bytes]  # (arena name, path)
 BATCH = 256  # paths looked at (and hashed) per round, written in one transaction each way
 MAX_BACKOFF = 300.0  # seconds between retries of what keeps failing, at most
 CLOSED_QUIET = 1.0  # seconds a file closed by its writer stays unchanged before it is hashed
+# seconds a deleted file is held before its delete is recorded: an editor's save (delete,
+# then write anew) is an edit; not the rest period, so peers hear of deletes at once
+DELETE_GRACE = 1.0
 Signature = tuple[int, int, int, int]  # file type, size, mtime_ns, inode
 
 
@@ -105,7 +109,7 @@ class _Arena:
 class _Pending:
     due: float
     seen: tuple[int, int] | None = None  # (size, mtime) at the last look
-    gone: bool = False  # missing at the last look: deleted once missing for a rest period
+    gone: bool = False  # missing at the last look: deleted once missing for `DELETE_GRACE`
     gone_at: int = 0  # when it was first seen missing (wall clock, ns): the delete's time
     quiet: bool = False  # the daemon's own change: indexed, but no history entry
     force: bool = False  # read again even if size and mtime look unchanged (an exchange)
@@ -210,7 +214,7 @@ class Indexer:
         return self.index.counts(a.root) - self._gone.get(arena, Counts())
 
     def gone(self, arena: str) -> int:
-        """How many files were found deleted and wait out a rest period before they are forgotten."""
+        """How many files were found deleted and wait out `DELETE_GRACE` before they are forgotten."""
         return self._gone.get(arena, Counts()).files
 
     def scanned(self, arena: str) -> bool:
@@ -559,6 +563,10 @@ class Indexer:
     def _quiet(self) -> float:
         return min(CLOSED_QUIET, self.rest)
 
+    @property
+    def _grace(self) -> float:
+        return min(DELETE_GRACE, self.rest)
+
     def _seen_gone(self, key: Key) -> None:
         """A file waiting for its rest that is missing now waits as a gone one (not counted).
 
@@ -573,7 +581,7 @@ class Indexer:
         pending.gone = True
         pending.gone_at = self._wall_ns
         self._gone_keys.add(key)
-        self._later(key, pending, self._now + self.rest)
+        self._later(key, pending, self._now + self._grace)
 
     def _exchanged(self, events: list[_Event], i: int) -> int | None:
         """Whether the move *events[i]* (A to B) is half of a RENAME_EXCHANGE: the index of
@@ -720,12 +728,12 @@ class Indexer:
                 self._pending.pop(key, None)
                 return None
             if record is not None and record.kind == KIND_FILE and not pending.gone:
-                # a file deleted and written again within the rest period (an editor's
-                # save) is an edit of that file, not a delete and a create
+                # a file deleted and written again within the grace (an editor's save) is
+                # an edit of that file, not a delete and a create
                 pending.gone = True
                 pending.gone_at = self._wall_ns
                 self._gone_keys.add(key)
-                self._later(key, pending, self._now + self.rest)
+                self._later(key, pending, self._now + self._grace)
                 return None
             self.index.delete(a.root, parts(rel), when=pending.gone_at or None)
             self._pending.pop(key, None)

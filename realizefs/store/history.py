@@ -109,20 +109,6 @@ def recent(txn: Any, db: Any, root: int, limit: int) -> list[Entry]:
     return out
 
 
-def since(txn: Any, db: Any, root: int, seq: int, limit: int) -> list[Entry]:
-    """At most *limit* entries of the arena after sequence number *seq*, oldest first."""
-    out: list[Entry] = []
-    cursor = txn.cursor(db=db)
-    if not cursor.set_range(_KEY.pack(root, seq + 1)):
-        return out
-    for key, value in cursor:
-        found_root, found = _KEY.unpack(bytes(key))
-        if found_root != root or len(out) >= limit:
-            break
-        out.append(_entry(found, value))
-    return out
-
-
 def _entry(seq: int, raw: bytes) -> Entry:
     op, path, old_path, old, new, vv, time_ns, origin, kind = msgpack.unpackb(raw, strict_map_key=False)
     return Entry(

@@ -6,7 +6,7 @@ Layout (schema version 5, see `realizefs.store.schema`):
 ``nodes``
     key: parent node id (8 bytes, big-endian) + entry name (bytes, at most 255)
     value (`realizefs.store.records`): msgpack array
-    ``[id, kind, size, mtime_ns, mode, hash, target, pending, vv, real]``
+    ``[id, kind, size, mtime_ns, mode, hash, target, pending, vv, real, seq, origin]``
     where *kind* is ``KIND_FILE``, ``KIND_DIR``, ``KIND_LINK`` or
     ``KIND_DELETED`` (a tombstone: the path was deleted at version *vv*; it
     keeps its node id, so a deleted directory keeps its children's tombstones
@@ -15,11 +15,16 @@ Layout (schema version 5, see `realizefs.store.schema`):
     written, or resting) and *size*/*mtime_ns* are already the new ones;
     *target* is a symlink's target; *vv* the path's version vector (peer id ->
     counter); *real* true for an entry in this peer's Real, false for one known
-    only from peers (Unreal; also every entry of a peer's view).
+    only from peers (Unreal); in a peer's view, true where that peer said it
+    holds the version in its Real. *seq* is the record's number in its root's
+    ``sequence`` (0: none), *origin* the id of the peer that made this version
+    (this peer's for its own changes, kept as it came for a peer's; empty when
+    not known).
     Each arena's root (``arena:<name>``) holds this peer's view: what
     `children` and `get` list by default is its Real part, as before schema 5.
     Each peer's view of an arena is another root (``view:``, below): the same
-    tree, written only by `receive` and `replace_view`, without history or counts.
+    tree, written only by `receive` (and forgotten by `following`), without history,
+    counts, chunk sources or sequence.
 ``parents``
     key: node id (8 bytes) -> value: parent id (8 bytes) + name. The way back
     from a node to its path.
@@ -34,24 +39,39 @@ Layout (schema version 5, see `realizefs.store.schema`):
     settled content changes these entries in its own transaction (a rename or
     an exchange keeps node ids, so it changes none), so `chunk_sources` never
     lists a file that no longer holds the chunk as indexed.
+``sequence``
+    key: a root's node id (8 bytes) + sequence number (8 bytes), both
+    big-endian -> the node id whose record has that number. Every write that
+    changes what peers are told of a record with a vector (its vector, kind,
+    *real* flag or path) gives it the root's next number and drops its old
+    one, so each told record is listed once, at its last change: a peer
+    follows an arena by asking for the records numbered after the last one it
+    took (`changes`), and a peer that is new, or whose store changed, by asking
+    from 0 (a full index: the same records). Renaming a directory numbers
+    everything below it again at its new paths and leaves a tombstone at each
+    old path, so every path's record stands alone (as Syncthing's index does;
+    the history keeps the rename as one entry for people).
 ``meta`` keys ``arena:<name>`` -> the arena root's node id; ``next_id`` -> the
     next node id to hand out (8 bytes); ``counts:<root id>`` -> what the arena's
     Real holds, changed by every write in its own transaction (`realizefs.store.records`).
     ``marked:<root id>`` -> empty: this store marked the arena's root.
     ``view:<peer key hex>:<arena>`` -> the root node id of that peer's view of
     the arena; ``sync:<peer key hex>:<arena>`` -> the peer's store id (16
-    bytes) + the last sequence number of its history received (8 bytes,
-    big-endian), written in the transaction that applied those entries.
+    bytes) + the last sequence number of its records taken (8 bytes,
+    big-endian), written in the transaction that applied them;
+    ``seq:<root id>`` -> the last sequence number the root handed out.
 ``history``
     See `realizefs.store.history`: every change recorded with an *op* is
     appended there in the same transaction, with the path's version vector
-    incremented for this peer (origin: this peer); every change accepted from
-    a peer is appended with its vector and origin unchanged.
+    incremented for this peer (origin: this peer). What peers accepted from
+    others is passed on by the sequence (it keeps its origin), not the history.
 
 Tombstones: a logged delete leaves, at the path and at each path below a
 deleted directory, a record of kind ``KIND_DELETED`` with the vector of the
 delete (the old one counted once more by this peer); a logged rename leaves
-one at the old path with the rename's vector. A path written again over its
+one at the old path with the rename's vector, and one at each old path below
+a renamed directory (each with its vector counted once more, as is each
+path's record at its new place). A path written again over its
 tombstone continues from the tombstone's vector (and keeps its node id, so a
 directory made again keeps its old children's tombstones, unlisted), so the
 new version dominates the delete. A record leaving without news (an unlogged
@@ -60,8 +80,7 @@ that vector is not empty (it continued from a version peers know), else it is
 forgotten. Tombstones are kept until the history pruning of issue 11.
 
 Keys are per directory entry, not per path, so path length is unbounded (LMDB
-keys are at most 511 bytes; a name at most 255) and renaming a directory is
-one update, whatever it holds.
+keys are at most 511 bytes; a name at most 255).
 
 Every method is one short transaction and never awaits; `batch` groups a
 thread's writes into one transaction (one fsync instead of one per change).
@@ -90,6 +109,8 @@ from realizefs.store.records import (
     KIND_DIR,
     KIND_FILE,
     KIND_LINK,
+    ORIGIN,
+    SEQ,
     Counts,
     Record,
     pack,
@@ -114,9 +135,11 @@ __all__ = [
     "RealSource",
     "Record",
     "SyncState",
+    "Told",
 ]
 
 _ID = struct.Struct(">Q")
+_SEQ = struct.Struct(">QQ")
 _SYNC = struct.Struct(">16sQ")
 _SET_OPS = {"create": KIND_FILE, "edit": KIND_FILE, "overwrite": KIND_FILE, "mkdir": KIND_DIR}
 _SET_OPS |= {"symlink": KIND_LINK, "chmod": 0}
@@ -133,18 +156,27 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Accepted:
-    """The outcome of one entry given to `Index.accept`; *held*: the record it was compared
-    with (for a conflict, the concurrent one; for a rename, at the path or the old path)."""
+class Told:
+    """A record as peers are told of it: its path in the arena and its sequence number there."""
 
-    entry: Entry
+    seq: int
+    path: tuple[bytes, ...]
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The outcome of one record given to `Index.accept`; *held*: what this peer's view held at
+    the path (for a conflict, the concurrent version)."""
+
+    told: Told
     outcome: Outcome
     held: Record | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SyncState:
-    """What this peer received of a peer's history for an arena."""
+    """What this peer took of a peer's sequence for an arena."""
 
     store_id: bytes
     last_seq: int
@@ -167,6 +199,17 @@ class Index:
         self._manifests = store.dbs[b"manifests"]
         self._chunks = store.dbs[b"chunks"]
         self._meta = store.dbs[b"meta"]
+        self._sequence = store.dbs[b"sequence"]
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call *callback* after each write transaction commits, in the thread that wrote (it
+        must be quick and thread-safe: e.g. a trio token's ``run_sync_soon``)."""
+        self._watchers.append(callback)
+
+    def _committed(self) -> None:
+        for callback in self._watchers:
+            callback()
 
     # ------------------------------------------------------------ transactions
 
@@ -184,6 +227,7 @@ class Index:
                 yield
             finally:
                 self._local.txn = None
+        self._committed()
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
@@ -202,6 +246,7 @@ class Index:
             return
         with self.env.begin(write=True) as txn:
             yield txn
+        self._committed()
 
     # ------------------------------------------------------------ arenas and paths
 
@@ -232,6 +277,54 @@ class Index:
         node = _ID.unpack(raw)[0] if raw is not None else 1
         txn.put(b"next_id", _ID.pack(node + 1), db=self._meta)
         return int(node)
+
+    def _put(
+        self,
+        txn: Any,
+        root: int,
+        key: bytes,
+        node: int,
+        record: Record,
+        vv: dict[bytes, int],
+        old: list[Any] | None,
+        tell: bool | None = None,
+    ) -> None:
+        """Write *node*'s *record* at *key* over *old* (the value there before, or the moved
+        node's own): numbered anew in the root's sequence if peers are to be told (*tell*;
+        by default when it has a vector and its vector, kind, Real flag or node changed)."""
+        seq = 0
+        if old is not None and old[0] == node:
+            seq = old[SEQ]
+        elif old is not None:  # another node in its place
+            self._unseq(txn, root, old)
+            if txn.get(_ID.pack(old[0]), db=self._parents) == key:
+                txn.delete(_ID.pack(old[0]), db=self._parents)
+        if tell is None:
+            tell = bool(vv) and (
+                old is None
+                or old[0] != node
+                or old[8] != vv
+                or old[1] != record.kind
+                or bool(old[9]) != record.real
+            )
+        if tell:
+            if seq:
+                txn.delete(_SEQ.pack(root, seq), db=self._sequence)
+            raw = txn.get(b"seq:" + _ID.pack(root), db=self._meta)
+            seq = (_ID.unpack(raw)[0] if raw is not None else 0) + 1
+            txn.put(b"seq:" + _ID.pack(root), _ID.pack(seq), db=self._meta)
+            txn.put(_SEQ.pack(root, seq), _ID.pack(node), db=self._sequence)
+        txn.put(key, pack(node, record, vv, seq), db=self._nodes)
+
+    def _unseq(self, txn: Any, root: int, value: list[Any]) -> None:
+        if value[SEQ]:
+            txn.delete(_SEQ.pack(root, value[SEQ]), db=self._sequence)
+
+    def _drop(self, txn: Any, root: int, key: bytes, value: list[Any]) -> None:
+        """Forget the record *value* at *key*: no record, no way back, no number."""
+        txn.delete(key, db=self._nodes)
+        txn.delete(_ID.pack(value[0]), db=self._parents)
+        self._unseq(txn, root, value)
 
     def _walk(self, txn: Any, root: int, path: Sequence[bytes]) -> int | None:
         """The node id of the directory *path*; None if it is not an indexed directory (live,
@@ -299,6 +392,44 @@ class Index:
                 for name, record in self._children(txn, node)
                 if _shown(record, unreal, tombstones)
             }
+
+    def entry(self, root: int, path: Sequence[bytes]) -> tuple[int, Record] | None:
+        """The node id and record of the live entry at *path* (Real or Unreal), or None."""
+        if not path:
+            return None
+        with self._reading() as txn:
+            ancestors, _, value = self._chain(txn, root, path)
+            if value is None or value[1] == KIND_DELETED or any(a[1] != KIND_DIR for a in ancestors):
+                return None
+            return value[0], to_record(value)
+
+    def entries(self, root: int, path: Sequence[bytes]) -> list[tuple[bytes, int, Record]]:
+        """(name, node id, record) of each live entry of the directory *path*, Real or Unreal."""
+        with self._reading() as txn:
+            node = self._walk(txn, root, path)
+            if node is None:
+                return []
+            return [
+                (name, value[0], to_record(value))
+                for name, value in self._child_items(txn, node)
+                if value[1] != KIND_DELETED
+            ]
+
+    def at_node(self, root: int, node: int) -> tuple[tuple[bytes, ...], Record] | None:
+        """The path and record of the live entry *node* of the tree *root*, wherever it is now;
+        None if it is gone, a tombstone, below one, or in another tree."""
+        with self._reading() as txn:
+            where = txn.get(_ID.pack(node), db=self._parents)
+            if where is None:
+                return None
+            raw = txn.get(where, db=self._nodes)
+            value = unpack(raw) if raw is not None else None
+            if value is None or value[0] != node or value[1] == KIND_DELETED:
+                return None
+            top, path = self._locate(txn, node)
+            if top != root or self.get(root, path, unreal=True) is None:
+                return None
+            return path, to_record(value)
 
     def _children(self, txn: Any, node: int) -> Iterator[tuple[bytes, Record]]:
         for name, value in self._child_items(txn, node):
@@ -380,13 +511,16 @@ class Index:
                 txn.put(_ID.pack(node), key, db=self._parents)
                 if old is not None:  # another kind: what was below goes, logged, and is forgotten
                     delta -= self._clear(txn, root, old[0], list(path), op is not None, True)[0]
-                    self._forget_below(txn, old[0])
+                    self._forget_below(txn, root, old[0])
             vv = dict(old[8]) if old is not None else {}
             if op is not None:
                 vv = versions.increment(vv, self.me)
                 before = to_record(old).base() if old is not None and old[1] != KIND_DELETED else None
                 self._log(txn, root, op, path, None, before, record.version(), vv, when, record.kind)
-            txn.put(key, pack(node, record, vv), db=self._nodes)
+                record = replace(record, origin=self.me)
+            elif old is not None:
+                record = replace(record, origin=old[ORIGIN])
+            self._put(txn, root, key, node, record, vv, old)
             records.add_counts(txn, self._meta, root, delta)
             if record.hash is not None and chunks is not None:
                 chunk_index.write_manifest(txn, self._manifests, record.hash, chunks)
@@ -436,15 +570,6 @@ class Index:
         """The arena's last *limit* history entries, oldest first."""
         with self._reading() as txn:
             return history.recent(txn, self._history, root, limit)
-
-    def history_since(self, root: int, seq: int, limit: int) -> list[Entry]:
-        """At most *limit* history entries after sequence number *seq*, oldest first (to send)."""
-        with self._reading() as txn:
-            return history.since(txn, self._history, root, seq, limit)
-
-    def last_seq(self, root: int) -> int:
-        with self._reading() as txn:
-            return history.last_seq(txn, self._history, root)
 
     def delete(
         self,
@@ -523,30 +648,31 @@ class Index:
         self._hold(txn, chunk_index.held_value(value), None)
         vv = dict(value[8])
         if record.kind == KIND_DIR and left and self._live_below(txn, value[0]):
-            txn.put(key, pack(value[0], replace(record, real=False), vv), db=self._nodes)
+            self._put(txn, root, key, value[0], replace(record, real=False), vv, value)
             return tally(record)
+        origin = record.origin
         if logged and not (record.kind == KIND_FILE and record.hash is None):
             vv = versions.increment(vv, self.me)
             op = "rmdir" if record.kind == KIND_DIR else "delete"
             self._log(txn, root, op, path, None, record.version(), None, vv, when, record.kind)
+            origin = self.me
         if vv or left:
-            txn.put(key, pack(value[0], Record(KIND_DELETED, real=False), vv), db=self._nodes)
+            self._put(txn, root, key, value[0], Record(KIND_DELETED, real=False, origin=origin), vv, value)
         else:  # never known beyond this peer and nothing below: nothing to remember
-            txn.delete(key, db=self._nodes)
-            txn.delete(_ID.pack(value[0]), db=self._parents)
+            self._drop(txn, root, key, value)
         return tally(record)
 
     def _live_below(self, txn: Any, node: int) -> bool:
         return any(value[1] != KIND_DELETED for _, value in self._child_items(txn, node))
 
-    def _forget_below(self, txn: Any, node: int) -> None:
+    def _forget_below(self, txn: Any, root: int, node: int, view: bool = False) -> None:
         """Remove every record below *node*, tombstones too, from the tree (no count, no log:
-        the caller counted the live ones)."""
+        the caller counted the live ones; a peer's *view* holds no chunk sources)."""
         for name, value in self._child_items(txn, node):
-            self._forget_below(txn, value[0])
-            self._hold(txn, chunk_index.held_value(value), None)
-            txn.delete(_ID.pack(node) + name, db=self._nodes)
-            txn.delete(_ID.pack(value[0]), db=self._parents)
+            self._forget_below(txn, root, value[0], view)
+            if not view:
+                self._hold(txn, chunk_index.held_value(value), None)
+            self._drop(txn, root, _ID.pack(node) + name, value)
 
     def rename(
         self,
@@ -586,14 +712,17 @@ class Index:
             before = None
             base: bytes | None = None
             delta = -tally_value(value)  # the moved record may change below, so it is counted again
+            moved_below = self._vectors_below(txn, value[0])
+            replaced_below: dict[tuple[bytes, ...], dict[bytes, int]] = {}
             raw_replaced = txn.get(new_key, db=self._nodes)
             if raw_replaced is not None:  # an atomic save: the new version follows the replaced one
                 replaced = unpack(raw_replaced)
+                replaced_below = self._vectors_below(txn, replaced[0])
                 delta -= self._clear(txn, root, replaced[0], list(new), False, True)[0] + tally_value(
                     replaced
                 )
-                self._forget_below(txn, replaced[0])
-                txn.delete(_ID.pack(replaced[0]), db=self._parents)
+                self._forget_below(txn, root, replaced[0])
+                self._drop(txn, root, new_key, replaced)
                 self._hold(txn, chunk_index.held_value(replaced), None)
                 replaced_record = to_record(replaced)
                 if replaced_record.live and not (
@@ -616,23 +745,89 @@ class Index:
                 record = replace(record, hash=base, changed=True)
             if logged:
                 self._log(txn, root, "rename", new, old, before, record.version(), vv, None, record.kind)
+                record = replace(record, origin=self.me)
             # the moved node keeps its id and its chunks' sources: only a record with no
             # settled content (pending, or never hashed) is changed above, and stays so
-            txn.put(new_key, pack(value[0], record, vv), db=self._nodes)
+            txn.delete(old_key, db=self._nodes)
             txn.put(_ID.pack(value[0]), new_key, db=self._parents)
+            self._put(txn, root, new_key, value[0], record, vv, value, tell=bool(vv))
+            self._renumber_below(txn, root, value[0], replaced_below, logged)
             stone = vv if logged else moved_vv
-            if stone:
-                self._stone(txn, old_key, stone)
-            else:
-                txn.delete(old_key, db=self._nodes)
+            if stone or moved_below:
+                # told after what was below it, so a peer never sees a directory deleted while
+                # it still holds entries
+                tomb = self._new_id(txn)
+                txn.put(_ID.pack(tomb), old_key, db=self._parents)
+                txn.put(old_key, pack(tomb, _STONE, {}), db=self._nodes)
+                self._renumber_below(txn, root, tomb, moved_below, logged)
+                if stone:
+                    gone = Record(KIND_DELETED, real=False, origin=self.me if logged else record.origin)
+                    self._put(txn, root, old_key, tomb, gone, stone, unpack(txn.get(old_key, db=self._nodes)))
             records.add_counts(txn, self._meta, root, delta + tally(record))
             return True
 
-    def _stone(self, txn: Any, key: bytes, vv: dict[bytes, int]) -> None:
-        """A new tombstone with vector *vv* at *key* (whose record, if any, moved away)."""
-        node = self._new_id(txn)
-        txn.put(_ID.pack(node), key, db=self._parents)
-        txn.put(key, pack(node, Record(KIND_DELETED, real=False), vv), db=self._nodes)
+    def _vectors_below(self, txn: Any, node: int) -> dict[tuple[bytes, ...], dict[bytes, int]]:
+        """The vector of each record with one below *node* (tombstones too), by its path from it."""
+        found: dict[tuple[bytes, ...], dict[bytes, int]] = {}
+        todo: list[tuple[int, tuple[bytes, ...]]] = [(node, ())]
+        while todo:
+            parent, rel = todo.pop()
+            for name, value in self._child_items(txn, parent):
+                if value[8]:
+                    found[(*rel, name)] = value[8]
+                todo.append((value[0], (*rel, name)))
+        return found
+
+    def _renumber_below(
+        self, txn: Any, root: int, node: int, before: dict[tuple[bytes, ...], dict[bytes, int]], logged: bool
+    ) -> None:
+        """What is below *node* is at new paths, where *before* held records with those vectors
+        (by path from *node*): each live record with a vector is told at its new path, its
+        vector merged with the one before there and (*logged*) counted once more by this peer,
+        parents first; then each tombstone, and each path of *before* with no record now (made
+        a tombstone), the same, deepest first, so a directory's comes after its entries'."""
+        seen: dict[tuple[bytes, ...], tuple[bytes, list[Any]]] = {}
+        todo: list[tuple[int, tuple[bytes, ...]]] = [(node, ())]
+        while todo:
+            parent, rel = todo.pop(0)
+            for name, value in self._child_items(txn, parent):
+                path = (*rel, name)
+                key = _ID.pack(parent) + name
+                seen[path] = (key, value)
+                todo.append((value[0], path))
+                if value[1] == KIND_DELETED:
+                    continue
+                vv = versions.merge(value[8], before.get(path, {}))
+                if vv and logged:
+                    vv = versions.increment(vv, self.me)
+                if vv:
+                    record = to_record(value)
+                    record = replace(record, origin=self.me) if logged else record
+                    self._put(txn, root, key, value[0], record, vv, value, tell=True)
+        dead = {path for path, (_, value) in seen.items() if value[1] == KIND_DELETED and value[8]}
+        for path in sorted(dead | before.keys(), key=len, reverse=True):
+            key, value = seen.get(path) or self._entomb(txn, node, path)
+            if value[1] != KIND_DELETED:
+                continue
+            vv = versions.merge(value[8], before.get(path, {}))
+            if logged:
+                vv = versions.increment(vv, self.me)
+            self._put(txn, root, key, value[0], replace(_STONE, origin=self.me), vv, value, tell=True)
+
+    def _entomb(self, txn: Any, node: int, path: tuple[bytes, ...]) -> tuple[bytes, list[Any]]:
+        """The key and value at *path* below *node*, made (with its missing parents) as a
+        tombstone without vector, not told: its caller gives it one."""
+        key, value = b"", [node]
+        for name in path:
+            key = _ID.pack(value[0]) + name
+            raw = txn.get(key, db=self._nodes)
+            if raw is None:
+                child = self._new_id(txn)
+                txn.put(_ID.pack(child), key, db=self._parents)
+                txn.put(key, pack(child, _STONE, {}), db=self._nodes)
+                raw = txn.get(key, db=self._nodes)
+            value = unpack(raw)
+        return key, value
 
     def exchange(self, root: int, one: Sequence[bytes], other: Sequence[bytes], logged: bool = True) -> bool:
         """Swap *one* and *other*, each with all below it (``RENAME_EXCHANGE``): two updates.
@@ -689,211 +884,128 @@ class Index:
                     self._log(
                         txn, root, "rename", one, other, None, replaced.version(), vv, None, replaced.kind
                     )
-            txn.put(other_key, pack(first[0], moved, vv_one), db=self._nodes)
-            txn.put(one_key, pack(second[0], replaced, vv_other), db=self._nodes)
+            first_below = self._vectors_below(txn, first[0])
+            second_below = self._vectors_below(txn, second[0])
+            if logged and any(known):
+                moved, replaced = replace(moved, origin=self.me), replace(replaced, origin=self.me)
+            self._put(txn, root, other_key, first[0], moved, vv_one, first, tell=bool(vv_one))
+            self._put(txn, root, one_key, second[0], replaced, vv_other, second, tell=bool(vv_other))
             txn.put(_ID.pack(first[0]), other_key, db=self._parents)
             txn.put(_ID.pack(second[0]), one_key, db=self._parents)
+            self._renumber_below(txn, root, first[0], second_below, logged)
+            self._renumber_below(txn, root, second[0], first_below, logged)
             return True  # the same records, swapped: the counts stay
 
     # ------------------------------------------------------------ peers' changes
 
-    def accept(self, root: int, entry: Entry) -> Accepted:
-        """Take a peer's change of the arena *root* (a history entry as the peer sent it, with
-        its origin and vector) into this peer's view, in one transaction.
-
-        Its vector decides, against what the index holds at each path the entry names
-        (tombstones included): newer there (or nothing there) and the path becomes that
-        version as an Unreal entry, a tombstone, or the rename or exchange of Unreal
-        entries; equal or older, nothing (`STALE`); concurrent, nothing either
-        (`CONFLICT`, for consensus: never overwritten). A live version below a tombstone
-        or a file here is a conflict too. A path that is Real here is never changed by
-        `accept`: consensus applies its content later; the newer version is `NOTED`, and
-        lives on in the sending peer's view (`receive`). Every change applied or noted is
-        appended to this peer's history with the entry's origin and vector, unchanged, so
-        it is passed on to other peers (a noted one only once: not again when a view
-        already holds that version); a change coming back to a peer that made or relayed
-        it is equal or older there, so nothing loops. Missing parent directories are made
-        as Unreal directories with an empty vector (the peer's own mkdir dominates it)."""
-        with self._writing() as txn:
-            return self._accept(txn, root, entry)
-
-    def _accept(self, txn: Any, root: int, e: Entry) -> Accepted:
-        path = split(e.path)
-        targets = [path]
-        if e.op in ("rename", "exchange"):
-            targets.append(split(e.old_path or b""))
-        if e.op not in history.OPS or not all(targets) or any(not n for t in targets for n in t):
-            raise StoreError(f"a malformed history entry: {e.op} {e.path!r} {e.old_path!r}")
-        found = [self._chain(txn, root, t) for t in targets]
-        held = [to_record(value) if value is not None else None for _, _, value in found]
-        orders = [versions.compare(e.vv, value[8] if value is not None else {}) for _, _, value in found]
-        if Order.CONCURRENT in orders:
-            return Accepted(e, Outcome.CONFLICT, held[orders.index(Order.CONCURRENT)])
-        newer = [order is Order.DOMINATES for order in orders]
-        if not any(newer) or (e.op == "exchange" and not all(newer)):
-            return Accepted(e, Outcome.STALE, held[0])
-        blocked = False  # below a Real file here: consensus applies that path's newer version first
-        if e.op not in _GONE_OPS and newer[0]:
-            for ancestor in found[0][0]:
-                if ancestor[1] != KIND_DIR and to_record(ancestor).here:
-                    blocked = True  # what is below it here is older than that file
+    def changes(self, arena: str, after: int, limit: int) -> list[Told]:
+        """At most *limit* records of this peer's view of *arena* numbered after *after* in its
+        sequence, in order, each with its path as it is now: what a peer following it takes
+        next (from 0: a full index). Where a path is Real here and a peer's view holds a
+        newer version (noted by `accept`, not applied yet), that version is told instead,
+        with its vector and origin, and not as Real here: so it is relayed at once."""
+        with self._reading() as txn:
+            root = self._root_of(txn, b"arena:" + arena.encode())
+            if root is None:
+                return []
+            views = [view for _, view in self._views(txn, arena)]
+            out: list[Told] = []
+            cursor = txn.cursor(db=self._sequence)
+            if not cursor.set_range(_SEQ.pack(root, after + 1)):
+                return out
+            for key, raw in cursor:
+                found, seq = _SEQ.unpack(bytes(key))
+                if found != root or len(out) >= limit:
                     break
-                elif ancestor[1] != KIND_DIR:  # below a tombstone: concurrent with that delete
-                    return Accepted(e, Outcome.CONFLICT, to_record(ancestor))
-        if blocked or any(r is not None and r.here for r in held):
-            if self._noted(txn, root, e):
-                return Accepted(e, Outcome.STALE, held[0])
-            self._relay(txn, root, e)
-            # the parts that are not Real here follow at once: a rename from an Unreal entry
-            # leaves its tombstone; a file renamed onto a path not Real here is listed there
-            if e.op == "rename" and newer[1] and held[1] is not None and not held[1].here:
-                self._place(txn, root, targets[1], _STONE, e.vv)
-            if e.op == "rename" and newer[0] and (held[0] is None or not held[0].here) and e.kind != KIND_DIR:
-                self._place(txn, root, path, _record(e.new, e.kind or _guess(e.new)), e.vv)
-            return Accepted(e, Outcome.NOTED, held[0])
-        value = found[0][2]
-        kind = e.kind or _SET_OPS.get(e.op) or KIND_DIR
-        replaces = e.op in _GONE_OPS or e.op == "rename" or (e.op in _SET_OPS and kind != KIND_DIR)
+                node = _ID.unpack(raw)[0]
+                where = txn.get(_ID.pack(node), db=self._parents)
+                value = unpack(txn.get(where, db=self._nodes)) if where is not None else None
+                if value is None or value[0] != node or value[SEQ] != seq:
+                    raise StoreError(f"tree {root}'s sequence lists {seq} for node {node}: not its record")
+                path = self._locate(txn, node)[1]
+                record = to_record(value)
+                if record.here:
+                    record = self._newest(txn, views, path, record)
+                out.append(Told(seq, path, record))
+            return out
+
+    def _newest(self, txn: Any, views: list[int], path: Sequence[bytes], record: Record) -> Record:
+        """*record*, or the newest version peers' views hold at *path* that dominates it (of
+        concurrent ones, the first in the views' key order), as an Unreal record."""
+        best = record
+        for view in views:
+            value = self._chain(txn, view, path)[2]
+            if value is not None and versions.compare(value[8], best.vv) is Order.DOMINATES:
+                best = replace(to_record(value), real=False)
+        return best
+
+    def _root_of(self, txn: Any, key: bytes) -> int | None:
+        raw = txn.get(key, db=self._meta)
+        return int(_ID.unpack(raw)[0]) if raw is not None else None
+
+    def last_told(self, root: int) -> int:
+        """The last number the tree *root*'s sequence handed out (0: none yet)."""
+        with self._reading() as txn:
+            raw = txn.get(b"seq:" + _ID.pack(root), db=self._meta)
+            return int(_ID.unpack(raw)[0]) if raw is not None else 0
+
+    def accept(self, root: int, told: Told) -> Accepted:
+        """Take a peer's record of a path into this peer's view of the arena *root*, in one
+        transaction; raises StoreError if the record is malformed (nothing taken).
+
+        Its vector decides, against what the view holds at the path (tombstones
+        included): newer there (or nothing there) and the path becomes that version as
+        an Unreal entry or a tombstone (`APPLIED`), numbered in the sequence with its
+        vector and origin, so peers following this one take it too (relayed); equal or
+        older, nothing (`STALE`: nothing loops); concurrent, nothing either (`CONFLICT`,
+        for consensus: never overwritten). A directory that would be deleted or replaced
+        while it holds live entries the change did not know of is a conflict too. A path
+        that is Real here, or below a Real file, is never changed by `accept`: consensus
+        applies the newer version later (`NOTED`; it stays in the sender's view, and is
+        passed on once this peer's Real has it). Missing parent directories are made as
+        Unreal directories with an empty vector (tombstones, for a tombstone)."""
+        with self._writing() as txn:
+            return self._accept(txn, root, told)
+
+    def _accept(self, txn: Any, root: int, t: Told) -> Accepted:
+        path, r = list(t.path), t.record
+        if not path or not all(valid_name(n) for n in path):
+            raise StoreError(f"a peer's record names an invalid path: {b'/'.join(path)!r}")
+        if r.kind not in (KIND_FILE, KIND_DIR, KIND_LINK, KIND_DELETED) or not r.vv:
+            raise StoreError(f"a peer's record of {b'/'.join(path)!r} has kind {r.kind} and vector {r.vv}")
+        ancestors, key, value = self._chain(txn, root, path)
+        held = to_record(value) if value is not None else None
+        order = versions.compare(r.vv, value[8] if value is not None else {})
+        if order is Order.CONCURRENT:
+            return Accepted(t, Outcome.CONFLICT, held)
+        if order is not Order.DOMINATES:
+            return Accepted(t, Outcome.STALE, held)
+        if any(a[1] != KIND_DIR and to_record(a).here for a in ancestors):
+            return Accepted(t, Outcome.NOTED, held)
+        if held is not None and value is not None and key is not None and held.here:
+            if not self._known(txn, root, path, r.vv):
+                # told again (`changes` tells the newer version): relayed before consensus
+                # applies it; only the first time, or two Real peers would tell each other forever
+                self._put(txn, root, key, value[0], held, held.vv, value, tell=True)
+            return Accepted(t, Outcome.NOTED, held)
         if (
-            newer[0]
-            and replaces
-            and value is not None
+            value is not None
             and value[1] == KIND_DIR
+            and r.kind != KIND_DIR
             and self._live_below(txn, value[0])
         ):
-            # a directory deleted or replaced while it holds entries the change did not know of
-            # (its maker deleted first what it knew of): concurrent with those
-            return Accepted(e, Outcome.CONFLICT, held[0])
-        if e.op == "rename" and not newer[0]:
-            self._place(txn, root, targets[1], _STONE, e.vv)  # renamed, then changed again: the old path only
-        elif e.op == "rename" and not newer[1]:
-            self._place(txn, root, path, _record(e.new, e.kind or _guess(e.new)), e.vv)  # made again since
-        else:
-            self._apply(txn, root, e)
-        self._relay(txn, root, e)
-        return Accepted(e, Outcome.APPLIED, held[0])
+            return Accepted(t, Outcome.CONFLICT, held)
+        self._place(txn, root, path, replace(r, real=False, changed=False), r.vv)
+        return Accepted(t, Outcome.APPLIED, held)
 
-    def _relay(self, txn: Any, root: int, e: Entry) -> None:
-        history.append(txn, self._history, root, e)
-
-    def _noted(self, txn: Any, root: int, e: Entry) -> bool:
-        """Whether a peer's view of the arena already holds *e*'s version (or a newer) at its path."""
+    def _known(self, txn: Any, root: int, path: Sequence[bytes], vv: dict[bytes, int]) -> bool:
+        """Whether a peer's view of the arena *root* already holds version *vv* or a newer one."""
         arena = self._arena_of(txn, root)
-        if arena is None:
-            return False
-        for _, view in self._views(txn, arena):
-            value = self._chain(txn, view, split(e.path))[2]
-            if value is not None and versions.compare(e.vv, value[8]) in (Order.EQUAL, Order.DOMINATED):
+        for _, view in self._views(txn, arena) if arena is not None else []:
+            value = self._chain(txn, view, path)[2]
+            if value is not None and versions.compare(vv, value[8]) in (Order.EQUAL, Order.DOMINATED):
                 return True
         return False
-
-    def _apply(self, txn: Any, root: int, e: Entry) -> None:
-        """Make the tree *root* as *e* says, whatever it holds (a view follows its peer)."""
-        path = split(e.path)
-        if e.op in _GONE_OPS:
-            self._place(txn, root, path, _STONE, e.vv)
-        elif e.op in _SET_OPS:
-            kind = e.kind or _SET_OPS[e.op]
-            if not kind:  # a chmod from before kinds were recorded: the path's, or a guess
-                value = self._chain(txn, root, path)[2]
-                kind = value[1] if value is not None and value[1] != KIND_DELETED else _guess(e.new)
-            self._place(txn, root, path, _record(e.new, kind), e.vv)
-        elif e.op == "rename":
-            self._move(txn, root, split(e.old_path or b""), path, e)
-        else:
-            self._swap(txn, root, split(e.old_path or b""), path, e)
-
-    def _parent(self, txn: Any, root: int, path: Sequence[bytes], live: bool) -> int:
-        """The node of *path*'s parent in the tree *root*, made if missing: Unreal directories
-        with empty vectors (tombstones, for a tombstone); with *live*, an ancestor that is not
-        a directory becomes an Unreal one (its node, vector and what is below kept)."""
-        node = root
-        for name in path[:-1]:
-            key = _ID.pack(node) + name
-            raw = txn.get(key, db=self._nodes)
-            if raw is None:
-                child = self._new_id(txn)
-                txn.put(_ID.pack(child), key, db=self._parents)
-                txn.put(
-                    key,
-                    pack(child, Record(KIND_DIR if live else KIND_DELETED, real=False), {}),
-                    db=self._nodes,
-                )
-                node = child
-                continue
-            value = unpack(raw)
-            if live and value[1] != KIND_DIR:
-                self._hold(txn, chunk_index.held_value(value), None)
-                records.add_counts(txn, self._meta, root, -tally_value(value))
-                txn.put(key, pack(value[0], Record(KIND_DIR, real=False), value[8]), db=self._nodes)
-            node = value[0]
-        return node
-
-    def _place(
-        self, txn: Any, root: int, path: Sequence[bytes], record: Record, vv: dict[bytes, int]
-    ) -> None:
-        """*path* holds *record* with vector *vv* in the tree *root*; it keeps its node id, and a
-        directory becoming anything else turns what is live below into tombstones."""
-        key = _ID.pack(self._parent(txn, root, path, record.live)) + path[-1]
-        raw = txn.get(key, db=self._nodes)
-        old = unpack(raw) if raw is not None else None
-        if old is None:
-            node = self._new_id(txn)
-            txn.put(_ID.pack(node), key, db=self._parents)
-        else:
-            node = old[0]
-            if old[1] == KIND_DIR and record.kind != KIND_DIR:
-                self._bury(txn, root, node)
-        self._hold(txn, chunk_index.held_value(old), chunk_index.held(node, record))
-        records.add_counts(txn, self._meta, root, tally(record) - tally_value(old))
-        txn.put(key, pack(node, record, dict(vv)), db=self._nodes)
-
-    def _bury(self, txn: Any, root: int, node: int) -> None:
-        """Everything live below *node* becomes a tombstone with its own vector."""
-        for name, value in self._child_items(txn, node):
-            if value[1] != KIND_DELETED:
-                self._bury(txn, root, value[0])
-                self._hold(txn, chunk_index.held_value(value), None)
-                records.add_counts(txn, self._meta, root, -tally_value(value))
-                txn.put(_ID.pack(node) + name, pack(value[0], _STONE, value[8]), db=self._nodes)
-
-    def _move(self, txn: Any, root: int, old: list[bytes], new: list[bytes], e: Entry) -> None:
-        """A peer's rename of *old* (with what is below) to *new*; *old* keeps a tombstone."""
-        _, old_key, value = self._chain(txn, root, old)
-        if old_key is None or value is None or value[1] == KIND_DELETED or new[: len(old)] == old:
-            self._place(txn, root, new, _record(e.new, e.kind or _guess(e.new)), e.vv)
-            self._place(txn, root, old, _STONE, e.vv)
-            return
-        self._hold(txn, chunk_index.held_value(value), None)
-        records.add_counts(txn, self._meta, root, -tally_value(value))
-        txn.delete(old_key, db=self._nodes)
-        self._stone(txn, old_key, e.vv)
-        new_key = _ID.pack(self._parent(txn, root, new, True)) + new[-1]
-        raw = txn.get(new_key, db=self._nodes)
-        if raw is not None:
-            replaced = unpack(raw)
-            self._bury(txn, root, replaced[0])
-            self._forget_below(txn, replaced[0])
-            self._hold(txn, chunk_index.held_value(replaced), None)
-            records.add_counts(txn, self._meta, root, -tally_value(replaced))
-            txn.delete(_ID.pack(replaced[0]), db=self._parents)
-        txn.put(new_key, pack(value[0], _record(e.new, value[1]), e.vv), db=self._nodes)
-        txn.put(_ID.pack(value[0]), new_key, db=self._parents)
-
-    def _swap(self, txn: Any, root: int, one: list[bytes], other: list[bytes], e: Entry) -> None:
-        """A peer's exchange: what was at *one* is at *other* (version *e.new*), and back."""
-        (_, one_key, first), (_, other_key, second) = (
-            self._chain(txn, root, one),
-            self._chain(txn, root, other),
-        )
-        if one_key is None or other_key is None or first is None or second is None:
-            self._place(txn, root, other, _record(e.new, e.kind or _guess(e.new)), e.vv)
-            self._place(txn, root, one, _record(e.old, _guess(e.old)), e.vv)
-            return
-        txn.put(other_key, pack(first[0], _record(e.new, first[1]), e.vv), db=self._nodes)
-        txn.put(one_key, pack(second[0], _record(e.old, second[1]), e.vv), db=self._nodes)
-        txn.put(_ID.pack(first[0]), other_key, db=self._parents)
-        txn.put(_ID.pack(second[0]), one_key, db=self._parents)
 
     def _arena_of(self, txn: Any, root: int) -> str | None:
         cursor = txn.cursor(db=self._meta)
@@ -905,81 +1017,103 @@ class Index:
                     return bytes(key[6:]).decode()
         return None
 
-    # ------------------------------------------------------------ peers' views
+    def following(self, arena: str, peer: bytes, store_id: bytes) -> int:
+        """Where to follow *peer*'s sequence of *arena* from: the last number taken, or 0 (its
+        view forgotten first) when it is new here or its store is not the one followed."""
+        with self._writing() as txn:
+            state = self._sync(txn, arena, peer)
+            if state is not None and state.store_id == store_id:
+                return state.last_seq
+            view = self._root(txn, _view_key(arena, peer))
+            self._forget_below(txn, view, view, view=True)
+            txn.put(_sync_key(arena, peer), _SYNC.pack(store_id, 0), db=self._meta)
+            return 0
 
-    def receive(self, arena: str, peer: bytes, store_id: bytes, entries: Sequence[Entry]) -> list[Accepted]:
-        """Take entries of *peer*'s history of *arena* (its sequence numbers, in order) in one
-        transaction: each newer than the last one received is applied to the peer's view
-        as it is, and given to `accept`; the last sequence number is kept with the peer's
-        *store_id*. Raises StoreError if the peer's store id changed: `replace_view` then."""
+    def receive(self, arena: str, peer: bytes, store_id: bytes, told: Sequence[Told]) -> list[Accepted]:
+        """Take records of *peer*'s sequence of *arena* (in its order) in one transaction: each
+        numbered after the last one taken is written to the peer's view as it is, and given
+        to `accept`; the last number is kept. Raises StoreError (nothing taken) if the store
+        followed is not *store_id* (call `following` first) or a record is malformed."""
         with self._writing() as txn:
             root = self._root(txn, b"arena:" + arena.encode())
             state = self._sync(txn, arena, peer)
-            if state is not None and state.store_id != store_id:
-                raise StoreError(f"peer {peer.hex()}'s store changed: its view of {arena} needs replacing")
-            return self._take(txn, root, arena, peer, store_id, state.last_seq if state else 0, entries)
-
-    def replace_view(
-        self, arena: str, peer: bytes, store_id: bytes, last_seq: int, entries: Sequence[Entry]
-    ) -> list[Accepted]:
-        """Replace *peer*'s view of *arena* by its full index (`snapshot`: *entries*, parents
-        first, as of its history's *last_seq*) in one transaction, each entry also given to
-        `accept`; then resume after *last_seq*."""
-        with self._writing() as txn:
-            root = self._root(txn, b"arena:" + arena.encode())
-            self._forget_below(txn, self._root(txn, _view_key(arena, peer)))
-            out = self._take(txn, root, arena, peer, store_id, None, entries)
-            txn.put(_sync_key(arena, peer), _SYNC.pack(store_id, last_seq), db=self._meta)
+            if state is None or state.store_id != store_id:
+                raise StoreError(f"peer {peer.hex()}'s store {store_id.hex()} is not the one followed")
+            view = self._root(txn, _view_key(arena, peer))
+            last = state.last_seq
+            out = []
+            for t in told:
+                if t.seq <= last:
+                    continue  # sent again (a resume from an older point): already taken
+                out.append(self._accept(txn, root, t))
+                self._place(txn, view, list(t.path), t.record, t.record.vv, view=True)
+                last = t.seq
+            txn.put(_sync_key(arena, peer), _SYNC.pack(store_id, last), db=self._meta)
             return out
 
-    def _take(
+    def _parent(self, txn: Any, root: int, path: Sequence[bytes], live: bool, view: bool) -> int:
+        """The node of *path*'s parent in the tree *root*, made if missing: Unreal directories
+        with empty vectors (tombstones, for a tombstone); with *live*, an ancestor that is not
+        a directory becomes an Unreal one (its node, vector and what is below kept)."""
+        node = root
+        for name in path[:-1]:
+            key = _ID.pack(node) + name
+            raw = txn.get(key, db=self._nodes)
+            if raw is None:
+                child = self._new_id(txn)
+                txn.put(_ID.pack(child), key, db=self._parents)
+                made = Record(KIND_DIR if live else KIND_DELETED, real=False)
+                txn.put(key, pack(child, made, {}), db=self._nodes)
+                node = child
+                continue
+            value = unpack(raw)
+            if live and value[1] != KIND_DIR:
+                if not view:
+                    self._hold(txn, chunk_index.held_value(value), None)
+                    records.add_counts(txn, self._meta, root, -tally_value(value))
+                dir_record = Record(KIND_DIR, real=False, origin=value[ORIGIN])
+                self._put(txn, root, key, value[0], dir_record, value[8], value, tell=False if view else None)
+            node = value[0]
+        return node
+
+    def _place(
         self,
         txn: Any,
         root: int,
-        arena: str,
-        peer: bytes,
-        store_id: bytes,
-        last: int | None,
-        entries: Sequence[Entry],
-    ) -> list[Accepted]:
-        """Apply *entries* to the peer's view and `accept` them; *last*: the last sequence number
-        taken before (entries up to it are skipped, the new last is kept), None for a full index."""
-        view = self._root(txn, _view_key(arena, peer))
-        out = []
-        for e in entries:
-            if last is not None and e.seq <= last:
-                continue  # sent again (a resume from an older point): already taken
-            out.append(self._accept(txn, root, e))  # before the view: `_noted` looks at the others' views
-            self._apply(txn, view, e)
-            if last is not None:
-                last = e.seq
-        if last is not None:
-            txn.put(_sync_key(arena, peer), _SYNC.pack(store_id, last), db=self._meta)
-        return out
+        path: Sequence[bytes],
+        record: Record,
+        vv: dict[bytes, int],
+        view: bool = False,
+    ) -> None:
+        """*path* holds *record* with vector *vv* in the tree *root* (a peer's *view*: not counted,
+        no chunk sources, not numbered); it keeps its node id, and a directory becoming
+        anything else turns what is live below into tombstones."""
+        key = _ID.pack(self._parent(txn, root, path, record.live, view)) + path[-1]
+        raw = txn.get(key, db=self._nodes)
+        old = unpack(raw) if raw is not None else None
+        if old is None:
+            node = self._new_id(txn)
+            txn.put(_ID.pack(node), key, db=self._parents)
+        else:
+            node = old[0]
+            if old[1] == KIND_DIR and record.kind != KIND_DIR:
+                self._bury(txn, root, node, view)
+        if not view:
+            self._hold(txn, chunk_index.held_value(old), chunk_index.held(node, record))
+            records.add_counts(txn, self._meta, root, tally(record) - tally_value(old))
+        self._put(txn, root, key, node, record, dict(vv), old, tell=False if view else None)
 
-    def snapshot(self, root: int) -> tuple[int, list[Entry]]:
-        """This peer's view of the arena as entries for a peer's `replace_view`, parents first,
-        with the history's last sequence number they stand for: every path with a vector
-        (what the history told; a file never hashed is not told), a tombstone as a delete.
-        A file changed since its last hash is told as that hash (its vector's version)."""
-        with self._reading() as txn:
-            last = history.last_seq(txn, self._history, root)
-            out: list[Entry] = []
-            todo: list[tuple[int, list[bytes]]] = [(root, [])]
-            while todo:
-                node, path = todo.pop()
-                for name, value in reversed(self._child_items(txn, node)):
-                    record = to_record(value)
-                    if record.vv:
-                        op = "delete" if not record.live else _TOLD[record.kind]
-                        version = None if not record.live else record.base()
-                        kind = record.kind if record.live else 0
-                        joined = b"/".join([*path, name])
-                        out.append(
-                            Entry(0, op, joined, None, None, version, record.vv, record.mtime_ns, b"", kind)
-                        )
-                    todo.append((value[0], [*path, name]))
-            return last, out
+    def _bury(self, txn: Any, root: int, node: int, view: bool) -> None:
+        """Everything live below *node* becomes a tombstone with its own vector."""
+        for name, value in self._child_items(txn, node):
+            if value[1] != KIND_DELETED:
+                self._bury(txn, root, value[0], view)
+                if not view:
+                    self._hold(txn, chunk_index.held_value(value), None)
+                    records.add_counts(txn, self._meta, root, -tally_value(value))
+                stone = replace(_STONE, origin=value[ORIGIN])
+                key = _ID.pack(node) + name
+                self._put(txn, root, key, value[0], stone, value[8], value, tell=False if view else None)
 
     def view_root(self, arena: str, peer: bytes) -> int | None:
         """The root of *peer*'s view of *arena* (read it with `get` and `children`, ``unreal=True``)."""
@@ -1016,9 +1150,10 @@ class Index:
         path: Sequence[bytes],
         vv: dict[bytes, int] | None = None,
         content: bytes | None = None,
+        real: bool = False,
     ) -> list[bytes]:
         """The peers whose view of *arena* holds *path* live, at vector *vv* and content hash
-        *content* (each if given), in key order."""
+        *content* (each if given; *real*: in the peer's Real), in key order."""
         with self._reading() as txn:
             found = []
             for peer, view in self._views(txn, arena):
@@ -1028,7 +1163,7 @@ class Index:
                 record = to_record(value)
                 if vv is not None and versions.compare(vv, record.vv) is not Order.EQUAL:
                     continue
-                if content is not None and record.hash != content:
+                if (content is not None and record.hash != content) or (real and not record.real):
                     continue
                 found.append(peer)
             return found
@@ -1041,21 +1176,11 @@ def _shown(record: Record, unreal: bool, tombstones: bool) -> bool:
 
 
 _STONE = Record(KIND_DELETED, real=False)
-_TOLD = {KIND_FILE: "create", KIND_DIR: "mkdir", KIND_LINK: "symlink"}
 
 
-def _record(v: history.Version | None, kind: int) -> Record:
-    """A peer's version of a path, as an Unreal record."""
-    if v is None:
-        return Record(kind, real=False)
-    return Record(kind, v.size, v.mtime_ns, v.mode, v.hash, v.target, real=False)
-
-
-def _guess(v: history.Version | None) -> int:
-    """The kind of a version whose entry does not say (migrated from schema 4)."""
-    if v is not None and v.target is not None:
-        return KIND_LINK
-    return KIND_FILE if v is not None and v.hash is not None else KIND_DIR
+def valid_name(name: bytes) -> bool:
+    """A name a peer may give an entry: what a directory on disk can hold."""
+    return 0 < len(name) <= 255 and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
 
 
 def _view_key(arena: str, peer: bytes) -> bytes:

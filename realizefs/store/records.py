@@ -1,9 +1,8 @@
 """The value format of the ``nodes`` database, and each arena's counts kept beside it in ``meta``.
 
 A ``nodes`` value is the msgpack array
-``[id, kind, size, mtime_ns, mode, hash, target, pending, vv, real]`` (see
-`realizefs.store.index` for the keys and what each field means; values
-written before schema 5 have no *real* and read as Real).
+``[id, kind, size, mtime_ns, mode, hash, target, pending, vv, real, seq, origin]``
+(see `realizefs.store.index` for the keys and what each field means).
 
 ``meta`` key ``counts:`` + the arena root's node id (8 bytes, big-endian)
     -> five 8-byte big-endian unsigned ints: files, bytes (of the files),
@@ -46,6 +45,7 @@ class Record:
     changed: bool = False  # content changed since *hash* (stored as "pending")
     vv: dict[bytes, int] = field(default_factory=dict, compare=False)
     real: bool = True  # in this peer's Real; False: known only from peers (Unreal)
+    origin: bytes = field(default=b"", compare=False)  # the peer that made this version (b"": unknown)
 
     @property
     def live(self) -> bool:
@@ -99,8 +99,11 @@ class Counts:
         return self + -other
 
 
-def pack(node: int, r: Record, vv: dict[bytes, int]) -> bytes:
-    value = [node, r.kind, r.size, r.mtime_ns, r.mode, r.hash, r.target, r.changed, vv, r.real]
+SEQ, ORIGIN = 10, 11  # positions in a value
+
+
+def pack(node: int, r: Record, vv: dict[bytes, int], seq: int = 0) -> bytes:
+    value = [node, r.kind, r.size, r.mtime_ns, r.mode, r.hash, r.target, r.changed, vv, r.real, seq, r.origin]
     return msgpack.packb(value)  # type: ignore[no-any-return]
 
 
@@ -109,8 +112,8 @@ def unpack(raw: bytes) -> list[Any]:
 
 
 def to_record(value: list[Any]) -> Record:
-    _, kind, size, mtime_ns, mode, content_hash, target, changed, vv, *rest = value
-    return Record(kind, size, mtime_ns, mode, content_hash, target, changed, vv, rest[0] if rest else True)
+    _, kind, size, mtime_ns, mode, content_hash, target, changed, vv, real, _, origin = value
+    return Record(kind, size, mtime_ns, mode, content_hash, target, changed, vv, real, origin)
 
 
 def tally(r: Record | None) -> Counts:

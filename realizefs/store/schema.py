@@ -7,8 +7,9 @@ Schema version 5 (version 1 had ``meta`` only; the upgrade to 2 adds the
 empty databases of the content index; the upgrade to 3 counts each arena's
 index once into its kept ``counts:`` key; the upgrade to 4 adds ``chunks`` and
 fills it from the index; the upgrade to 5 gives every ``nodes`` value its
-*real* flag (all Real then) and every history entry its *origin* and *kind*,
-for the entries known from peers, tombstones and peers' views):
+*real* flag (all Real then), *seq* and *origin*, numbers each arena's records
+in ``sequence``, and gives every history entry its *origin* and *kind*: for
+the entries known from peers, tombstones, peers' views and following a peer):
 
 ``meta``
     Small facts about the store, keys are ASCII names:
@@ -18,10 +19,10 @@ for the entries known from peers, tombstones and peers' views):
       that this store was recreated and needs a full index.
     - ``created_ns``: 8-byte big-endian unsigned int, creation time (ns since epoch).
     - ``arena:<name>``, ``next_id``, ``marked:``, ``view:<peer>:<arena>``,
-      ``sync:<peer>:<arena>``: see `realizefs.store.index`.
+      ``sync:<peer>:<arena>``, ``seq:<root id>``: see `realizefs.store.index`.
     - ``counts:<root id>``: see `realizefs.store.records`.
 
-``nodes``, ``parents``, ``manifests``
+``nodes``, ``parents``, ``manifests``, ``sequence``
     The content index, documented in `realizefs.store.index`.
 ``chunks``
     key: chunk hash (32 bytes) + source kind (1 byte) + source id -> value by
@@ -65,7 +66,7 @@ from realizefs.store import chunks, history, records
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 5
-DATABASES = (b"meta", b"nodes", b"parents", b"manifests", b"history", b"chunks")
+DATABASES = (b"meta", b"nodes", b"parents", b"manifests", b"history", b"chunks", b"sequence")
 MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 
 _U32 = struct.Struct(">I")
@@ -96,12 +97,34 @@ def _index_chunks(txn: Any, dbs: dict[bytes, Any]) -> None:
 
 
 def _views(txn: Any, dbs: dict[bytes, Any]) -> None:
-    """4 -> 5: every record says it is Real; every history entry says who made it and its kind."""
+    """4 -> 5: every record says it is Real, and each arena's records with a vector are numbered
+    in its sequence (parents first) for peers to follow; every history entry says who made it
+    and its kind."""
     nodes = dbs[b"nodes"]
     for key, raw in list(txn.cursor(db=nodes)):
         value = records.unpack(raw)
         if len(value) == 9:
-            txn.put(key, msgpack.packb([*value, True]), db=nodes)
+            txn.put(key, msgpack.packb([*value, True, 0, b""]), db=nodes)
+    cursor = txn.cursor(db=dbs[b"meta"])
+    arenas = []
+    if cursor.set_range(b"arena:"):
+        for key, raw in cursor:
+            if not bytes(key).startswith(b"arena:"):
+                break
+            arenas.append(_U64.unpack(raw)[0])
+    for root in arenas:
+        seq = 0
+        todo = [root]
+        while todo:
+            node = todo.pop(0)
+            for name, value in records.children(txn, nodes, node):
+                if value[8]:
+                    seq += 1
+                    value[records.SEQ] = seq
+                    txn.put(_U64.pack(node) + name, msgpack.packb(value), db=nodes)
+                    txn.put(_U64.pack(root) + _U64.pack(seq), _U64.pack(value[0]), db=dbs[b"sequence"])
+                todo.append(value[0])
+        txn.put(b"seq:" + _U64.pack(root), _U64.pack(seq), db=dbs[b"meta"])
 
     def kind_at(root: int, path: bytes) -> int:
         node, value = root, None

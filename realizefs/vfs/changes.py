@@ -1,4 +1,5 @@
-"""What the kernel must forget when an arena's backing tree changes behind its back.
+"""What the kernel must forget when an arena's tree changes behind its back (its backing
+directory, or a peer's change of its Unreal).
 
 Each changed path the kernel may hold (one the namespace gave an inode) is
 compared with what the kernel was last told: an entry that is gone, changed
@@ -16,7 +17,6 @@ invalidations themselves are sent by `realizefs.ops.invalidate`.
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from realizefs.errors import FsError
 from realizefs.real.backing import join
 from realizefs.real.watcher import Change
 from realizefs.vfs.namespace import Arena, Namespace, ident
+from realizefs.vfs.tree import Stat
 
 
 @dataclass
@@ -108,8 +109,9 @@ def _known(ns: Namespace, arena_ino: int, rel: bytes) -> int | None:
     return ino
 
 
-def _lstat(arena: Arena, rel: bytes) -> os.stat_result | None:
+def _lstat(arena: Arena, rel: bytes) -> Stat | None:
+    """What the mount shows at *rel* now (the Real, or the Unreal)."""
     try:
-        return arena.backing.stat(rel)
+        return arena.tree.stat(rel)
     except FsError:
         return None

@@ -77,13 +77,22 @@ class InodeTable:
         return kids.get(name) if kids is not None else None
 
     def add(
-        self, parent: int, name: bytes, kind: int, ident: Ident | None = None, *, keep: bool = False
+        self,
+        parent: int,
+        name: bytes,
+        kind: int,
+        ident: Ident | None = None,
+        *,
+        keep: bool = False,
+        number: int | None = None,
     ) -> int:
         """The inode of *name* in *parent*: the node there if it is the same object, else a new one.
 
         The node there is kept when its kind and identity match (either side unknown
-        matches); otherwise it becomes an orphan and the name gets a new number.
-        *keep*: a node that is never forgotten (the mount's own directories and files)."""
+        matches); otherwise it becomes an orphan and the name gets a new number:
+        *number* if given and free (an object whose number is fixed by what it is),
+        else the next one. *keep*: a node that is never forgotten (the mount's own
+        directories and files)."""
         existing = self.child(parent, name)
         if existing is not None:
             node = self._nodes[existing]
@@ -94,8 +103,11 @@ class InodeTable:
                 node.ident = node.ident or ident
                 return existing
             self.detach(parent, name)
-        ino = self._next
-        self._next += 1
+        if number is not None and number not in self._nodes:
+            ino = number
+        else:
+            ino = self._next
+            self._next += 1
         self._nodes[ino] = Node(parent, name, kind, ident)
         self._children.setdefault(parent, {})[name] = ino
         self._shrink.due(len(self._nodes))  # notes the largest size

@@ -57,6 +57,7 @@ from realizefs.shrink import Shrink
 from realizefs.vfs import attributes
 from realizefs.vfs.attrs import Attr, FsStats
 from realizefs.vfs.inodes import ROOT_INODE, Ident, InodeTable
+from realizefs.vfs.merged import fixed_inode
 from realizefs.vfs.realtree import RealTree
 from realizefs.vfs.tree import Changes, File, Pin, Stat, Tree
 from realizefs.vfs.virtual import Reader, Snapshots, VirtualDir, VirtualFile, VirtualOpen
@@ -129,7 +130,7 @@ class Namespace:
         control: Iterable[VirtualFile],
         content_hash: Callable[[str, bytes], bytes | None] = lambda arena, rel: None,
         max_pins: int = MAX_PINS,
-        tree: Callable[[Backing], Tree] = RealTree,
+        tree: Callable[[ArenaConfig, Backing], Tree] = lambda config, backing: RealTree(backing),
     ) -> None:
         self.inodes = InodeTable(on_drop=self._dropped)
         self.max_pins = max_pins
@@ -191,7 +192,7 @@ class Namespace:
                 parent = self._add_virtual_dir(parent, part)
             ino = self.inodes.add(parent, last, stat.S_IFDIR, keep=True)
             self._virtual_dirs[parent].children[last] = ino
-            self._arenas[ino] = Arena(config, backing, self._tree(backing), ino)
+            self._arenas[ino] = Arena(config, backing, self._tree(config, backing), ino)
         return removed
 
     def _add_virtual_dir(self, parent: int, name: bytes) -> int:
@@ -373,7 +374,7 @@ class Namespace:
         """The node of *name* in *parent*, which holds the object *st* describes."""
         self._stale_entries.pop((parent, name), None)
         old = self.inodes.child(parent, name)
-        ino = self.inodes.add(parent, name, stat.S_IFMT(st.st_mode), ident(st))
+        ino = self.inodes.add(parent, name, stat.S_IFMT(st.st_mode), ident(st), number=fixed_inode(st))
         if old is not None and old != ino:
             self._settle(old)
         return ino

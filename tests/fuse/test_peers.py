@@ -97,7 +97,7 @@ def messages_over(d: Daemon, name: str, n: int) -> None:
 class Pair:
     """Daemons named after their position: a listens, b listens unless deaf, c listens."""
 
-    def __init__(self, bases: list[Path], deaf: bool = False) -> None:
+    def __init__(self, bases: list[Path], deaf: bool = False, extra: str = "") -> None:
         # Held until the end: a daemon restarted on its port finds it free.
         self.reservations = [reserve_port() for _ in bases]
         self.ports: list[int] = [r.getsockname()[1] for r in self.reservations]
@@ -106,7 +106,7 @@ class Pair:
                 base,
                 name=name,
                 listen=None if deaf and name == "b" else f"127.0.0.1:{port}",
-                extra=NETWORK,
+                extra=NETWORK + extra,
             )
             for base, name, port in zip(bases, "abc"[: len(bases)], self.ports, strict=True)
         ]

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from realizefs.config import NetworkConfig, PeerConfig
 from realizefs.errors import RemoteError
-from realizefs.peers.connection import PeerInfo, Reply
+from realizefs.peers.connection import Handler, PeerInfo, Reply
 from realizefs.peers.household import Household
 from realizefs.peers.identity import Identity
 from realizefs.peers.messages import PROTOCOL_VERSION, Hello, Request, Value
@@ -99,15 +99,19 @@ async def start_node(
     port: int = 0,
     network: NetworkConfig = FAST,
     version: int = PROTOCOL_VERSION,
+    handler: Handler | None = None,
+    store_id: bytes | None = None,
 ) -> Node:
-    """A running household named *name*; `Node.stop` ends it."""
+    """A running household named *name*; `Node.stop` ends it. By default its handler is a
+    `Recorder` and its store id its name."""
     identity = identity or new_identity()
-    handler = Recorder()
-    hello = Hello(name, name.encode().ljust(16, b"\0"), ("a",), version=version)
-    household = Household(identity, hello, network, peers, handler, rng=random.Random(1))
+    recorder = Recorder()
+    store_id = store_id or name.encode().ljust(16, b"\0")
+    hello = Hello(name, store_id, ("a",), version=version)
+    household = Household(identity, hello, network, peers, handler or recorder, rng=random.Random(1))
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1") if listen else []
     address = Address("127.0.0.1", listeners[0].socket.getsockname()[1]) if listeners else None
-    node = Node(name, identity, household, handler, listeners, address)
+    node = Node(name, identity, household, recorder, listeners, address)
 
     async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with node.scope:

@@ -271,7 +271,7 @@ def test_the_namespace_serves_any_tree_without_the_real(root: Path) -> None:
         modes={b"d": Mode.UNREAL},
     )
 
-    def memory(backing: Backing) -> Tree:
+    def memory(config: ArenaConfig, backing: Backing) -> Tree:
         return tree
 
     ns = Namespace([ArenaConfig("a", root, Mode.REAL)], [], tree=memory)

@@ -1,10 +1,10 @@
-"""Entries from peers, tombstones and peers' views in the content index (real LMDB)."""
+"""Records from peers, tombstones, peers' views and the sequence peers follow, in the content
+index (real LMDB)."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import lmdb
@@ -12,7 +12,6 @@ import msgpack
 import pytest
 
 from realizefs.errors import StoreError
-from realizefs.store.history import Entry, Version
 from realizefs.store.index import (
     KIND_DELETED,
     KIND_DIR,
@@ -22,6 +21,7 @@ from realizefs.store.index import (
     Outcome,
     Record,
     SyncState,
+    Told,
 )
 from realizefs.store.schema import SCHEMA_VERSION, Store
 
@@ -41,59 +41,96 @@ def p(path: str) -> list[bytes]:
 
 
 def made(
-    op: str, path: str, vv: dict[bytes, int], content: bytes | None = H1, seq: int = 0, **kw: object
-) -> Entry:
-    kind = {"mkdir": KIND_DIR, "rmdir": KIND_DIR}.get(op, KIND_FILE)
-    new = None if op in ("delete", "rmdir") else Version(content if kind == KIND_FILE else None, 5, 7, 0o644)
-    entry = Entry(seq, op, path.encode(), None, None, new, vv, 1, next(iter(vv)), kind)
-    return replace(entry, **kw)  # type: ignore[arg-type]
+    path: str,
+    vv: dict[bytes, int],
+    kind: int = KIND_FILE,
+    content: bytes | None = H1,
+    seq: int = 0,
+    real: bool = True,
+    origin: bytes | None = None,
+) -> Told:
+    """A peer's record of *path*, as its sequence tells it (made by *origin*, else by the
+    first peer in its vector)."""
+    by = origin or next(iter(vv))
+    if kind == KIND_FILE:
+        record = Record(kind, 5, 7, 0o644, content, vv=vv, real=real, origin=by)
+    else:
+        record = Record(kind, 0, 7, 0o755 if kind == KIND_DIR else 0, vv=vv, real=real, origin=by)
+    return Told(seq, tuple(p(path)), record)
+
+
+def gone(path: str, vv: dict[bytes, int], seq: int = 0) -> Told:
+    return made(path, vv, KIND_DELETED, None, seq, real=False)
+
+
+def told(index: Index, arena: str = "a", after: int = 0) -> list[tuple[str, int, dict[bytes, int]]]:
+    return [
+        (b"/".join(t.path).decode(), t.record.kind, t.record.vv) for t in index.changes(arena, after, 1000)
+    ]
 
 
 def test_a_peers_version_is_taken_only_if_it_is_newer(store: Store) -> None:
     index = Index(store, ME)
     root = index.arena_root("a")
-    first = index.accept(root, made("create", "f", {A: 1}))
+    first = index.accept(root, made("f", {A: 1}))
     assert first.outcome is Outcome.APPLIED and first.held is None
     record = index.get(root, p("f"), unreal=True)
     assert record is not None and not record.real and record.hash == H1 and record.vv == {A: 1}
+    assert record.origin == A
     assert index.get(root, p("f")) is None and index.children(root, []) == {}  # not Real
     assert index.counts(root) == Counts() == index.recount(root)
-    assert index.accept(root, made("create", "f", {A: 1})).outcome is Outcome.STALE  # equal: its own, back
-    newer = index.accept(root, made("edit", "f", {A: 2}, H2))
+    assert index.accept(root, made("f", {A: 1})).outcome is Outcome.STALE  # equal: its own, back
+    newer = index.accept(root, made("f", {A: 2}, content=H2))
     assert newer.outcome is Outcome.APPLIED and newer.held is not None and newer.held.vv == {A: 1}
-    assert index.accept(root, made("edit", "f", {A: 1})).outcome is Outcome.STALE  # older
-    other = index.accept(root, made("edit", "f", {A: 1, B: 1}))
+    assert index.accept(root, made("f", {A: 1})).outcome is Outcome.STALE  # older
+    other = index.accept(root, made("f", {A: 1, B: 1}))
     assert other.outcome is Outcome.CONFLICT and other.held is not None and other.held.vv == {A: 2}
     record = index.get(root, p("f"), unreal=True)
     assert record is not None and record.hash == H2 and record.vv == {A: 2}  # never overwritten
-    # the history holds what was applied, with its origin and its vector as it came
-    assert [(e.op, e.vv, e.origin) for e in index.history(root, 10)] == [
-        ("create", {A: 1}, A),
-        ("edit", {A: 2}, A),
+    # what was applied is told on (relayed) with its vector and origin, once, at its last change;
+    # the history keeps this peer's own changes
+    assert [(t.path, t.record.vv, t.record.origin, t.record.real) for t in index.changes("a", 0, 10)] == [
+        ((b"f",), {A: 2}, A, False)
     ]
+    assert index.history(root, 10) == []
+
+
+def test_malformed_records_are_refused_and_nothing_is_taken(store: Store) -> None:
+    index = Index(store, ME)
+    root = index.arena_root("a")
+    assert index.following("a", A, SID) == 0
+    for bad in (
+        Told(1, (b"..", b"f"), made("f", {A: 1}).record),
+        Told(1, (b"d/e",), made("f", {A: 1}).record),
+        Told(1, (), made("f", {A: 1}).record),
+        Told(1, (b"f",), Record(KIND_FILE, vv={})),
+        Told(1, (b"f",), Record(9, vv={A: 1})),
+    ):
+        with pytest.raises(StoreError):
+            index.receive("a", A, SID, [made("ok", {A: 1}, seq=0), bad])
+    assert index.children(root, [], unreal=True, tombstones=True) == {}
+    assert index.sync_state("a", A) == SyncState(SID, 0)
 
 
 def test_missing_directories_are_made_and_a_deleted_one_is_not_brought_back(store: Store) -> None:
     index = Index(store, ME)
     root = index.arena_root("a")
-    assert index.accept(root, made("create", "d/e/f", {A: 1})).outcome is Outcome.APPLIED
+    assert index.accept(root, made("d/e/f", {A: 1})).outcome is Outcome.APPLIED
     d = index.get(root, p("d"), unreal=True)
     assert d is not None and d.kind == KIND_DIR and d.vv == {}  # its own mkdir will dominate it
-    assert index.accept(root, made("mkdir", "d", {A: 1})).outcome is Outcome.APPLIED
-    assert index.accept(root, made("delete", "d/e/f", {A: 2})).outcome is Outcome.APPLIED
-    assert index.accept(root, made("rmdir", "d/e", {A: 1}, None)).outcome is Outcome.APPLIED
-    assert index.accept(root, made("rmdir", "d", {A: 2}, None)).outcome is Outcome.APPLIED
+    assert index.accept(root, made("d", {A: 1}, KIND_DIR)).outcome is Outcome.APPLIED
+    assert index.accept(root, gone("d/e/f", {A: 2})).outcome is Outcome.APPLIED
+    assert index.accept(root, gone("d/e", {A: 1})).outcome is Outcome.APPLIED
+    assert index.accept(root, gone("d", {A: 2})).outcome is Outcome.APPLIED
     assert index.children(root, [], unreal=True) == {}
     stone = index.get(root, p("d/e/f"), tombstones=True)
     assert stone is not None and stone.kind == KIND_DELETED and stone.vv == {A: 2}
     # a peer that missed the delete sends the old versions: nothing comes back
-    assert index.accept(root, made("create", "d/e/f", {A: 1})).outcome is Outcome.STALE
-    assert index.accept(root, made("mkdir", "d", {A: 1})).outcome is Outcome.STALE
-    # made anew below the deleted directory, not knowing of the delete: a conflict
-    assert index.accept(root, made("create", "d/g", {B: 1})).outcome is Outcome.CONFLICT
+    assert index.accept(root, made("d/e/f", {A: 1})).outcome is Outcome.STALE
+    assert index.accept(root, made("d", {A: 1}, KIND_DIR)).outcome is Outcome.STALE
     # the directory made again by one who knew of the delete, then a file in it
-    assert index.accept(root, made("mkdir", "d", {A: 3})).outcome is Outcome.APPLIED
-    assert index.accept(root, made("create", "d/g", {B: 1})).outcome is Outcome.APPLIED
+    assert index.accept(root, made("d", {A: 3}, KIND_DIR)).outcome is Outcome.APPLIED
+    assert index.accept(root, made("d/g", {B: 1})).outcome is Outcome.APPLIED
     assert set(index.children(root, p("d"), unreal=True)) == {b"g"}  # the tombstone of e is not listed
     assert set(index.children(root, p("d"), unreal=True, tombstones=True)) == {b"e", b"g"}
 
@@ -101,25 +138,34 @@ def test_missing_directories_are_made_and_a_deleted_one_is_not_brought_back(stor
 def test_a_directory_deleted_while_it_holds_what_the_deleter_did_not_know_is_a_conflict(store: Store) -> None:
     index = Index(store, ME)
     root = index.arena_root("a")
-    index.accept(root, made("mkdir", "d", {A: 1}))
-    index.accept(root, made("create", "d/new", {B: 1}))
-    assert index.accept(root, made("rmdir", "d", {A: 2}, None)).outcome is Outcome.CONFLICT
+    index.accept(root, made("d", {A: 1}, KIND_DIR))
+    index.accept(root, made("d/new", {B: 1}))
+    assert index.accept(root, gone("d", {A: 2})).outcome is Outcome.CONFLICT
     assert index.get(root, p("d/new"), unreal=True) is not None
 
 
-def test_a_real_path_is_not_changed_and_the_newer_version_is_passed_on_once(store: Store) -> None:
+def test_a_real_path_is_not_changed_and_the_newer_version_is_relayed_once(store: Store) -> None:
     index = Index(store, ME)
     root = index.arena_root("a")
     index.put(root, p("f"), Record(KIND_FILE, 1, hash=H1), op="create")
     mine = index.get(root, p("f"))
-    assert mine is not None and mine.vv == {ME: 1}
-    entry = made("edit", "f", {ME: 1, A: 1}, H2, seq=1, origin=A)
-    assert index.receive("a", A, SID, [entry])[0].outcome is Outcome.NOTED
+    assert mine is not None and mine.vv == {ME: 1} and mine.origin == ME
+    assert told(index) == [("f", KIND_FILE, {ME: 1})]
+    last = index.last_told(root)
+    index.following("a", A, SID)
+    theirs = made("f", {ME: 1, A: 1}, content=H2, seq=1, origin=A)
+    assert index.receive("a", A, SID, [theirs])[0].outcome is Outcome.NOTED
     assert index.get(root, p("f")) == mine  # consensus applies it, later
-    assert index.holders("a", p("f"), {ME: 1, A: 1}, H2) == [A]
-    # the same version relayed by another peer: already noted, not passed on again
-    assert index.receive("a", B, SID, [replace(entry, seq=5)])[0].outcome is Outcome.STALE
-    assert [(e.op, e.origin) for e in index.history(root, 10)] == [("create", ME), ("edit", A)]
+    assert index.holders("a", p("f"), {ME: 1, A: 1}, H2) == [A] == index.holders("a", p("f"), real=True)
+    # the newer version is told to the others at once, as theirs, not as held here
+    (relayed,) = index.changes("a", last, 10)
+    assert (relayed.record.vv, relayed.record.hash, relayed.record.origin) == ({ME: 1, A: 1}, H2, A)
+    assert not relayed.record.real
+    # the same version relayed back by another peer: already noted, not told again
+    index.following("a", B, SID)
+    assert index.receive("a", B, SID, [Told(5, theirs.path, theirs.record)])[0].outcome is Outcome.NOTED
+    assert index.last_told(root) == relayed.seq
+    assert [(e.op, e.origin) for e in index.history(root, 10)] == [("create", ME)]
     assert index.holders("a", p("f"), content=H2) == [A, B] and index.holders("a", p("f"), {ME: 1}) == []
 
 
@@ -128,7 +174,7 @@ def test_deleting_real_entries_keeps_what_peers_hold_below(store: Store) -> None
     root = index.arena_root("a")
     index.put(root, p("d"), Record(KIND_DIR), op="mkdir")
     index.put(root, p("d/mine"), Record(KIND_FILE, 1, hash=H1), op="create")
-    index.accept(root, made("create", "d/theirs", {A: 1}))
+    index.accept(root, made("d/theirs", {A: 1}))
     assert index.delete(root, p("d"))  # the Real part went (rm -r on the disk)
     d = index.get(root, p("d"), unreal=True)
     assert d is not None and not d.real and d.vv == {ME: 1}  # no rmdir: the directory is still listed
@@ -140,9 +186,15 @@ def test_deleting_real_entries_keeps_what_peers_hold_below(store: Store) -> None
     assert index.delete(root, p("d"), unreal=True)  # through the mount: everything goes
     assert [e.op for e in index.history(root, 2)] == ["delete", "rmdir"]
     assert index.counts(root) == Counts() == index.recount(root)
+    # each path told once, at its last change, a directory's tombstone after its entries'
+    assert told(index) == [
+        ("d/mine", KIND_DELETED, {ME: 2}),
+        ("d/theirs", KIND_DELETED, {A: 1, ME: 1}),
+        ("d", KIND_DELETED, {ME: 2}),
+    ]
 
 
-def test_a_rename_leaves_a_tombstone_and_a_peers_rename_moves_the_unreal_tree(store: Store) -> None:
+def test_a_rename_is_told_as_each_path_below_it_and_a_tombstone_at_each_old_path(store: Store) -> None:
     index = Index(store, ME)
     root = index.arena_root("a")
     index.put(root, p("f"), Record(KIND_FILE, 1, hash=H1), op="create")
@@ -152,29 +204,49 @@ def test_a_rename_leaves_a_tombstone_and_a_peers_rename_moves_the_unreal_tree(st
     index.put(root, p("f"), Record(KIND_FILE, 1, hash=H2), op="create")
     made_again = index.get(root, p("f"))
     assert made_again is not None and made_again.vv == {ME: 3}  # dominates the rename's tombstone
-    index.accept(root, made("mkdir", "d", {A: 1}))
-    index.accept(root, made("create", "d/x", {A: 1}))
-    rename = Entry(0, "rename", b"e", b"d", None, Version(None, 0, 7, 0o755), {A: 2}, 1, A, KIND_DIR)
-    assert index.accept(root, rename).outcome is Outcome.APPLIED
-    x = index.get(root, p("e/x"), unreal=True)
-    assert x is not None and x.vv == {A: 1}
-    assert index.get(root, p("d/x"), unreal=True) is None
-    # an old version of d/x, from a peer that has not heard of the rename: entries name paths,
-    # so it is not known as the file now at e/x; it is no resurrection either (issue 11 decides)
-    assert index.accept(root, made("create", "d/x", {A: 1})).outcome is Outcome.CONFLICT
+    index.put(root, p("d"), Record(KIND_DIR), op="mkdir")
+    index.put(root, p("d/x"), Record(KIND_FILE, 1, hash=H1), op="create")
+    index.put(root, p("d/y"), Record(KIND_FILE, 1, hash=H2), op="create")
+    index.delete(root, p("d/y"))
+    (Path(store.data_dir) / "peer").mkdir()
+    with Store(Path(store.data_dir) / "peer") as theirs:
+        peer = Index(theirs, A)
+        proot = peer.arena_root("a")
+        peer.following("a", ME, store.store_id)
+        peer.receive("a", ME, store.store_id, index.changes("a", 0, 1000))
+        assert set(peer.children(proot, p("d"), unreal=True)) == {b"x"}
+        last = index.last_told(root)
+        assert index.rename(root, p("d"), p("e"))
+        assert [e.op for e in index.history(root, 1)] == ["rename"]  # one entry for people
+        assert told(index, after=last) == [
+            ("e", KIND_DIR, {ME: 2}),
+            ("e/x", KIND_FILE, {ME: 2}),
+            ("e/y", KIND_DELETED, {ME: 3}),
+            ("d/x", KIND_DELETED, {ME: 2}),
+            ("d/y", KIND_DELETED, {ME: 3}),
+            ("d", KIND_DELETED, {ME: 2}),
+        ]
+        # the peer that had the old tree takes the move
+        peer.receive("a", ME, store.store_id, index.changes("a", last, 1000))
+        assert set(peer.children(proot, [], unreal=True)) == {b"e", b"f", b"g"}
+        assert set(peer.children(proot, p("e"), unreal=True)) == {b"x"}
+        assert peer.children(proot, p("d"), unreal=True) == {}
+        # an old version of d/x from a peer that missed the rename: nothing comes back
+        assert peer.accept(proot, made("d/x", {ME: 1})).outcome is Outcome.STALE
 
 
 def test_views_are_kept_per_peer_resume_and_survive_a_restart(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
         index = Index(store, ME)
-        entries = [made("mkdir", "d", {A: 1}, seq=1), made("create", "d/f", {A: 1}, seq=2)]
-        index.receive("a", A, SID, entries)
+        assert index.following("a", A, SID) == 0
+        records = [made("d", {A: 1}, KIND_DIR, seq=1), made("d/f", {A: 1}, seq=2)]
+        index.receive("a", A, SID, records)
         index.receive(
-            "a", A, SID, [*entries, made("edit", "d/f", {A: 2}, H2, seq=3)]
+            "a", A, SID, [*records, made("d/f", {A: 2}, content=H2, seq=3)]
         )  # a resend, then one new
-        assert index.sync_state("a", A) == SyncState(SID, 3)
-        with pytest.raises(StoreError, match="store changed"):
-            index.receive("a", A, b"t" * 16, [made("edit", "d/f", {A: 3}, seq=4)])
+        assert index.sync_state("a", A) == SyncState(SID, 3) and index.following("a", A, SID) == 3
+        with pytest.raises(StoreError, match="not the one followed"):
+            index.receive("a", A, b"t" * 16, [made("d/f", {A: 3}, seq=4)])
         assert index.sync_state("a", A) == SyncState(SID, 3)  # nothing of it was taken
     with Store(tmp_path) as store:
         index = Index(store, ME)
@@ -184,6 +256,8 @@ def test_views_are_kept_per_peer_resume_and_survive_a_restart(tmp_path: Path) ->
         assert f is not None and f.hash == H2 and f.vv == {A: 2}
         assert index.holders("a", p("d/f"), {A: 2}) == [A]
         assert index.sync_state("a", A) == SyncState(SID, 3)
+        f = index.get(index.arena_root("a"), p("d/f"), unreal=True)  # and in this peer's view
+        assert f is not None and f.hash == H2 and not f.real
 
 
 def test_a_full_index_replaces_a_view_and_matches_the_senders_index(tmp_path: Path) -> None:
@@ -197,14 +271,12 @@ def test_a_full_index_replaces_a_view_and_matches_the_senders_index(tmp_path: Pa
         alice.put(root, p("g"), Record(KIND_FILE, 3, 4, 0o644, H2), op="create")
         alice.put(root, p("pending"), Record(KIND_FILE, 9))  # never hashed: not told
         alice.delete(root, p("g"))
-        bob.receive(
-            "x", A, sa.store_id, [made("create", "old", {A: 9}, seq=1)]
-        )  # from a store since recreated
-        last, entries = alice.snapshot(root)
-        assert last == alice.last_seq(root) == 4
-        outcomes = bob.replace_view("x", A, b"n" * 16, last, entries)
+        bob.following("x", A, sa.store_id)
+        bob.receive("x", A, sa.store_id, [made("old", {A: 9}, seq=1)])  # from a store since recreated
+        assert bob.following("x", A, b"n" * 16) == 0  # a new store: from the start
+        outcomes = bob.receive("x", A, b"n" * 16, alice.changes("x", 0, 100))
         assert [o.outcome for o in outcomes] == [Outcome.APPLIED] * 3
-        assert bob.sync_state("x", A) == SyncState(b"n" * 16, 4)
+        assert bob.sync_state("x", A) == SyncState(b"n" * 16, alice.last_told(root))
         view = bob.view_root("x", A)
         assert view is not None
         assert set(bob.children(view, [], unreal=True, tombstones=True)) == {b"d", b"g"}  # "old" went
@@ -216,6 +288,7 @@ def test_a_full_index_replaces_a_view_and_matches_the_senders_index(tmp_path: Pa
             ):
                 assert mine is not None and theirs is not None
                 assert (mine.kind, mine.hash, mine.vv) == (theirs.kind, theirs.hash, theirs.vv), path
+        assert bob.holders("x", p("d/f"), real=True) == [A]  # Real there
 
 
 def test_a_version_4_store_is_migrated(tmp_path: Path) -> None:
@@ -238,6 +311,8 @@ def test_a_version_4_store_is_migrated(tmp_path: Path) -> None:
                 txn.delete(key, db=nodes)  # version 4 kept no tombstones
             else:
                 txn.put(key, msgpack.packb(value[:9]), db=nodes)
+        txn.drop(env.open_db(b"sequence"), delete=True)
+        txn.delete(b"seq:" + struct.pack(">Q", root), db=meta)
         for key, raw in list(txn.cursor(db=hist)):
             txn.put(key, msgpack.packb(msgpack.unpackb(raw, strict_map_key=False)[:7]), db=hist)
     env.close()
@@ -247,6 +322,8 @@ def test_a_version_4_store_is_migrated(tmp_path: Path) -> None:
         root = index.arena_root("a")
         g = index.get(root, p("d/g"))
         assert g is not None and g.real and g.hash == H1
+        # numbered for peers to follow, parents first
+        assert told(index) == [("d", KIND_DIR, {ME: 1}), ("d/g", KIND_FILE, {ME: 3})]
         assert [(e.op, e.origin, e.kind) for e in index.history(root, 10)] == [
             ("mkdir", ME, KIND_DIR),
             ("create", ME, KIND_FILE),

@@ -1,0 +1,184 @@
+"""File lists: every peer follows each connected peer's records of each arena both serve.
+
+This peer serves ``follow {arena, after}``: a streamed answer that never ends
+on its own, each part a batch of its records numbered after *after* in the
+arena's sequence (`Index.changes`; from 0 a full index), then each new one
+as the index commits it (woken by `Index.watch`, batched: what committed
+while a batch was being sent goes in the next). For every `Connected` peer
+and every arena both serve (its hello lists its arenas), it asks the peer to
+``follow`` from where it left off (`Index.following`: from 0 if the peer is
+new or its store id changed) and takes each part in one transaction
+(`Index.receive`), which keeps the peer's view, updates this peer's view by
+version vector, and numbers what it applied so that peers following this one
+take it too (a star's hub relays). Transactions run in worker threads; the
+trio thread only moves bytes. A part that is not a valid batch, or a record
+the index refuses, closes that peer's connection with the reason, and nothing
+of the part is taken. *on_change* hears of the paths each part changed in
+this peer's view (the mount's caches are invalidated there).
+
+Runs in the daemon's trio thread; one task per served stream, one per followed
+(peer, arena), ended with the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+
+import trio
+
+from realizefs.errors import ConnectionLost, RemoteError, StoreError
+from realizefs.peers.connection import Connection, PeerInfo, Reply
+from realizefs.peers.events import Connected, Disconnected, Overflowed
+from realizefs.peers.household import Household
+from realizefs.peers.messages import Value
+from realizefs.peers.methods import Method, Served
+from realizefs.peers.schema import Int, Record, Str
+from realizefs.store.index import Accepted, Index, Outcome
+from realizefs.sync import wire
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000  # records read from the index per transaction
+MAX_ARENA_NAME = 255
+
+
+@dataclass(frozen=True)
+class Follow:
+    arena: str
+    after: int
+
+
+FOLLOW = Method("follow", Record(Follow, {"arena": Str(MAX_ARENA_NAME, low=1), "after": Int(0)}))
+
+Changed = Callable[[str, Sequence[Accepted]], None]
+
+
+class FileLists:
+    """Serves this peer's records and follows every connected peer's, for *arenas* (a callable:
+    the arenas served now, after a reload too). *peer_id* turns a peer's key into its id in
+    version vectors."""
+
+    def __init__(
+        self,
+        index: Index,
+        arenas: Callable[[], Sequence[str]],
+        peer_id: Callable[[bytes], bytes],
+        on_change: Changed | None = None,
+    ) -> None:
+        self.index = index
+        self.arenas = arenas
+        self.peer_id = peer_id
+        self.on_change = on_change
+        self._generation = 0
+        self._grown = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._followers: dict[Connection, trio.CancelScope] = {}
+        index.watch(self._committed)
+
+    def served(self) -> list[Served[Follow]]:
+        return [Served(FOLLOW, self._serve)]
+
+    # ------------------------------------------------------------ being followed
+
+    def _committed(self) -> None:
+        """After any commit of the index, in the thread that committed."""
+        token = self._token
+        if token is not None:
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._generation += 1
+        self._grown.set()
+        self._grown = trio.Event()
+
+    async def _serve(self, peer: PeerInfo, args: Follow, reply: Reply) -> Value:
+        if args.arena not in self.arenas():
+            raise RemoteError("no-such-arena", f"this peer serves no arena {args.arena!r}")
+        if not reply.streams:
+            raise RemoteError("not-a-stream", "follow answers with a stream")
+        after = args.after
+        log.debug("peer %s follows %s from %d", peer.name, args.arena, after)
+        while True:
+            generation = self._generation
+            told = await trio.to_thread.run_sync(self.index.changes, args.arena, after, BATCH)
+            if not told:
+                while self._generation == generation:
+                    await self._grown.wait()
+                continue
+            for part in wire.encode(told):
+                await reply.send(part)
+            after = told[-1].seq
+
+    # ------------------------------------------------------------ following
+
+    async def run(self, household: Household) -> None:
+        """Follow each peer while it is connected, until cancelled."""
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    with household.subscribe() as events:
+                        async for event in events:
+                            if isinstance(event, Connected):
+                                self._start(nursery, event.peer, event.connection)
+                            elif isinstance(event, Disconnected):
+                                self._stop(event.connection)
+                    return
+                except Overflowed:
+                    log.warning("peer events overflowed: following the connected peers again")
+
+    def _start(self, nursery: trio.Nursery, peer: PeerInfo, connection: Connection) -> None:
+        if connection in self._followers:
+            return  # a resubscription's snapshot: already followed
+        scope = trio.CancelScope()
+        self._followers[connection] = scope
+        shared = [arena for arena in self.arenas() if arena in peer.arenas]
+        nursery.start_soon(self._follow_peer, peer, connection, shared, scope)
+
+    def _stop(self, connection: Connection) -> None:
+        scope = self._followers.pop(connection, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _follow_peer(
+        self, peer: PeerInfo, connection: Connection, arenas: list[str], scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                for arena in arenas:
+                    nursery.start_soon(self._follow, peer, connection, arena)
+        self._followers.pop(connection, None)
+
+    async def _follow(self, peer: PeerInfo, connection: Connection, arena: str) -> None:
+        pid = self.peer_id(peer.key)
+        after = await trio.to_thread.run_sync(self.index.following, arena, pid, peer.store_id)
+        log.info("following %s's %s from %d", peer.name, arena, after)
+        try:
+            async with connection.stream("follow", {"arena": arena, "after": after}) as parts:
+                async for part in parts:
+                    told = wire.decode(part, after)
+                    outcomes = await trio.to_thread.run_sync(
+                        self.index.receive, arena, pid, peer.store_id, told
+                    )
+                    after = told[-1].seq
+                    self._report(peer, arena, outcomes)
+        except RemoteError as exc:
+            log.warning("peer %s does not let us follow %s: %s", peer.name, arena, exc)
+        except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # its `Disconnected` ends the others
+        except (wire.BadBatch, StoreError) as exc:
+            reason = f"a malformed file list: {exc}"
+            log.warning("peer %s sent %s; disconnecting", peer.name, reason)
+            await connection.close(reason)
+
+    def _report(self, peer: PeerInfo, arena: str, outcomes: list[Accepted]) -> None:
+        conflicts = [o for o in outcomes if o.outcome is Outcome.CONFLICT]
+        for o in conflicts:
+            log.info("%s: %s from %s is concurrent with ours", arena, b"/".join(o.told.path), peer.name)
+        changed = [o for o in outcomes if o.outcome is Outcome.APPLIED]
+        if changed and self.on_change is not None:
+            self.on_change(arena, changed)

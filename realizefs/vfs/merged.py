@@ -1,0 +1,356 @@
+"""The merged tree of an arena: its Real, and the Unreal its index knows from peers.
+
+A path that exists in the Real is the Real's (`realizefs.vfs.realtree`), as
+before; a path that does not, but that this peer's view of the arena (the
+index, `realizefs.store.index`) holds as a live Unreal entry, is that entry:
+listed with its size, mtime and mode, owned by the arena root's owner, taking
+no blocks on this disk. Directories that exist only in the Unreal are listed
+and walked the same way. An Unreal object's identity is ``(UNREAL_DEV, node
+id)``: the index keeps a node's id while it lives at a path (and a rename made
+here keeps it), and across restarts, so the mount numbers it
+`UNREAL_INODES` + its node id (`fixed_inode`).
+
+Changes through the mount: making anything in an Unreal-only directory makes
+that directory (and any Unreal-only one above it) in the Real first, with the
+Unreal entry's mode; setting ``user.realize.mode`` on an Unreal-only directory
+does the same to hold it. Deleting or renaming an Unreal entry is a change of
+this peer's view, recorded in its history and told to peers (the disk holds
+nothing of it); renaming one onto a Real path is refused with ``EXDEV`` (``mv``
+then copies). Opening an Unreal file for writing, changing its attributes,
+or reading its content are refused with ``EIO`` and a logged reason until the
+Unreal's content can be fetched from peers (the next step of this work).
+
+Concurrency: as `realizefs.vfs.tree` says; the index's reads take
+microseconds; its writes for an Unreal delete or rename are one short
+transaction on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+from realizefs.errors import Exists, FsError, NoData, NotEmpty, NotFound, NotPermitted
+from realizefs.real.backing import RENAME_EXCHANGE, RENAME_NOREPLACE, Owner, join, split
+from realizefs.store.index import KIND_DIR, KIND_LINK, Index, Record
+from realizefs.types import Mode
+from realizefs.vfs.realtree import RealFile, RealPin, RealTree
+from realizefs.vfs.tree import Changes, Stat
+
+log = logging.getLogger(__name__)
+
+UNREAL_DEV = 0  # no mounted filesystem has device number 0
+UNREAL_INODES = 1 << 62  # the mount's inode numbers of Unreal entries: this + node id
+BLOCK = 4096
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+
+
+@dataclass(frozen=True, slots=True)
+class UnrealStat:
+    """The attributes of an Unreal entry, as `Stat` names them."""
+
+    st_mode: int
+    st_ino: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_mtime_ns: int
+    st_nlink: int = 1
+    st_dev: int = UNREAL_DEV
+    st_rdev: int = 0
+    st_blocks: int = 0
+    st_blksize: int = BLOCK
+
+    @property
+    def st_atime_ns(self) -> int:
+        return self.st_mtime_ns
+
+    @property
+    def st_ctime_ns(self) -> int:
+        return self.st_mtime_ns
+
+
+def fixed_inode(st: Stat) -> int | None:
+    """The mount's inode number of an Unreal object (fixed by its node id); None for the Real."""
+    return UNREAL_INODES + st.st_ino if st.st_dev == UNREAL_DEV else None
+
+
+def _unavailable(rel: bytes, what: str) -> FsError:
+    log.info(
+        "%s: %s an Unreal file is not possible yet: its content is not fetched",
+        rel.decode(errors="replace"),
+        what,
+    )
+    return FsError("the Unreal's content is not fetched yet", errno=errno.EIO)
+
+
+class UnrealPin:
+    """An Unreal entry, by its node id: it stays that entry when renamed here."""
+
+    __slots__ = ("node", "tree")
+
+    def __init__(self, tree: MergedTree, node: int) -> None:
+        self.tree, self.node = tree, node
+
+    def stat(self) -> UnrealStat:
+        found = self.tree.index.at_node(self.tree.root, self.node)
+        if found is None:
+            raise NotFound()
+        return self.tree.unreal_stat(self.node, found[1])
+
+    def open(self, flags: int) -> RealFile:
+        found = self.tree.index.at_node(self.tree.root, self.node)
+        if found is None:
+            raise NotFound()
+        raise _unavailable(b"/".join(found[0]), "opening")
+
+    def close(self) -> None:
+        pass
+
+
+class MergedTree:
+    """One arena's Real with its Unreal entries (see the module doc)."""
+
+    def __init__(self, real: RealTree, index: Index, root: int) -> None:
+        self.real = real
+        self.index = index
+        self.root = root
+
+    # ------------------------------------------------------------ the Unreal
+
+    def _unreal(self, rel: bytes) -> tuple[int, Record] | None:
+        """The Unreal entry at *rel* (the Real has nothing there), or None."""
+        found = self.index.entry(self.root, rel.split(b"/")) if rel else None
+        return found if found is not None and not found[1].real else None
+
+    def unreal_stat(self, node: int, record: Record) -> UnrealStat:
+        owner = self.real.stat(b"")
+        if record.kind == KIND_DIR:
+            mode, nlink, size = stat.S_IFDIR | (record.mode or 0o755), 2, BLOCK
+        elif record.kind == KIND_LINK:
+            mode, nlink, size = stat.S_IFLNK | 0o777, 1, len(record.target or b"")
+        else:
+            mode, nlink, size = stat.S_IFREG | (record.mode & 0o7777), 1, record.size
+        return UnrealStat(mode, node, owner.st_uid, owner.st_gid, size, record.mtime_ns, nlink)
+
+    def _real_or_unreal(self, rel: bytes) -> Stat:
+        try:
+            return self.real.stat(rel)
+        except NotFound:
+            found = self._unreal(rel)
+            if found is None:
+                raise
+            return self.unreal_stat(*found)
+
+    def _is_real(self, rel: bytes) -> bool:
+        try:
+            self.real.stat(rel)
+        except NotFound:
+            return False
+        return True
+
+    def _realize_dir(self, rel: bytes) -> None:
+        """Make the Unreal-only directory *rel* (and those above it) in the Real."""
+        if not rel or self._is_real(rel):
+            return
+        found = self._unreal(rel)
+        if found is None or found[1].kind != KIND_DIR:
+            raise NotFound()
+        parent, name = split(rel)
+        self._realize_dir(parent)
+        owner = self.real.stat(b"")
+        with contextlib.suppress(Exists):  # made meanwhile
+            self.real.mkdir(
+                parent, name, found[1].mode or 0o755, Owner(owner.st_uid, owner.st_gid, lambda g: True)
+            )
+
+    # ------------------------------------------------------------ reading
+
+    def stat(self, rel: bytes) -> Stat:
+        return self._real_or_unreal(rel)
+
+    def pin(self, rel: bytes) -> tuple[RealPin | UnrealPin, Stat]:
+        try:
+            return self.real.pin(rel)
+        except NotFound:
+            found = self._unreal(rel)
+            if found is None:
+                raise
+            return UnrealPin(self, found[0]), self.unreal_stat(*found)
+
+    def open(self, rel: bytes, flags: int) -> RealFile:
+        try:
+            return self.real.open(rel, flags)
+        except NotFound:
+            if self._unreal(rel) is None:
+                raise
+            raise _unavailable(rel, "writing" if flags & _WRITE_FLAGS else "reading") from None
+
+    def listdir(self, rel: bytes) -> list[tuple[bytes, Stat]]:
+        try:
+            listed: list[tuple[bytes, Stat]] = list(self.real.listdir(rel))
+        except NotFound:
+            found = self._unreal(rel)
+            if found is None or found[1].kind != KIND_DIR:
+                raise
+            listed = []
+        names = {name for name, _ in listed}
+        for name, node, record in self.index.entries(self.root, rel.split(b"/") if rel else []):
+            if not record.real and name not in names:
+                listed.append((name, self.unreal_stat(node, record)))
+        return listed
+
+    def readlink(self, rel: bytes) -> bytes:
+        try:
+            return self.real.readlink(rel)
+        except NotFound:
+            found = self._unreal(rel)
+            if found is None or found[1].kind != KIND_LINK or found[1].target is None:
+                raise
+            return found[1].target
+
+    def statvfs(self) -> os.statvfs_result:
+        return self.real.statvfs()
+
+    def status(self, rel: bytes) -> bytes:
+        if self._is_real(rel):
+            return self.real.status(rel)
+        found = self._unreal(rel)
+        if found is None:
+            raise NotFound()
+        return b"unreal"
+
+    # ---- creating, removing, changing
+
+    def create(
+        self, parent: bytes, name: bytes, flags: int, mode: int, owner: Owner
+    ) -> tuple[RealFile, Stat]:
+        if self._unreal(join(parent, name)) is not None and flags & os.O_EXCL:
+            raise Exists()
+        if self._unreal(join(parent, name)) is not None:
+            raise _unavailable(join(parent, name), "writing")
+        self._realize_dir(parent)
+        return self.real.create(parent, name, flags, mode, owner)
+
+    def mkdir(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> Stat:
+        self._refuse_over_unreal(join(parent, name))
+        self._realize_dir(parent)
+        return self.real.mkdir(parent, name, mode, owner)
+
+    def mkfifo(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> Stat:
+        self._refuse_over_unreal(join(parent, name))
+        self._realize_dir(parent)
+        return self.real.mkfifo(parent, name, mode, owner)
+
+    def symlink(self, parent: bytes, name: bytes, target: bytes, owner: Owner) -> Stat:
+        self._refuse_over_unreal(join(parent, name))
+        self._realize_dir(parent)
+        return self.real.symlink(parent, name, target, owner)
+
+    def _refuse_over_unreal(self, rel: bytes) -> None:
+        if not self._is_real(rel) and self._unreal(rel) is not None:
+            raise Exists()
+
+    def unlink(self, parent: bytes, name: bytes) -> None:
+        rel = join(parent, name)
+        if self._is_real(rel):
+            self.real.unlink(parent, name)
+            return
+        found = self._unreal(rel)
+        if found is None:
+            raise NotFound()
+        if found[1].kind == KIND_DIR:
+            raise FsError("is a directory", errno=errno.EISDIR)
+        self.index.delete(self.root, rel.split(b"/"), unreal=True)
+
+    def rmdir(self, parent: bytes, name: bytes) -> None:
+        rel = join(parent, name)
+        if any(not record.real for _, _, record in self.index.entries(self.root, rel.split(b"/"))):
+            raise NotEmpty()
+        if self._is_real(rel):
+            self.real.rmdir(parent, name)
+            return
+        found = self._unreal(rel)
+        if found is None:
+            raise NotFound()
+        if found[1].kind != KIND_DIR:
+            raise FsError("not a directory", errno=errno.ENOTDIR)
+        self.index.delete(self.root, rel.split(b"/"), unreal=True)
+
+    def rename(self, old: bytes, new: bytes, flags: int) -> None:
+        if self._is_real(old):
+            self._refuse_over_unreal_dir(new)
+            if not self._is_real(split(new)[0]):
+                self._realize_dir(split(new)[0])
+            self.real.rename(old, new, flags)
+            return
+        if self._unreal(old) is None:
+            raise NotFound()
+        if flags & RENAME_EXCHANGE or self._is_real(new):
+            raise FsError("an Unreal entry cannot replace or swap with a Real one", errno=errno.EXDEV)
+        there = self._unreal(new)
+        if there is not None and flags & RENAME_NOREPLACE:
+            raise Exists()
+        if there is not None and there[1].kind == KIND_DIR and self.index.entries(self.root, new.split(b"/")):
+            raise NotEmpty()
+        parent = split(new)[0]
+        if parent and not self._is_real(parent) and self._unreal(parent) is None:
+            raise NotFound()
+        if not self.index.rename(self.root, old.split(b"/"), new.split(b"/")):
+            raise NotFound()
+
+    def _refuse_over_unreal_dir(self, rel: bytes) -> None:
+        there = self._unreal(rel)
+        if there is not None and there[1].kind == KIND_DIR and self.index.entries(self.root, rel.split(b"/")):
+            raise NotEmpty()
+
+    def setattr(self, rel: bytes, changes: Changes) -> Stat:
+        if self._is_real(rel) or self._unreal(rel) is None:
+            return self.real.setattr(rel, changes)
+        raise _unavailable(rel, "changing")
+
+    # ---- extended attributes
+
+    def stored_mode(self, rel: bytes) -> Mode | None:
+        return self.real.stored_mode(rel) if self._is_real(rel) else None
+
+    def set_mode(self, rel: bytes, mode: Mode | None) -> None:
+        if not self._is_real(rel):
+            found = self._unreal(rel)
+            if found is None:
+                raise NotFound()
+            if found[1].kind != KIND_DIR:
+                raise NotPermitted("a mode on an Unreal file comes with consensus")
+            self._realize_dir(rel)
+        self.real.set_mode(rel, mode)
+
+    def xattr_names(self, rel: bytes) -> list[bytes]:
+        return self.real.xattr_names(rel) if self._is_real(rel) else self._none(rel, [])
+
+    def getxattr(self, rel: bytes, name: bytes) -> bytes:
+        if self._is_real(rel):
+            return self.real.getxattr(rel, name)
+        self._none(rel, None)
+        raise NoData()
+
+    def setxattr(self, rel: bytes, name: bytes, value: bytes) -> None:
+        if self._is_real(rel) or self._unreal(rel) is None:
+            self.real.setxattr(rel, name, value)
+            return
+        raise _unavailable(rel, "changing")
+
+    def removexattr(self, rel: bytes, name: bytes) -> None:
+        if self._is_real(rel) or self._unreal(rel) is None:
+            self.real.removexattr(rel, name)
+            return
+        raise NoData()
+
+    def _none(self, rel: bytes, value: list[bytes] | None) -> list[bytes]:
+        """Nothing stored on the Unreal entry *rel*; NotFound if there is none."""
+        if self._unreal(rel) is None:
+            raise NotFound()
+        return value or []
