@@ -47,6 +47,7 @@ def digest(content: int) -> bytes:
 class Peers(RuleBasedStateMachine):
     links: ClassVar[list[tuple[int, int]]] = LINKS
     careful = False  # each local change made after every change anywhere reached its peer: none concurrent
+    hub: int | None = None  # the peer the others hear each other through, if only through one
     rename_directories = True
 
     def __init__(self) -> None:
@@ -271,6 +272,8 @@ class Peers(RuleBasedStateMachine):
         for path in sorted(paths):
             if any(b"/".join(path[:k]) in self.conflicts for k in range(1, len(path) + 1)):
                 continue
+            if self.hub is not None and self._below_a_lagging_file(self.hub, path):
+                continue
             told = [view.get(path) for view in views]
             assert told[0] == told[1] == told[2], (path, told)
         for x, y in self.links:  # everything again, out of band: nothing changes, nothing is passed on
@@ -281,6 +284,18 @@ class Peers(RuleBasedStateMachine):
             ]
             assert Outcome.APPLIED not in outcomes
             self._unchanged(y, before, outcomes)
+
+    def _below_a_lagging_file(self, n: int, path: tuple[bytes, ...]) -> bool:
+        """Whether *path* lies below a file Real on peer *n* whose newer version (a directory,
+        made elsewhere) *n* noted: its own view has no place for what is below that until
+        consensus applies the directory, so it relays that part only then (a known limit,
+        docs/design.md)."""
+        for depth in range(1, len(path)):
+            mine = self._live(n, list(path[:depth]))
+            if mine is not None and mine.here and mine.kind != KIND_DIR:
+                if self._noted(n, list(path[:depth]), mine.vv):
+                    return True
+        return False
 
     def _unchanged(self, y: int, before: tuple[Any, ...], outcomes: list[Outcome]) -> None:
         """Peer *y*'s records are as *before*, and so is its history unless a change given out of
@@ -312,6 +327,7 @@ class Star(InTurn):
     """A and C hear each other only through B, which relays."""
 
     links: ClassVar[list[tuple[int, int]]] = [(0, 1), (1, 0), (2, 1), (1, 2)]
+    hub = 1
 
 
 for machine in (Exchange, InTurn, Star):
