@@ -442,6 +442,13 @@ class Index:
         with self._reading() as txn:
             return chunk_index.read_manifest(txn, self._manifests, content_hash)
 
+    def keep_manifest(self, content_hash: bytes, chunks: Sequence[tuple[int, int, bytes]]) -> None:
+        """Keep the manifest of a content known from a peer (to read it, and to reuse its chunks).
+
+        No file becomes a chunk source by it: sources are the Real files recorded with it."""
+        with self._writing() as txn:
+            chunk_index.write_manifest(txn, self._manifests, content_hash, chunks)
+
     def chunk_sources(self, chunk_hash: bytes) -> list[ChunkSource]:
         """Where this peer holds *chunk_hash*: each indexed file whose settled content has
         it (first occurrence), with the file's path as indexed now; in node id order.

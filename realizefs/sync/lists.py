@@ -76,7 +76,12 @@ class FileLists:
         self._grown = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self._followers: dict[Connection, trio.CancelScope] = {}
+        self._connected: dict[bytes, tuple[PeerInfo, Connection]] = {}  # peer id -> live connection
         index.watch(self._committed)
+
+    def connected(self) -> dict[bytes, tuple[PeerInfo, Connection]]:
+        """The peers connected now, by their id in version vectors."""
+        return self._connected
 
     def served(self) -> list[Served[Follow]]:
         return [Served(FOLLOW, self._serve)]
@@ -124,8 +129,12 @@ class FileLists:
                     with household.subscribe() as events:
                         async for event in events:
                             if isinstance(event, Connected):
+                                self._connected[self.peer_id(event.peer.key)] = (event.peer, event.connection)
                                 self._start(nursery, event.peer, event.connection)
                             elif isinstance(event, Disconnected):
+                                pid = self.peer_id(event.peer.key)
+                                if self._connected.get(pid, (None, None))[1] is event.connection:
+                                    del self._connected[pid]
                                 self._stop(event.connection)
                     return
                 except Overflowed:

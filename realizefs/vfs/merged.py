@@ -16,9 +16,10 @@ Unreal entry's mode; setting ``user.realize.mode`` on an Unreal-only directory
 does the same to hold it. Deleting or renaming an Unreal entry is a change of
 this peer's view, recorded in its history and told to peers (the disk holds
 nothing of it); renaming one onto a Real path is refused with ``EXDEV`` (``mv``
-then copies). Opening an Unreal file for writing, changing its attributes,
-or reading its content are refused with ``EIO`` and a logged reason until the
-Unreal's content can be fetched from peers (the next step of this work).
+then copies). An Unreal file opened for reading reads the version it had when
+opened, through `UnrealContent` (the cache, or peers: `realizefs.sync.content`).
+Opening one for writing and changing its attributes are refused with ``EIO``
+and a logged reason until writing realizes it (the next step of this work).
 
 Concurrency: as `realizefs.vfs.tree` says; the index's reads take
 microseconds; its writes for an Unreal delete or rename are one short
@@ -32,11 +33,13 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from realizefs.errors import Exists, FsError, NoData, NotEmpty, NotFound, NotPermitted
 from realizefs.real.backing import RENAME_EXCHANGE, RENAME_NOREPLACE, Owner, join, split
-from realizefs.store.index import KIND_DIR, KIND_LINK, Index, Record
+from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Index, Record
 from realizefs.types import Mode
 from realizefs.vfs.realtree import RealFile, RealPin, RealTree
 from realizefs.vfs.tree import Changes, Stat
@@ -74,9 +77,56 @@ class UnrealStat:
         return self.st_mtime_ns
 
 
+class UnrealContent(Protocol):
+    """Where an Unreal file's bytes come from (`realizefs.sync.content.Content`)."""
+
+    async def read(self, arena: str, path: Sequence[bytes], record: Record, offset: int, size: int) -> bytes:
+        """*size* bytes at *offset* of *path*'s version *record*; `FsError` (EIO) if unavailable."""
+
+    def cached(self, record: Record) -> int:
+        """How many bytes of the content of *record* this peer holds without the network."""
+
+
 def fixed_inode(st: Stat) -> int | None:
     """The mount's inode number of an Unreal object (fixed by its node id); None for the Real."""
     return UNREAL_INODES + st.st_ino if st.st_dev == UNREAL_DEV else None
+
+
+class UnrealFile:
+    """An Unreal file open for reading: the version it had when opened."""
+
+    __slots__ = ("node", "path", "record", "st", "tree")
+
+    def __init__(self, tree: MergedTree, node: int, path: tuple[bytes, ...], record: Record) -> None:
+        self.tree, self.node, self.path, self.record = tree, node, path, record
+        self.st = tree.unreal_stat(node, record)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        content = self.tree.content
+        if content is None:
+            raise _unavailable(b"/".join(self.path), "reading")
+        return await content.read(self.tree.arena, self.path, self.record, offset, size)
+
+    async def write(self, offset: int, data: bytes) -> int:
+        raise FsError("opened for reading", errno=errno.EBADF)
+
+    async def fsync(self, datasync: bool) -> None:
+        pass  # nothing written
+
+    async def allocate(self, mode: int, offset: int, length: int) -> None:
+        raise FsError("opened for reading", errno=errno.EBADF)
+
+    def stat(self) -> UnrealStat:
+        return self.st
+
+    def setattr(self, changes: Changes) -> Stat:
+        raise _unavailable(b"/".join(self.path), "changing")
+
+    def pin(self) -> UnrealPin:
+        return UnrealPin(self.tree, self.node)
+
+    def close(self) -> None:
+        pass
 
 
 def _unavailable(rel: bytes, what: str) -> FsError:
@@ -102,11 +152,11 @@ class UnrealPin:
             raise NotFound()
         return self.tree.unreal_stat(self.node, found[1])
 
-    def open(self, flags: int) -> RealFile:
+    def open(self, flags: int) -> UnrealFile:
         found = self.tree.index.at_node(self.tree.root, self.node)
         if found is None:
             raise NotFound()
-        raise _unavailable(b"/".join(found[0]), "opening")
+        return self.tree.open_unreal(self.node, found[0], found[1], flags)
 
     def close(self) -> None:
         pass
@@ -115,10 +165,14 @@ class UnrealPin:
 class MergedTree:
     """One arena's Real with its Unreal entries (see the module doc)."""
 
-    def __init__(self, real: RealTree, index: Index, root: int) -> None:
+    def __init__(
+        self, real: RealTree, index: Index, arena: str, content: UnrealContent | None = None
+    ) -> None:
         self.real = real
         self.index = index
-        self.root = root
+        self.arena = arena
+        self.root = index.arena_root(arena)
+        self.content = content
 
     # ------------------------------------------------------------ the Unreal
 
@@ -182,13 +236,21 @@ class MergedTree:
                 raise
             return UnrealPin(self, found[0]), self.unreal_stat(*found)
 
-    def open(self, rel: bytes, flags: int) -> RealFile:
+    def open(self, rel: bytes, flags: int) -> RealFile | UnrealFile:
         try:
             return self.real.open(rel, flags)
         except NotFound:
-            if self._unreal(rel) is None:
+            found = self._unreal(rel)
+            if found is None:
                 raise
-            raise _unavailable(rel, "writing" if flags & _WRITE_FLAGS else "reading") from None
+        return self.open_unreal(found[0], tuple(rel.split(b"/")), found[1], flags)
+
+    def open_unreal(self, node: int, path: tuple[bytes, ...], record: Record, flags: int) -> UnrealFile:
+        if flags & _WRITE_FLAGS:
+            raise _unavailable(b"/".join(path), "writing")
+        if record.kind not in (KIND_FILE, KIND_DIR):  # a directory: opendir reads nothing through it
+            raise FsError("a symbolic link", errno=errno.ELOOP)
+        return UnrealFile(self, node, path, record)
 
     def listdir(self, rel: bytes) -> list[tuple[bytes, Stat]]:
         try:
@@ -222,7 +284,11 @@ class MergedTree:
         found = self._unreal(rel)
         if found is None:
             raise NotFound()
-        return b"unreal"
+        record = found[1]
+        if record.kind != KIND_FILE or self.content is None:
+            return b"unreal"
+        share = self.content.cached(record) * 100 // record.size if record.size else 100
+        return f"unreal {share}% cached".encode()
 
     # ---- creating, removing, changing
 

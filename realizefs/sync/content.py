@@ -1,0 +1,293 @@
+"""The content of Unreal files: chunks served to peers, and fetched from them on demand.
+
+This peer serves ``manifest {hash}`` (the chunks of a content it indexed:
+``[offset, length, chunk hash]`` flattened) and ``chunk {hash}`` (the bytes
+of one chunk, read from an indexed Real file holding it, or from the cache,
+and verified against its BLAKE3 hash before they are sent: a file written
+since it was indexed is not served as that chunk).
+
+`Content.read` serves a read of an Unreal file: it takes the content's
+manifest (kept in the index once fetched), and for each chunk covering the
+range uses the first of: the cache, an indexed Real file holding the chunk
+(never fetched, then), a connected peer whose view holds this version (those
+holding it in their Real first), then any other connected peer. Every chunk
+from the network is verified before it is kept or returned; one that fails is
+discarded with a warning and asked of the next peer. When no peer can supply
+it within `FETCH_TIMEOUT`, the read fails with ``EIO``; no byte reaches a
+reader unverified. Several readers of one chunk share one transfer; at most
+`MAX_IN_FLIGHT` chunks are fetched at once (a memory bound of that many
+chunks of at most 256 KiB). A read that continues where the last one of the
+same content ended also fetches the next `READ_AHEAD` chunks in the
+background.
+
+Runs in the daemon's trio thread; disk reads and index transactions run in
+worker threads; network transfers are the connections' (`realizefs.peers`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import blake3
+import trio
+
+from realizefs.errors import ConnectionLost, FsError, RemoteError
+from realizefs.peers.connection import Connection, PeerInfo, Reply
+from realizefs.peers.messages import Value
+from realizefs.peers.methods import Method, Served
+from realizefs.peers.schema import Bytes, Record
+from realizefs.real.backing import Backing
+from realizefs.store.index import Index, RealSource
+from realizefs.store.index import Record as Entry
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 10.0  # seconds a chunk is sought from peers before a read fails with EIO
+MAX_IN_FLIGHT = 16  # chunks fetched at once
+READ_AHEAD = 8  # chunks fetched ahead of a sequential reader
+MAX_CHUNK = 1 << 20  # bytes of a chunk accepted from a peer (FastCDC's are at most 256 KiB)
+MAX_MANIFEST = 1 << 20  # chunks of one manifest
+
+
+@dataclass(frozen=True)
+class ByHash:
+    hash: bytes
+
+
+MANIFEST = Method("manifest", Record(ByHash, {"hash": Bytes(32, low=32)}))
+CHUNK = Method("chunk", Record(ByHash, {"hash": Bytes(32, low=32)}))
+
+Manifest = list[tuple[int, int, bytes]]
+
+
+class ChunkStore(Protocol):
+    """Where fetched chunks are kept (`realizefs.store.cache.ChunkCache`)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def put(self, key: bytes, data: bytes) -> bool: ...
+
+    def cached_bytes(self, manifest: list[tuple[int, int, bytes]]) -> int: ...
+
+
+def verified(chunk: bytes, data: bytes) -> bool:
+    return blake3.blake3(data).digest() == chunk
+
+
+def read_real(backing: Backing, source: RealSource) -> bytes | None:
+    """The bytes of a chunk at *source*, if the file still holds them (worker thread)."""
+    try:
+        fd = backing.open(b"/".join(source.path), os.O_RDONLY | os.O_NONBLOCK)
+    except FsError:
+        return None
+    try:
+        return os.pread(fd, source.length, source.offset)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class Content:
+    """Serves chunks to peers and fetches them for reads (see the module doc)."""
+
+    def __init__(
+        self,
+        index: Index,
+        backing_of: Callable[[int], Backing | None],
+        cache: ChunkStore,
+        connected: Callable[[], dict[bytes, tuple[PeerInfo, Connection]]],
+        *,
+        corrupt: bool = False,
+    ) -> None:
+        self.index = index
+        self.backing_of = backing_of  # an arena root's node id -> its Real
+        self.cache = cache
+        self.connected = connected  # peer id -> (who, connection), the peers connected now
+        self.corrupt = corrupt  # a test hook: serve every chunk with its first byte flipped
+        self._fetching: dict[bytes, trio.Event] = {}
+        self._limit = trio.Semaphore(MAX_IN_FLIGHT)
+        self._ends: dict[bytes, int] = {}  # content hash -> where the last read of it ended
+        self._nursery: trio.Nursery | None = None
+
+    def served(self) -> list[Served[ByHash]]:
+        return [Served(MANIFEST, self._serve_manifest), Served(CHUNK, self._serve_chunk)]
+
+    async def run(self) -> None:
+        """Hold the read-ahead tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await trio.sleep_forever()
+
+    # ------------------------------------------------------------ serving
+
+    async def _serve_manifest(self, peer: PeerInfo, args: ByHash, reply: Reply) -> Value:
+        manifest = self.index.manifest(args.hash)
+        if manifest is None:
+            raise RemoteError("not-found", "no such content here")
+        return [x for chunk in manifest for x in chunk]
+
+    async def _serve_chunk(self, peer: PeerInfo, args: ByHash, reply: Reply) -> Value:
+        data = await self._local(args.hash)
+        if data is None:
+            raise RemoteError("not-found", "no such chunk here")
+        if self.corrupt:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        return data
+
+    async def _local(self, chunk: bytes) -> bytes | None:
+        """The chunk from the cache or an indexed Real file holding it, verified; None if neither."""
+        data = self.cache.get(chunk)
+        if data is not None:
+            return data
+        return await trio.to_thread.run_sync(self._from_real, chunk)
+
+    def _from_real(self, chunk: bytes) -> bytes | None:
+        for source in self.index.chunk_sources(chunk):
+            if not isinstance(source, RealSource):
+                continue
+            backing = self.backing_of(source.root)
+            data = read_real(backing, source) if backing is not None else None
+            if data is not None and verified(chunk, data):
+                return data
+        return None
+
+    # ------------------------------------------------------------ fetching
+
+    def cached(self, record: Entry) -> int:
+        """How many bytes of *record*'s content the cache holds (0 while its manifest is not known)."""
+        manifest = self.index.manifest(record.hash) if record.hash is not None else None
+        return self.cache.cached_bytes(manifest) if manifest else 0
+
+    async def read(self, arena: str, path: Sequence[bytes], record: Entry, offset: int, size: int) -> bytes:
+        """*size* bytes at *offset* of the Unreal file *path* at version *record*."""
+        if record.hash is None:
+            raise FsError("the file's content is not known", errno=errno.EIO)
+        end = min(offset + size, record.size)
+        if offset >= end:
+            return b""
+        manifest = await self._manifest(arena, path, record)
+        starts = [o for o, _, _ in manifest]
+        first = max(0, bisect.bisect_right(starts, offset) - 1)
+        last = bisect.bisect_left(starts, end)
+        wanted = manifest[first:last]
+        holders = self._holders(arena, path, record)
+        async with trio.open_nursery() as nursery:
+            found: dict[bytes, bytes] = {}
+            for _, _, chunk in wanted:
+                if chunk not in found:
+                    found[chunk] = b""
+                    nursery.start_soon(self._gather, chunk, holders, found)
+        if self._ends.get(record.hash) == offset and self._nursery is not None:
+            for _, _, chunk in manifest[last : last + READ_AHEAD]:
+                self._nursery.start_soon(self._ahead, chunk, holders)
+        self._ends[record.hash] = end
+        data = b"".join(found[chunk] for _, _, chunk in wanted)
+        skip = offset - wanted[0][0]
+        return data[skip : skip + end - offset]
+
+    async def _gather(self, chunk: bytes, holders: list[bytes], found: dict[bytes, bytes]) -> None:
+        found[chunk] = await self.chunk(chunk, holders)
+
+    async def _ahead(self, chunk: bytes, holders: list[bytes]) -> None:
+        with contextlib.suppress(FsError):  # the read that needs it will say so
+            await self.chunk(chunk, holders)
+
+    def _holders(self, arena: str, path: Sequence[bytes], record: Entry) -> list[bytes]:
+        """Connected peers to ask, those whose view holds this version first (in their Real first)."""
+        real = self.index.holders(arena, list(path), record.vv, record.hash, real=True)
+        listed = self.index.holders(arena, list(path), record.vv, record.hash)
+        connected = self.connected()
+        ordered = [p for p in [*real, *listed, *sorted(connected)] if p in connected]
+        return list(dict.fromkeys(ordered))
+
+    async def _manifest(self, arena: str, path: Sequence[bytes], record: Entry) -> Manifest:
+        assert record.hash is not None
+        manifest = self.index.manifest(record.hash)
+        if manifest is not None:
+            return manifest
+        with trio.move_on_after(FETCH_TIMEOUT):
+            for peer in self._holders(arena, path, record):
+                conn = self.connected().get(peer)
+                if conn is None:
+                    continue
+                try:
+                    flat = await conn[1].request("manifest", {"hash": record.hash})
+                    manifest = _manifest(flat, record.size)
+                except (RemoteError, ConnectionLost, ValueError) as exc:
+                    log.info(
+                        "%s: no manifest of %s from %s: %s", arena, record.hash.hex()[:16], conn[0].name, exc
+                    )
+                    continue
+                await trio.to_thread.run_sync(self.index.keep_manifest, record.hash, manifest)
+                return manifest
+        raise FsError("no connected peer has this file's content", errno=errno.EIO)
+
+    async def chunk(self, chunk: bytes, holders: list[bytes]) -> bytes:
+        """The verified bytes of *chunk*: local, or fetched once however many ask at once."""
+        while True:
+            data = await self._local(chunk)
+            if data is not None:
+                return data
+            busy = self._fetching.get(chunk)
+            if busy is None:
+                break
+            await busy.wait()  # another reader's transfer: then it is in the cache, or we try
+        done = self._fetching[chunk] = trio.Event()
+        try:
+            async with self._limit:
+                data = await self._fetch(chunk, holders)
+            self.cache.put(chunk, data)
+            return data
+        finally:
+            del self._fetching[chunk]
+            done.set()
+
+    async def _fetch(self, chunk: bytes, holders: list[bytes]) -> bytes:
+        with trio.move_on_after(FETCH_TIMEOUT):
+            for peer in holders:
+                conn = self.connected().get(peer)
+                if conn is None:
+                    continue
+                who, connection = conn
+                try:
+                    data = await connection.request("chunk", {"hash": chunk})
+                except (RemoteError, ConnectionLost) as exc:
+                    log.debug("chunk %s not from %s: %s", chunk.hex()[:16], who.name, exc)
+                    continue
+                if type(data) is not bytes or not 0 < len(data) <= MAX_CHUNK or not verified(chunk, data):
+                    log.warning("peer %s sent a chunk that does not match its hash: discarded", who.name)
+                    continue
+                return data
+        raise FsError("no connected peer could supply a chunk", errno=errno.EIO)
+
+
+def _manifest(flat: object, size: int) -> Manifest:
+    """A peer's manifest, checked: contiguous chunks from 0 covering exactly *size* bytes."""
+    if type(flat) is not list or len(flat) % 3 or len(flat) > 3 * MAX_MANIFEST:
+        raise ValueError("not a manifest")
+    out: Manifest = []
+    at = 0
+    for i in range(0, len(flat), 3):
+        offset, length, chunk = flat[i : i + 3]
+        if (
+            type(offset) is not int
+            or type(length) is not int
+            or type(chunk) is not bytes
+            or offset != at
+            or not 0 < length <= MAX_CHUNK
+            or len(chunk) != 32
+        ):
+            raise ValueError(f"chunk {i // 3} of the manifest is malformed")
+        out.append((offset, length, chunk))
+        at += length
+    if at != size:
+        raise ValueError(f"the manifest covers {at} bytes, the file has {size}")
+    return out
