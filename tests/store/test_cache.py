@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -304,6 +306,36 @@ def test_a_newer_schema_is_refused(open_cache: Opener, tmp_path: Path) -> None:
         open_cache(max_size=units(1))
 
 
+CRASH = """
+import os, sys
+from pathlib import Path
+from blake3 import blake3
+from realizefs.store.cache import ChunkCache
+
+def chunk(i):
+    data = (i.to_bytes(8, "big") * 501)[:4000]
+    return blake3(data).digest(), data
+
+cache = ChunkCache(Path(sys.argv[1]), max_size=int(sys.argv[2]), min_free=0, margin=0)
+a, b, c = chunk(0), chunk(1), chunk(2)
+cache.put_many([a, b, c])
+cache.get(a[0])
+cache.flush()  # order b, c, a on disk
+cache.get(b[0])  # order c, a, b in memory only
+os._exit(0)  # a crash: no close, no flush
+"""
+
+
+def test_a_crash_loses_only_the_unflushed_accesses(open_cache: Opener, tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", CRASH, str(tmp_path), str(units(3))], check=True, timeout=120)
+    cache = open_cache(max_size=units(3))  # the dead process's lock went with it
+    a, b, c, d = (chunk(i) for i in range(4))
+    assert cache.stats().chunks == 3
+    cache.put(*d)  # evicts b, the least recent as flushed (c had the last access lost)
+    assert [cache.has(x[0]) for x in (a, b, c, d)] == [True, False, True, True]
+    assert [cache.get(x[0]) for x in (a, c, d)] == [a[1], c[1], d[1]]
+
+
 def test_a_second_opener_is_refused(open_cache: Opener, tmp_path: Path) -> None:
     open_cache(max_size=units(1))
     with pytest.raises(StoreError, match="in use"):
@@ -375,6 +407,78 @@ def test_pins_hold_while_another_thread_evicts(open_cache: Opener) -> None:
             held.pop(0)
     thread.join()
     assert not errors
+
+
+def test_a_pin_taken_while_a_put_chooses_its_victims_holds(open_cache: Opener) -> None:
+    """The put gathers candidates without the lock; a pin taken meanwhile still saves its chunk.
+
+    A pause is injected into the put between gathering and confirming (its first `_charge` of a
+    candidate), in which this thread pins the oldest chunk."""
+    cache = open_cache(max_size=units(3))
+    a, b, c, d = (chunk(i) for i in range(4))
+    cache.put_many([a, b, c])
+    gathering, pinned = threading.Event(), threading.Event()
+    real_charge = cache._charge
+
+    def charge_pausing(length: int) -> int:
+        if sys._getframe(1).f_code.co_name == "_choose_victims" and not gathering.is_set():
+            gathering.set()
+            pinned.wait()
+        return real_charge(length)
+
+    cache._charge = charge_pausing  # type: ignore[method-assign]
+    writer = threading.Thread(target=cache.put, args=d)
+    writer.start()
+    gathering.wait()
+    with cache.pin([a[0]]):
+        pinned.set()
+        writer.join()
+        assert [cache.has(x[0]) for x in (a, b, c, d)] == [True, False, True, True]
+
+
+def test_a_pin_waits_for_an_eviction_already_committing_its_chunk(open_cache: Opener) -> None:
+    """After `pin` returns, what `has` says of its chunks holds: a chunk chosen for eviction by a
+    transaction not yet committed is gone when the pin returns, not evicted under it later.
+
+    The put is paused after choosing its victim (at its removal); the pin, in a thread, then
+    either waits (this thread sees it enter the condition's wait) or returns."""
+    cache = open_cache(max_size=units(3))
+    a, b, c, d = (chunk(i) for i in range(4))
+    cache.put_many([a, b, c])
+    chosen, resume, progress = threading.Event(), threading.Event(), threading.Event()
+    real_remove = cache._remove
+
+    def remove_pausing(txn: object, key: bytes) -> int | None:
+        if key == a[0]:
+            chosen.set()
+            resume.wait()
+        return real_remove(txn, key)
+
+    class Signalling(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            progress.set()
+            return super().wait(timeout)
+
+    cache._remove = remove_pausing  # type: ignore[method-assign]
+    cache._evicted = Signalling(cache._lock)
+    writer = threading.Thread(target=cache.put, args=d)
+    writer.start()
+    chosen.wait()
+    seen: list[bool] = []
+
+    def pin_and_look() -> None:
+        with cache.pin([a[0]]):
+            seen.append(cache.has(a[0]))
+        progress.set()
+
+    pinner = threading.Thread(target=pin_and_look)
+    pinner.start()
+    progress.wait()
+    resume.set()
+    writer.join()
+    pinner.join()
+    assert seen == [False]
+    assert [cache.has(x[0]) for x in (a, b, c, d)] == [False, True, True, True]
 
 
 def _put_or_full(cache: ChunkCache, key: bytes, data: bytes) -> bool:
