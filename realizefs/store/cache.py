@@ -58,7 +58,10 @@ batch plus fragmentation; keep `put_many` batches well under the margin. When
 the filesystem is below its reserve the cache stops growing its file (evicting
 would not help the filesystem; giving space back needs a compaction, not done
 here). A put that cannot fit without a pinned chunk raises `CacheFull` and
-changes nothing; the quota is never exceeded.
+changes nothing; the quota is never exceeded. ``max_size`` and ``min_free``
+may be changed on an open cache (a reload): the next `flush` evicts what is
+over, all but pinned chunks. A put under pressure walks the order from its
+old end past the pinned chunks there.
 
 **Concurrency**: one `ChunkCache` per data_dir (an ``flock`` on
 ``data_dir/cache/lock`` refuses a second). Every method may be called from any
@@ -363,6 +366,16 @@ class ChunkCache:
                 pinned=len(self._pins),
             )
 
+    def room(self) -> int:
+        """The most bytes the cache may hold now (`room` of the quota, reserve and free space)."""
+        return room(
+            max_size=self.max_size,
+            min_free=self.min_free,
+            file_bytes=self.file_bytes(),
+            free=self._free_space(),
+            margin=self.margin,
+        )
+
     def file_bytes(self) -> int:
         """The size of the LMDB file: the pages it has, used or free."""
         return (int(self._env.info()["last_pgno"]) + 1) * self.page_size
@@ -388,9 +401,10 @@ class ChunkCache:
             return self._write(batch)
 
     def flush(self) -> None:
-        """Write the accesses recorded in memory (and drop damaged chunks): one write transaction."""
+        """Write the accesses recorded in memory, drop damaged chunks, and evict what is over `room`
+        (the quota may have been lowered): one write transaction, if there is anything to do."""
         with self._write_lock:
-            if self._pending or self._damaged:
+            if self._pending or self._damaged or self._used > self.room():
                 self._write({})
 
     def _write(self, batch: dict[bytes, bytes]) -> int:
@@ -401,7 +415,7 @@ class ChunkCache:
             self._stamp += len(batch)
         doomed: list[bytes] = []
         count, used, content = self._count, self._used, self._content
-        file_bytes, free = self.file_bytes(), self._free_space()
+        limit = self.room()
         try:
             with self._env.begin(write=True) as txn:
                 for key, stamp in pending.items():
@@ -417,20 +431,12 @@ class ChunkCache:
                     else:
                         self._restamp(txn, key, stamp)
                 need = sum(self._charge(len(data)) for data in new.values())
-                if new:
-                    limit = room(
-                        max_size=self.max_size,
-                        min_free=self.min_free,
-                        file_bytes=file_bytes,
-                        free=free,
-                        margin=self.margin,
-                    )
-                    if used + need > limit:
-                        self._choose_victims(txn, used + need - limit, batch, doomed)
-                    for key in doomed:
-                        length = self._remove(txn, key)
-                        assert length is not None
-                        count, used, content = count - 1, used - self._charge(length), content - length
+                if used + need > limit:  # a flush trims what it can (after the quota was lowered)
+                    self._choose_victims(txn, used + need - limit, batch, doomed, partial=not new)
+                for key in doomed:
+                    length = self._remove(txn, key)
+                    assert length is not None
+                    count, used, content = count - 1, used - self._charge(length), content - length
                 for stamp, (key, data) in enumerate(batch.items(), first_stamp):
                     if key in new:
                         txn.put(key, data, db=self._chunks)
@@ -458,8 +464,11 @@ class ChunkCache:
             log.debug("evicted %d chunks from the cache for %d new", len(doomed), len(new))
         return len(new)
 
-    def _choose_victims(self, txn: Any, excess: int, batch: dict[bytes, bytes], doomed: list[bytes]) -> None:
-        """Fill *doomed* with the least recently used unpinned chunks freeing *excess* bytes, or raise."""
+    def _choose_victims(
+        self, txn: Any, excess: int, batch: dict[bytes, bytes], doomed: list[bytes], *, partial: bool
+    ) -> None:
+        """Fill *doomed* with the least recently used unpinned chunks freeing *excess* bytes, or
+        raise (unless *partial*: then as many as are not pinned)."""
         freed = 0
         candidates: list[tuple[bytes, int]] = []
         cursor = txn.cursor(db=self._lru)
@@ -476,6 +485,8 @@ class ChunkCache:
                     gathered += cost
                 more = cursor.next()
             if not candidates:
+                if partial:
+                    return
                 raise CacheFull(
                     f"no room for {len(batch)} chunks: {freed} of the {excess} bytes needed can be "
                     f"evicted, the rest of the cache is pinned (quota {self.max_size}, "

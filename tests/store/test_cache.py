@@ -152,6 +152,25 @@ def test_lru_order_is_flushed_in_batches_and_survives_a_reopen(open_cache: Opene
     assert [cache.has(x[0]) for x in (a, b, d, e)] == [True, False, True, True]
 
 
+def test_a_lowered_quota_is_applied_by_the_next_flush(open_cache: Opener) -> None:
+    cache = open_cache(max_size=units(4))
+    a, b, c, d = (chunk(i) for i in range(4))
+    cache.put_many([a, b, c, d])
+    cache.get(a[0])  # order b, c, d, a
+    cache.max_size = units(2)  # a reload
+    with cache.pin([b[0]]):
+        cache.flush()  # evicts what is not pinned, oldest first
+        assert [cache.has(x[0]) for x in (a, b, c, d)] == [True, True, False, False]
+        assert cache.stats().used == units(2)
+        cache.max_size = units(1)
+        cache.flush()  # as much as it can: b is pinned
+        assert [cache.has(x[0]) for x in (a, b)] == [False, True]
+        assert cache.stats().used == units(1)
+    cache.max_size = 0
+    cache.flush()
+    assert cache.stats().chunks == 0
+
+
 def test_the_quota_holds_under_a_load_several_times_its_size(open_cache: Opener) -> None:
     quota = 4 << 20
     cache = open_cache(max_size=quota)
