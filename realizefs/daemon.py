@@ -37,11 +37,13 @@ from realizefs.peers import identity as identity_mod
 from realizefs.peers.household import Household, PeerStatus
 from realizefs.peers.messages import Hello
 from realizefs.peers.methods import Methods
-from realizefs.real.backing import check_kernel_support
+from realizefs.real.backing import Backing, check_kernel_support
 from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Watcher
+from realizefs.store.cache import ChunkCache
 from realizefs.store.index import Index
 from realizefs.store.schema import Store
+from realizefs.sync.content import Content
 from realizefs.sync.lists import FileLists
 from realizefs.vfs.merged import MergedTree
 from realizefs.vfs.namespace import Namespace
@@ -53,6 +55,7 @@ MOUNT_TIMEOUT = 30.0
 GOODBYE_TIMEOUT = 2.0  # telling connected peers we are leaving
 READ_AHEAD_KB = 1024
 FSNAME = SUBTYPE = "realizefs"  # the mount table shows fstype fuse.<subtype>, source <fsname>
+CORRUPT_CHUNKS = "REALIZEFS_TEST_CORRUPT_CHUNKS"  # a test hook: "1" serves every chunk damaged
 PEER_ID_BYTES = 8  # a peer's id in version vectors: the start of its public key
 WANTED_FDS = 1 << 20  # the descriptor limit asked for (as root; the kernel's fs.nr_open default)
 RESERVED_FDS = 4096  # descriptors kept for open files, peers, the store and the watcher
@@ -61,35 +64,50 @@ RESERVED_FDS = 4096  # descriptors kept for open files, peers, the store and the
 class Daemon:
     """The running daemon's state, as `NodeView` for the control files."""
 
-    def __init__(self, config: Config, store: Store, identity: identity_mod.Identity) -> None:
+    def __init__(
+        self, config: Config, store: Store, cache: ChunkCache, identity: identity_mod.Identity
+    ) -> None:
         self.config = config
         self.store = store
+        self.cache = cache
         self.identity = identity
         self.started = time.time()
         self.index = Index(store, peer_id(identity.public_key))
         self.indexer = Indexer(self.index, config.consensus.rest, store_id=store.store_id)
         self.control = Control(self, self.indexer)
-        self.namespace = Namespace(
-            config.arenas,
-            self.control.files(),
-            self.indexer.hash_of,
-            max_pins=_descriptor_budget(),
-            tree=lambda arena, backing: MergedTree(
-                RealTree(backing), self.index, self.index.arena_root(arena.name)
-            ),
-        )
-        self.control.namespace = self.namespace
-        self.watcher = Watcher()
-        self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
         self.lists = FileLists(
             self.index,
             lambda: [a.name for a in self.config.arenas],
             peer_id,
             lambda arena, changed: self.cache_sync.peers_changed(arena, (c.told.path for c in changed)),
         )
-        methods = Methods(*self.lists.served())
+        self.content = Content(
+            self.index,
+            self._backing_of,
+            cache,
+            self.lists.connected,
+            corrupt=os.environ.get(CORRUPT_CHUNKS) == "1",
+        )
+        self.namespace = Namespace(
+            config.arenas,
+            self.control.files(),
+            self.indexer.hash_of,
+            max_pins=_descriptor_budget(),
+            tree=lambda arena, backing: MergedTree(RealTree(backing), self.index, arena.name, self.content),
+        )
+        self.control.namespace = self.namespace
+        self.watcher = Watcher()
+        self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
+        methods = Methods(*self.lists.served(), *self.content.served())
         self.household = Household(identity, self._hello(), config.network, config.peers, methods)
         self._serve_arenas()
+
+    def _backing_of(self, root: int) -> Backing | None:
+        """The Real of the arena whose root node in the index is *root* (any thread)."""
+        for arena in self.namespace.arenas:
+            if self.index.arena_root(arena.name) == root:
+                return arena.backing
+        return None
 
     def _hello(self) -> Hello:
         return Hello(self.config.node.name, self.store.store_id, tuple(a.name for a in self.config.arenas))
@@ -295,6 +313,7 @@ async def _serve(daemon: Daemon) -> None:
                     services.start_soon(daemon.indexer.run)
                     services.start_soon(daemon.household.run, listeners)
                     services.start_soon(daemon.lists.run, daemon.household)
+                    services.start_soon(daemon.content.run)
                     services.start_soon(memory.give_back_freed_memory)
                     await _until_stopped(daemon, signals)
                     services.cancel_scope.cancel()
@@ -345,10 +364,12 @@ def run(config_path: Path) -> int:
     except (StoreError, OSError) as exc:
         log.error("%s", exc)
         return 1
+    cache: ChunkCache | None = None
     try:
+        cache = ChunkCache.from_config(config.node.data_dir, config.cache)
         identity = identity_mod.load_or_create(config.node.data_dir)
         _check_own_key(config, identity.public_key)
-        daemon = Daemon(config, store, identity)
+        daemon = Daemon(config, store, cache, identity)
         # A second SIGTERM/SIGINT while unmounting must not kill the daemon half-way:
         # _serve receives them while it runs, and they are ignored afterwards.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -357,9 +378,11 @@ def run(config_path: Path) -> int:
     except ConfigError as exc:
         print(f"realizefs: {exc}", file=sys.stderr)
         return 2
-    except (IdentityError, OSError) as exc:
+    except (IdentityError, StoreError, OSError) as exc:
         log.error("%s", exc)
         return 1
     finally:
+        if cache is not None:
+            cache.close()
         store.close()
     return 0

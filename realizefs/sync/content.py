@@ -20,7 +20,13 @@ chunks of at most 256 KiB). A read that continues where the last one of the
 same content ended also fetches the next `READ_AHEAD` chunks in the
 background.
 
-Runs in the daemon's trio thread; disk reads and index transactions run in
+Fetched chunks are kept in memory (at most `MAX_UNWRITTEN` bytes) until a
+background task writes them to the cache in one transaction per batch (a
+write transaction fsyncs: one per chunk would bound a sequential read by the
+disk's fsync rate); a chunk that does not fit (everything else pinned) is
+served without being kept.
+
+Runs in the daemon's trio thread; disk reads and cache and index writes run in
 worker threads; network transfers are the connections' (`realizefs.peers`).
 """
 
@@ -31,7 +37,7 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +50,7 @@ from realizefs.peers.messages import Value
 from realizefs.peers.methods import Method, Served
 from realizefs.peers.schema import Bytes, Record
 from realizefs.real.backing import Backing
+from realizefs.store.cache import CacheFull
 from realizefs.store.index import Index, RealSource
 from realizefs.store.index import Record as Entry
 
@@ -54,6 +61,8 @@ MAX_IN_FLIGHT = 16  # chunks fetched at once
 READ_AHEAD = 8  # chunks fetched ahead of a sequential reader
 MAX_CHUNK = 1 << 20  # bytes of a chunk accepted from a peer (FastCDC's are at most 256 KiB)
 MAX_MANIFEST = 1 << 20  # chunks of one manifest
+MAX_UNWRITTEN = 32 << 20  # bytes of fetched chunks waiting for the cache's next write
+FLUSH_EVERY = 5.0  # seconds between writes of the cache's access order
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,9 @@ class ChunkStore(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def put(self, key: bytes, data: bytes) -> bool: ...
+    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> int: ...
+
+    def flush(self) -> None: ...
 
     def cached_bytes(self, manifest: list[tuple[int, int, bytes]]) -> int: ...
 
@@ -116,15 +127,43 @@ class Content:
         self._limit = trio.Semaphore(MAX_IN_FLIGHT)
         self._ends: dict[bytes, int] = {}  # content hash -> where the last read of it ended
         self._nursery: trio.Nursery | None = None
+        self._unwritten: dict[bytes, bytes] = {}  # fetched, verified, not in the cache yet
+        self._to_write = trio.Event()
+        self._written = trio.Event()
 
     def served(self) -> list[Served[ByHash]]:
         return [Served(MANIFEST, self._serve_manifest), Served(CHUNK, self._serve_chunk)]
 
     async def run(self) -> None:
-        """Hold the read-ahead tasks until cancelled."""
+        """Write fetched chunks to the cache in batches, and hold the read-ahead tasks, until
+        cancelled; the cache's access order is flushed every `FLUSH_EVERY` seconds."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await trio.sleep_forever()
+            nursery.start_soon(self._flush_order)
+            while True:
+                await self._to_write.wait()
+                self._to_write = trio.Event()
+                batch = list(self._unwritten.items())
+                try:
+                    await trio.to_thread.run_sync(self._write, batch)
+                finally:
+                    for chunk, _ in batch:
+                        self._unwritten.pop(chunk, None)
+                    self._written.set()
+                    self._written = trio.Event()
+
+    def _write(self, batch: list[tuple[bytes, bytes]]) -> None:
+        try:
+            self.cache.put_many(batch)
+        except CacheFull:
+            for chunk, data in batch:  # one at a time: those that fit
+                with contextlib.suppress(CacheFull):
+                    self.cache.put_many([(chunk, data)])
+
+    async def _flush_order(self) -> None:
+        while True:
+            await trio.sleep(FLUSH_EVERY)
+            await trio.to_thread.run_sync(self.cache.flush)
 
     # ------------------------------------------------------------ serving
 
@@ -144,7 +183,7 @@ class Content:
 
     async def _local(self, chunk: bytes) -> bytes | None:
         """The chunk from the cache or an indexed Real file holding it, verified; None if neither."""
-        data = self.cache.get(chunk)
+        data = self._unwritten.get(chunk) or self.cache.get(chunk)
         if data is not None:
             return data
         return await trio.to_thread.run_sync(self._from_real, chunk)
@@ -164,7 +203,14 @@ class Content:
     def cached(self, record: Entry) -> int:
         """How many bytes of *record*'s content the cache holds (0 while its manifest is not known)."""
         manifest = self.index.manifest(record.hash) if record.hash is not None else None
-        return self.cache.cached_bytes(manifest) if manifest else 0
+        if not manifest:
+            return 0
+        waiting = [c for c in manifest if c[2] in self._unwritten]  # fetched, being written
+        if not waiting:
+            return self.cache.cached_bytes(manifest)
+        return self.cache.cached_bytes([c for c in manifest if c[2] not in self._unwritten]) + sum(
+            length for _, length, _ in waiting
+        )
 
     async def read(self, arena: str, path: Sequence[bytes], record: Entry, offset: int, size: int) -> bytes:
         """*size* bytes at *offset* of the Unreal file *path* at version *record*."""
@@ -179,12 +225,15 @@ class Content:
         last = bisect.bisect_left(starts, end)
         wanted = manifest[first:last]
         holders = self._holders(arena, path, record)
+        found: dict[bytes, bytes] = {}
+        failed: list[FsError] = []
         async with trio.open_nursery() as nursery:
-            found: dict[bytes, bytes] = {}
             for _, _, chunk in wanted:
                 if chunk not in found:
                     found[chunk] = b""
-                    nursery.start_soon(self._gather, chunk, holders, found)
+                    nursery.start_soon(self._gather, chunk, holders, found, failed, nursery.cancel_scope)
+        if failed:
+            raise failed[0]
         if self._ends.get(record.hash) == offset and self._nursery is not None:
             for _, _, chunk in manifest[last : last + READ_AHEAD]:
                 self._nursery.start_soon(self._ahead, chunk, holders)
@@ -193,8 +242,20 @@ class Content:
         skip = offset - wanted[0][0]
         return data[skip : skip + end - offset]
 
-    async def _gather(self, chunk: bytes, holders: list[bytes], found: dict[bytes, bytes]) -> None:
-        found[chunk] = await self.chunk(chunk, holders)
+    async def _gather(
+        self,
+        chunk: bytes,
+        holders: list[bytes],
+        found: dict[bytes, bytes],
+        failed: list[FsError],
+        scope: trio.CancelScope,
+    ) -> None:
+        """Fetch one chunk of a read into *found*; on failure, note it and stop the others."""
+        try:
+            found[chunk] = await self.chunk(chunk, holders)
+        except FsError as exc:
+            failed.append(exc)
+            scope.cancel()
 
     async def _ahead(self, chunk: bytes, holders: list[bytes]) -> None:
         with contextlib.suppress(FsError):  # the read that needs it will say so
@@ -244,7 +305,10 @@ class Content:
         try:
             async with self._limit:
                 data = await self._fetch(chunk, holders)
-            self.cache.put(chunk, data)
+            while sum(len(d) for d in self._unwritten.values()) > MAX_UNWRITTEN:
+                await self._written.wait()  # the cache's writes fall behind: fetch no faster
+            self._unwritten[chunk] = data
+            self._to_write.set()
             return data
         finally:
             del self._fetching[chunk]

@@ -21,6 +21,15 @@ def base() -> Iterator[Path]:
 
 
 @pytest.fixture
+def bases() -> Iterator[list[Path]]:
+    """Three bases, for daemons of different peers."""
+    made = [make_base() for _ in range(3)]
+    yield made
+    for base in made:
+        cleanup_base(base)
+
+
+@pytest.fixture
 def daemon(base: Path) -> Iterator[Daemon]:
     """A running daemon with one Real arena "a"; stopped and checked afterwards."""
     d = Daemon(base)

@@ -7,13 +7,10 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support import Daemon, cleanup_base, make_base, reserve_port, wait_for
+from tests.support import Daemon, reserve_port, wait_for
 
 TIMEOUT = 3.0  # [network] timeout
 KEEPALIVE = 0.5
@@ -26,14 +23,6 @@ NETWORK = "\n[network]\n" + "".join(
         ("reconnect_max", "1s"),
     ]
 )
-
-
-@pytest.fixture
-def bases() -> Iterator[list[Path]]:
-    made = [make_base() for _ in range(3)]
-    yield made
-    for base in made:
-        cleanup_base(base)
 
 
 def peers(d: Daemon) -> dict[str, dict[str, Any]]:

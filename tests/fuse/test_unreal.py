@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.fuse.test_peers import Pair, bases, connected  # noqa: F401 (bases: a fixture)
+from tests.fuse.test_peers import Pair, connected
 from tests.support import wait_for
 
 REST = '\n[consensus]\nrest = "1h"\n'
@@ -39,7 +41,7 @@ def connect(pair: Pair) -> None:
     wait_for(lambda: connected(a, "b") and connected(b, "a"), 15, "a and b to connect")
 
 
-def test_a_peers_files_are_listed_with_their_size_and_mtime(bases: list[Path]) -> None:  # noqa: F811
+def test_a_peers_files_are_listed_with_their_size_and_mtime(bases: list[Path]) -> None:
     pair = Pair(bases[:2], extra=REST)
     a, b = pair.daemons
     try:
@@ -56,13 +58,11 @@ def test_a_peers_files_are_listed_with_their_size_and_mtime(bases: list[Path]) -
         assert st is not None
         assert st.st_size == 5000 and st.st_mtime_ns == 1_600_000_000_123_456_789
         assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_blocks == 0
-        assert os.getxattr(there, "user.realize.status") == b"unreal"
+        assert os.getxattr(there, "user.realize.status") == b"unreal 0% cached"
         assert sorted(os.listdir(b.mnt())) == ["docs"] and os.listdir(b.mnt() / "docs") == ["report.txt"]
         assert not (b.root() / "docs").exists()  # nothing of it on b's disk
-        # reading waits for the transfer of content (not yet): a clear error, never wrong bytes
-        with pytest.raises(OSError) as info:
-            there.read_bytes()
-        assert info.value.errno == errno.EIO
+        assert there.read_bytes() == b"x" * 5000  # fetched from a
+        assert os.getxattr(there, "user.realize.status") == b"unreal 100% cached"
         # an edit, a rename and a delete follow
         report.write_bytes(b"y" * 7000)
         wait_for(lambda: (s := listed(there)) is not None and s.st_size == 7000, 10, "the edit")
@@ -76,7 +76,7 @@ def test_a_peers_files_are_listed_with_their_size_and_mtime(bases: list[Path]) -
         pair.kill()
 
 
-def test_the_lists_survive_restarts_with_every_peer_down(bases: list[Path]) -> None:  # noqa: F811
+def test_the_lists_survive_restarts_with_every_peer_down(bases: list[Path]) -> None:
     pair = Pair(bases[:2], extra=REST)
     a, b = pair.daemons
     try:
@@ -100,7 +100,7 @@ def test_the_lists_survive_restarts_with_every_peer_down(bases: list[Path]) -> N
         pair.kill()
 
 
-def test_making_a_file_in_an_unreal_directory_makes_the_directory_real(bases: list[Path]) -> None:  # noqa: F811
+def test_making_a_file_in_an_unreal_directory_makes_the_directory_real(bases: list[Path]) -> None:
     pair = Pair(bases[:2], extra=REST)
     a, b = pair.daemons
     try:
@@ -114,6 +114,73 @@ def test_making_a_file_in_an_unreal_directory_makes_the_directory_real(bases: li
         assert stat.S_IMODE((b.root() / "shared" / "deep").stat().st_mode) == 0o750
         assert sorted(os.listdir(b.mnt() / "shared" / "deep")) == ["mine", "theirs"]
         wait_for(lambda: listed(a.mnt() / "shared" / "deep" / "mine"), 10, "b's file listed on a")
+        pair.stop()
+    finally:
+        pair.kill()
+
+
+def test_an_unreal_file_is_read_on_demand_and_again_from_the_cache(bases: list[Path]) -> None:
+    pair = Pair(bases[:2], extra=REST)
+    a, b = pair.daemons
+    try:
+        connect(pair)
+        rng = random.Random(7)
+        data = rng.randbytes(12 << 20)  # about 190 chunks
+        (a.mnt() / "big.bin").write_bytes(data)
+        there = b.mnt() / "big.bin"
+        wait_for(lambda: (s := listed(there)) is not None and s.st_size == len(data), 20, "listed on b")
+        with open(there, "rb") as f:  # random reads fetch only what they cover
+            for _ in range(40):
+                offset = rng.randrange(len(data))
+                size = rng.choice([1, 4096, 65536, 300_000])
+                f.seek(offset)
+                assert f.read(size) == data[offset : offset + size], offset
+        status = os.getxattr(there, "user.realize.status").decode()
+        assert status.startswith("unreal ") and status != "unreal 100% cached", status
+        assert there.read_bytes() == data  # sequentially, all of it
+        assert os.getxattr(there, "user.realize.status") == b"unreal 100% cached"
+        a.stop()
+        wait_for(lambda: not connected(b, "a"), 20, "b to see a gone")
+        subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=True)
+        assert there.read_bytes() == data  # from b's cache alone
+        pair.stop()
+    finally:
+        pair.kill()
+
+
+@pytest.mark.parametrize("others", [0, 1])
+def test_a_corrupted_chunk_is_refused_and_taken_from_another_peer_or_eio(
+    bases: list[Path],
+    others: int,
+) -> None:
+    pair = Pair(bases[: 2 + others], extra=REST)
+    a, b = pair.daemons[:2]
+    for d in pair.daemons:
+        d.allowed_log.append("refused")
+    b.allowed_log.append("does not match its hash")
+    try:
+        entries = [pair.entry(i) for i in range(len(pair.daemons))]
+        for i in range(len(pair.daemons)):
+            pair.configure(i, *[e for j, e in enumerate(entries) if j != i])
+        wait_for(lambda: connected(b, "a"), 15, "b and a to connect")
+        data = random.Random(3).randbytes(300_000)
+        (a.mnt() / "f").write_bytes(data)
+        wait_for(lambda: listed(b.mnt() / "f"), 20, "listed on b")
+        if others:  # c holds the same file, served honestly
+            c = pair.daemons[2]
+            wait_for(lambda: connected(c, "a") and connected(b, "c"), 15, "c connected")
+            wait_for(lambda: listed(c.mnt() / "f"), 20, "listed on c")
+            (c.mnt() / "f").read_bytes()  # now in c's cache: c can serve it
+        a.stop()
+        a.start(env={"REALIZEFS_TEST_CORRUPT_CHUNKS": "1"})  # a now serves every chunk damaged
+        wait_for(lambda: connected(b, "a"), 20, "b and a to connect again")
+        if others:
+            assert (b.mnt() / "f").read_bytes() == data
+        else:
+            with pytest.raises(OSError) as info:
+                (b.mnt() / "f").read_bytes()
+            assert info.value.errno == errno.EIO
+        assert "does not match its hash" in b.log()
         pair.stop()
     finally:
         pair.kill()

@@ -292,9 +292,9 @@ class Peers(RuleBasedStateMachine):
         docs/design.md)."""
         for depth in range(1, len(path)):
             mine = self._live(n, list(path[:depth]))
-            if mine is not None and mine.here and mine.kind != KIND_DIR:
-                if self._noted(n, list(path[:depth]), mine.vv):
-                    return True
+            lagging = mine is not None and mine.here and mine.kind != KIND_DIR
+            if lagging and mine is not None and self._noted(n, list(path[:depth]), mine.vv):
+                return True
         return False
 
     def _unchanged(self, y: int, before: tuple[Any, ...], outcomes: list[Outcome]) -> None:
