@@ -15,7 +15,7 @@ DEMO := /tmp/realizefs-demo
 # stress-ng, fio: bench/stress.sh
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr systemd rsync b3sum strace stress-ng fio
 
-.PHONY: setup system-packages run test lint bench clean install
+.PHONY: setup system-packages run test demo lint bench clean install
 
 setup: system-packages $(STAMP)
 
@@ -42,9 +42,13 @@ run: setup
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# Two peers on this machine sharing an arena: see what it prints; Ctrl-C stops both.
+demo: setup
+	$(VENV)/bin/python demo/two_peers.py
+
 lint: setup
-	$(VENV)/bin/ruff check realizefs tests bench
-	$(VENV)/bin/ruff format --check realizefs tests bench
+	$(VENV)/bin/ruff check realizefs tests bench demo
+	$(VENV)/bin/ruff format --check realizefs tests bench demo
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

@@ -40,7 +40,7 @@ from realizefs.peers.methods import Methods
 from realizefs.real.backing import Backing, check_kernel_support
 from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Watcher
-from realizefs.store.cache import ChunkCache
+from realizefs.store.cache import CacheStats, ChunkCache
 from realizefs.store.index import Index
 from realizefs.store.schema import Store
 from realizefs.sync.content import Content
@@ -93,7 +93,9 @@ class Daemon:
             self.control.files(),
             self.indexer.hash_of,
             max_pins=_descriptor_budget(),
-            tree=lambda arena, backing: MergedTree(RealTree(backing), self.index, arena.name, self.content),
+            tree=lambda arena, backing: MergedTree(
+                RealTree(backing), self.index, arena.name, self.content, self._peer_name
+            ),
         )
         self.control.namespace = self.namespace
         self.watcher = Watcher()
@@ -101,6 +103,13 @@ class Daemon:
         methods = Methods(*self.lists.served(), *self.content.served())
         self.household = Household(identity, self._hello(), config.network, config.peers, methods)
         self._serve_arenas()
+
+    def _peer_name(self, peer: bytes) -> str:
+        """A peer's name in the config, from its id in version vectors."""
+        for p in self.config.peers:
+            if peer_id(p.key) == peer:
+                return p.name
+        return peer.hex()
 
     def _backing_of(self, root: int) -> Backing | None:
         """The Real of the arena whose root node in the index is *root* (any thread)."""
@@ -131,6 +140,9 @@ class Daemon:
     @property
     def store_id(self) -> bytes:
         return self.store.store_id
+
+    def cache_stats(self) -> CacheStats:
+        return self.cache.stats()
 
     def peer_status(self) -> list[PeerStatus]:
         return self.household.status()

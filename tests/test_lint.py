@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-CODE = [d for d in ("realizefs", "tests", "bench") if (ROOT / d).is_dir()]
+CODE = [d for d in ("realizefs", "tests", "bench", "demo") if (ROOT / d).is_dir()]
 
 
 @pytest.mark.parametrize(

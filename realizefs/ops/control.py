@@ -32,6 +32,7 @@ from realizefs.errors import InvalidValue
 from realizefs.peers.household import PeerStatus
 from realizefs.real.indexer import Indexer
 from realizefs.real.marker import MARKER
+from realizefs.store.cache import CacheStats
 from realizefs.store.history import Entry, Version
 from realizefs.vfs.namespace import Namespace
 from realizefs.vfs.virtual import Command, Reader, VirtualFile
@@ -56,6 +57,7 @@ class NodeView(Protocol):
     @property
     def started(self) -> float: ...  # time.time() at start
     def peer_status(self) -> list[PeerStatus]: ...
+    def cache_stats(self) -> CacheStats: ...
 
 
 class Control:
@@ -166,7 +168,7 @@ class Control:
             if real["pending"]:
                 line += f"; {_count(real['pending'], 'file')} waiting to be hashed"
             if real["gone"]:
-                line += f"; {_count(real['gone'], 'file')} deleted, forgotten after a rest period"
+                line += f"; {_count(real['gone'], 'file')} deleted, recorded after a second"
             if real["unreadable"]:
                 line += f"; {_count(real['unreadable'], 'file')} that cannot be read"
             if not real["scanned"] and not real["marker_missing"]:
@@ -178,10 +180,23 @@ class Control:
                     "the directory was replaced; the counts are from before. Put it back, then reload "
                     "(SIGHUP) or restart"
                 )
+        cache = self.node.cache_stats()
+        asked = cache.hits + cache.misses
+        hit_rate = cache.hits / asked if asked else None
+        lines += [
+            "",
+            f"cache: {_size(cache.used)} of {_size(cache.max_size)} ({_count(cache.chunks, 'chunk')}), "
+            f"keeping {_size(cache.min_free)} of the disk free; since start: "
+            f"{cache.hits} hits, {cache.misses} misses"
+            + (f" ({hit_rate:.0%} hits)" if hit_rate is not None else "")
+            + f", {cache.evictions} evicted"
+            + (f", {cache.damaged} found damaged" if cache.damaged else ""),
+        ]
         return {
             "version": __version__,
             "node": config.node.name,
             "uptime_s": round(uptime, 3),
+            "cache": asdict(cache) | {"hit_rate": hit_rate},
             "store_id": self.node.store_id.hex(),
             "schema_version": self.node.schema_version,
             "data_dir": str(config.node.data_dir),

@@ -337,10 +337,13 @@ class Indexer:
             self.index.delete(a.root, path, logged=not quiet)
             old = None
         if stat.S_ISDIR(st.st_mode):
+            # its mtime as first seen: what peers list it with (not kept up with its entries)
             if old is None or old.kind != KIND_DIR:
-                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("mkdir"))
+                self.index.put(
+                    a.root, path, Record(KIND_DIR, mtime_ns=st.st_mtime_ns, mode=mode), op=op("mkdir")
+                )
             elif old.mode != mode:
-                self.index.put(a.root, path, Record(KIND_DIR, mode=mode), op=op("chmod"), when=st.st_ctime_ns)
+                self.index.put(a.root, path, replace(old, mode=mode), op=op("chmod"), when=st.st_ctime_ns)
             return "dir"
         if stat.S_ISLNK(st.st_mode):
             try:

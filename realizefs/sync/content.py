@@ -281,7 +281,7 @@ class Content:
                     continue
                 try:
                     flat = await conn[1].request("manifest", {"hash": record.hash})
-                    manifest = _manifest(flat, record.size)
+                    manifest = check_manifest(flat, record.size)
                 except (RemoteError, ConnectionLost, ValueError) as exc:
                     log.info(
                         "%s: no manifest of %s from %s: %s", arena, record.hash.hex()[:16], conn[0].name, exc
@@ -333,7 +333,7 @@ class Content:
         raise FsError("no connected peer could supply a chunk", errno=errno.EIO)
 
 
-def _manifest(flat: object, size: int) -> Manifest:
+def check_manifest(flat: object, size: int) -> Manifest:
     """A peer's manifest, checked: contiguous chunks from 0 covering exactly *size* bytes."""
     if type(flat) is not list or len(flat) % 3 or len(flat) > 3 * MAX_MANIFEST:
         raise ValueError("not a manifest")

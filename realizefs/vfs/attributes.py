@@ -3,7 +3,8 @@
 ``user.realize.mode`` reads the effective mode (`effective_mode`: the nearest
 setting the tree holds on the path or an ancestor, else the arena default) and
 writes (or removes) the setting stored on the path; ``user.realize.status``
-(the tree's account of the path's state) and ``user.realize.hash`` are
+(the tree's account of the path's state), ``user.realize.hash`` and
+``user.realize.peers`` (the peers holding its version in their Real) are
 computed. Computed values are readable by name but
 never listed: `names` lists ``user.realize.mode`` only where it is set on that
 very path, so that copy tools (``cp -a``, ``mv``, ``rsync -X``) neither copy
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 MODE = xattrs.MODE_NAME
 STATUS = b"user.realize.status"
 HASH = b"user.realize.hash"
-COMPUTED = (STATUS, HASH)
+PEERS = b"user.realize.peers"
+COMPUTED = (STATUS, HASH, PEERS)
 
 ContentHash = Callable[[], bytes | None]
 
@@ -66,6 +68,8 @@ def get(tree: Tree, rel: bytes, name: bytes, default: Mode, content_hash: Conten
 def _computed(tree: Tree, rel: bytes, name: bytes, content_hash: ContentHash) -> bytes | None:
     if name == STATUS:
         return tree.status(rel)
+    if name == PEERS:
+        return tree.peers(rel)
     found = content_hash()
     return None if found is None else found.hex().encode()
 

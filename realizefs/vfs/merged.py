@@ -33,7 +33,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -166,13 +166,19 @@ class MergedTree:
     """One arena's Real with its Unreal entries (see the module doc)."""
 
     def __init__(
-        self, real: RealTree, index: Index, arena: str, content: UnrealContent | None = None
+        self,
+        real: RealTree,
+        index: Index,
+        arena: str,
+        content: UnrealContent | None = None,
+        peer_name: Callable[[bytes], str] = lambda peer: peer.hex(),
     ) -> None:
         self.real = real
         self.index = index
         self.arena = arena
         self.root = index.arena_root(arena)
         self.content = content
+        self.peer_name = peer_name  # a peer's id in vectors -> its name in this peer's config
 
     # ------------------------------------------------------------ the Unreal
 
@@ -289,6 +295,16 @@ class MergedTree:
             return b"unreal"
         share = self.content.cached(record) * 100 // record.size if record.size else 100
         return f"unreal {share}% cached".encode()
+
+    def peers(self, rel: bytes) -> bytes | None:
+        found = self.index.entry(self.root, rel.split(b"/")) if rel else None
+        if found is None:
+            self.stat(rel)  # NotFound if there is nothing there at all
+            return None  # on the disk, not indexed yet
+        record = found[1]
+        content = record.hash if record.kind == KIND_FILE else None
+        holders = self.index.holders(self.arena, rel.split(b"/"), record.vv, content, real=True)
+        return ", ".join(self.peer_name(peer) for peer in holders).encode()
 
     # ---- creating, removing, changing
 

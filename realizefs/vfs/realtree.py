@@ -146,6 +146,9 @@ class RealTree:
         self.backing.stat(rel)  # NotFound if it is not (or no longer) in the Real
         return b"real"
 
+    def peers(self, rel: bytes) -> bytes | None:
+        return None  # the Real alone knows nothing of peers
+
     def create(
         self, parent: bytes, name: bytes, flags: int, mode: int, owner: Owner
     ) -> tuple[RealFile, os.stat_result]:

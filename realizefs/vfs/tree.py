@@ -136,6 +136,10 @@ class Tree(Protocol):
     def status(self, rel: bytes) -> bytes:
         """The value of ``user.realize.status`` for the object at *rel*, from its state now."""
 
+    def peers(self, rel: bytes) -> bytes | None:
+        """The value of ``user.realize.peers``: the peers holding the version of *rel* in their
+        Real, by name, comma-separated; None where the tree knows of no peers."""
+
     # ---- creating, removing, changing
     def create(self, parent: bytes, name: bytes, flags: int, mode: int, owner: Owner) -> tuple[File, Stat]:
         """Create and open a regular file (an existing one is opened unless *flags* has ``O_EXCL``)."""

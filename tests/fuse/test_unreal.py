@@ -10,6 +10,7 @@ entries keep their inode numbers across a restart.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import stat
@@ -59,6 +60,9 @@ def test_a_peers_files_are_listed_with_their_size_and_mtime(bases: list[Path]) -
         assert st.st_size == 5000 and st.st_mtime_ns == 1_600_000_000_123_456_789
         assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_blocks == 0
         assert os.getxattr(there, "user.realize.status") == b"unreal 0% cached"
+        assert os.getxattr(there, "user.realize.peers") == b"a"  # a holds it in its Real
+        assert os.getxattr(report, "user.realize.peers") == b""  # nobody else does
+        assert "user.realize.peers" not in os.listxattr(there)  # computed: not listed
         assert sorted(os.listdir(b.mnt())) == ["docs"] and os.listdir(b.mnt() / "docs") == ["report.txt"]
         assert not (b.root() / "docs").exists()  # nothing of it on b's disk
         assert there.read_bytes() == b"x" * 5000  # fetched from a
@@ -181,6 +185,32 @@ def test_a_corrupted_chunk_is_refused_and_taken_from_another_peer_or_eio(
                 (b.mnt() / "f").read_bytes()
             assert info.value.errno == errno.EIO
         assert "does not match its hash" in b.log()
+        pair.stop()
+    finally:
+        pair.kill()
+
+
+def test_the_cache_stays_within_its_quota(bases: list[Path]) -> None:
+    pair = Pair(bases[:2], extra='\n[consensus]\nrest = "1h"\n[cache]\nmax_size = "4M"\nmin_free = "0"\n')
+    a, b = pair.daemons
+    try:
+        connect(pair)
+        data = random.Random(5).randbytes(12 << 20)
+        (a.mnt() / "big.bin").write_bytes(data)
+        there = b.mnt() / "big.bin"
+        wait_for(lambda: (s := listed(there)) is not None and s.st_size == len(data), 20, "listed on b")
+        assert there.read_bytes() == data
+        assert there.read_bytes() == data  # again: partly evicted, fetched again
+
+        def cache() -> dict[str, int]:
+            stats: dict[str, int] = json.loads((b.mountpoint / ".realize" / "status.json").read_text())[
+                "cache"
+            ]
+            return stats
+
+        wait_for(lambda: cache()["evictions"] > 0, 10, "evictions")
+        assert 0 < cache()["used"] <= 4 << 20
+        assert "cache: " in (b.mountpoint / ".realize" / "status").read_text()
         pair.stop()
     finally:
         pair.kill()

@@ -219,6 +219,9 @@ class MemoryTree:
         self._node(rel)
         return b"in memory"
 
+    def peers(self, rel: bytes) -> bytes | None:
+        return None
+
     def create(
         self, parent: bytes, name: bytes, flags: int, mode: int, owner: Owner
     ) -> tuple[MemoryFile, MemoryStat]:
