@@ -214,3 +214,33 @@ def test_the_cache_stays_within_its_quota(bases: list[Path]) -> None:
         pair.stop()
     finally:
         pair.kill()
+
+
+def test_a_delete_is_not_undone_by_a_peer_that_missed_it(bases: list[Path]) -> None:
+    pair = Pair(bases, extra=REST)
+    a, b, c = pair.daemons
+    for d in pair.daemons:
+        d.allowed_log.append("refused")
+    try:
+        entries = [pair.entry(i) for i in range(3)]
+        for i in range(3):
+            pair.configure(i, *[e for j, e in enumerate(entries) if j != i])
+        wait_for(lambda: all(connected(x, y) for x, y in ((a, "b"), (a, "c"), (b, "c"))), 20, "all connected")
+        (a.mnt() / "doomed").write_text("soon gone\n")
+        wait_for(lambda: listed(b.mnt() / "doomed") and listed(c.mnt() / "doomed"), 20, "listed on b and c")
+        c.stop()  # c misses the delete
+        os.remove(a.mnt() / "doomed")
+        wait_for(lambda: listed(b.mnt() / "doomed") is None, 20, "the delete on b")
+        a.stop()  # c will hear only from b, which has the tombstone, and tells b its old version
+        c.start()
+        wait_for(lambda: connected(c, "b") and connected(b, "c"), 20, "c back")
+        wait_for(lambda: listed(c.mnt() / "doomed") is None, 20, "the delete reaching c")
+        a.start()
+        wait_for(lambda: connected(a, "b") and connected(a, "c"), 20, "a back")
+        (a.mnt() / "barrier").write_text("after\n")  # once this is everywhere, so is all before it
+        wait_for(lambda: listed(b.mnt() / "barrier") and listed(c.mnt() / "barrier"), 20, "the barrier")
+        for d in (a, b, c):
+            assert listed(d.mnt() / "doomed") is None
+        pair.stop()
+    finally:
+        pair.kill()
