@@ -61,7 +61,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from realizefs.errors import FsError, NotFound
-from realizefs.real import marker
+from realizefs.real import marker, staging
 from realizefs.real.backing import Backing, join
 from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
 from realizefs.real.watcher import Change
@@ -164,6 +164,7 @@ class Indexer:
         self.rest = rest
         self.clock = clock  # called from the event loop only (trio's clock in tests)
         self.wall = wall  # the time files' mtimes are compared with, in ns
+        self._started_ns = wall()  # staged files older than this were left by a crash
         self.hasher = hasher
         self.stats = Stats()
         self._arenas: dict[str, _Arena] = {}
@@ -278,6 +279,8 @@ class Indexer:
             log.info("%s: marked the arena root (%s)", a.name, marker.MARKER.decode())
         if not self.index.marked(a.root):
             self.index.set_marked(a.root)
+        if a.walks_done == 0 and (left := staging.clear(a.backing, self._started_ns)):
+            log.info("%s: removed %d files a realize left unfinished", a.name, left)
         return self._walk(a, b"")
 
     def _walk(self, a: _Arena, top: bytes, force: bool = False) -> list[bytes]:
@@ -297,6 +300,7 @@ class Indexer:
             on_disk = dict(entries)
             if not rel:
                 on_disk.pop(marker.MARKER, None)  # not indexed: it is this daemon's, not the user's
+                on_disk.pop(staging.STAGING, None)
             with self.index.batch():  # a directory at a time: the write lock is not held long
                 indexed = self.index.children(a.root, parts(rel))
                 for name in indexed.keys() - on_disk.keys():
@@ -400,7 +404,12 @@ class Indexer:
             path = join(change.directory, change.name) if change.name else change.directory
             if marker.MARKER in (path, change.moved_from):
                 a.walks_wanted += 1  # the marker changed: the walk checks it is still there
-            self._inbox.append(_Event(arena, path, change.moved_from, closed=change.closed))
+            if staging.reserved(path):
+                continue  # the daemon's own files, never indexed
+            moved_from = change.moved_from
+            if moved_from is not None and staging.reserved(moved_from):
+                moved_from = None  # renamed out of the staging directory: a new file where it lands
+            self._inbox.append(_Event(arena, path, moved_from, closed=change.closed))
         self._wake.set()
 
     def rescan_all(self) -> None:

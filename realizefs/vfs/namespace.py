@@ -8,9 +8,10 @@ inodes, names and `Attr`; they raise `FsError`. Open files of both kinds are
 read and written through the namespace (`read`, `write`), which hands the call
 to the `Handle` the open made.
 
-The marker in each arena's root (`realizefs.real.marker`) is not shown: a
-lookup does not find it, a listing leaves it out, and no name can be made,
-removed or renamed onto or from it through the mount (``EPERM``).
+The marker in each arena's root (`realizefs.real.marker`) and its staging
+directory (`realizefs.real.staging`) are not shown: a lookup does not find
+them, a listing leaves them out, and no name can be made, removed or renamed
+onto or from them through the mount (``EPERM``).
 
 Node identity: an arena inode is the tree's object it was looked up as
 (`realizefs.vfs.inodes`). While the kernel holds a reference to a node, the
@@ -53,6 +54,7 @@ from realizefs.config import ArenaConfig
 from realizefs.errors import AccessDenied, FsError, NoData, NotFound, NotPermitted, Stale
 from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join
 from realizefs.real.marker import MARKER
+from realizefs.real.staging import STAGING
 from realizefs.shrink import Shrink
 from realizefs.vfs import attributes
 from realizefs.vfs.attrs import Attr, FsStats
@@ -79,6 +81,7 @@ MAX_PINS = 1 << 16
 PINS_GIVEN_BACK = 1024  # descriptors freed for other uses when the process runs out
 _NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 CONTROL_DIR = b".realize"
+_OWN = (MARKER, STAGING)  # names in an arena's root that are the daemon's, not shown
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # The kernel orders appends and handles O_DIRECT alignment itself: the backing
 # descriptor is written at the offsets the kernel gives.
@@ -359,8 +362,8 @@ class Namespace:
             self.inodes.looked_up(ino)
             return self.getattr(ino)
         arena, rel = self._locate(parent)
-        if not rel and name == MARKER:
-            raise NotFound()  # the arena's marker is the daemon's: not shown
+        if not rel and name in _OWN:
+            raise NotFound()  # the arena's marker and staging directory are the daemon's: not shown
         try:
             pin, st = self._pin(arena, join(rel, name))
         except NotFound:
@@ -466,8 +469,8 @@ class Namespace:
         if parent in self._virtual_dirs:
             raise NotPermitted("only arenas hold files")
         arena, rel = self._locate(parent)
-        if not rel and name == MARKER:
-            raise NotPermitted("the arena's marker is realizefs's own")
+        if not rel and name in _OWN:
+            raise NotPermitted(f"{name.decode()} in the arena's root is realizefs's own")
         return arena, rel
 
     def _wrote(self, ino: int, file: File) -> None:
@@ -681,7 +684,7 @@ class Namespace:
             entries.extend((name, self.getattr(child)) for name, child in sorted(vdir.children.items()))
         else:
             arena, rel, _ = self._here(ino)
-            entries.extend(e for e in arena.tree.listdir(rel) if rel or e[0] != MARKER)
+            entries.extend(e for e in arena.tree.listdir(rel) if rel or e[0] not in _OWN)
         return entries
 
     def dir_entry(self, fh: int, index: int) -> tuple[bytes, Attr]:
