@@ -121,8 +121,10 @@ class Pair:
             d.stop()
 
     def kill(self) -> None:
-        for d in self.daemons:
+        for name, d in zip("abc", self.daemons, strict=False):
             d.kill()
+            if d.stderr_path.exists():  # shown by pytest when the test failed
+                print(f"--- {name}'s log (end):\n{d.log()[-6000:]}")
         for reservation in self.reservations:
             reservation.close()
 
