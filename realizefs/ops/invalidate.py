@@ -27,7 +27,7 @@ import trio
 from realizefs.real.backing import Backing
 from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Change, Watcher
-from realizefs.vfs.changes import Invalidation, backing_changed, everything
+from realizefs.vfs.changes import Invalidation, backing_changed, everything, peers_changed
 from realizefs.vfs.namespace import ATTR_TTL, WATCHED_TTL, Namespace
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ class KernelCacheSync:
             batch, self._from_peers = self._from_peers, {}
             todo = Invalidation()
             for ino, items in batch.items():
-                changes = [Change(ino, directory, name, 0) for directory, name in items]
-                todo.update(backing_changed(self.namespace, ino, changes))
+                todo.update(peers_changed(self.namespace, ino, items))
             if todo:
                 await trio.to_thread.run_sync(self.invalidate, todo)  # cancelling waits for it
 

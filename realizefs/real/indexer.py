@@ -712,7 +712,11 @@ class Indexer:
                 self._retry((a.name, rel), now)
                 continue
             for path in queued:
-                self._queue(a.name, path, now + self.rest)
+                # found in a directory made or moved in: its files may have been written and
+                # closed before the directory was watched (no close event comes), so they are
+                # looked at now and hashed once quiet, as a closed file is
+                self._queue(a.name, path, now)
+                self._look_soon((a.name, path))
         if to_hash:
             results = self._hash_all(to_hash)
             with self.index.batch():

@@ -88,6 +88,21 @@ def backing_changed(ns: Namespace, arena_ino: int, changes: Iterable[Change]) ->
     return out
 
 
+def peers_changed(ns: Namespace, arena_ino: int, paths: Iterable[tuple[bytes, bytes]]) -> Invalidation:
+    """The invalidations due after a peer's changes of (directory, name) paths in this peer's
+    view of the arena *arena_ino*: as `backing_changed`, and an object still there has its
+    attributes and pages dropped whatever its times say (an Unreal entry's ctime is its mtime,
+    which a peer's chmod or a new content with its mtime put back leaves alone)."""
+    changes = [Change(arena_ino, directory, name, 0) for directory, name in paths]
+    out = backing_changed(ns, arena_ino, changes)
+    for change in changes:
+        dir_ino = _known(ns, arena_ino, change.directory)
+        child = ns.inodes.child(dir_ino, change.name) if dir_ino is not None else None
+        if child is not None and (dir_ino, change.name) not in out.entries:
+            out.data.add(child)
+    return out
+
+
 def everything(ns: Namespace) -> Invalidation:
     """Every arena entry and attribute the kernel may hold (events were lost)."""
     out = Invalidation()

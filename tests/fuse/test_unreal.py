@@ -57,13 +57,22 @@ def test_a_peers_files_are_listed_with_their_size_and_mtime(bases: list[Path]) -
         st = wait_for(lambda: listed(there), 10, "the file listed on b")
         created = time.monotonic() - started
         assert st is not None
-        assert st.st_size == 5000 and st.st_mtime_ns == 1_600_000_000_123_456_789
-        assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_blocks == 0
+        assert st.st_size == 5000 and st.st_mtime_ns == 1_600_000_000_123_456_789 and st.st_blocks == 0
+        wait_for(
+            lambda: (s := listed(there)) is not None and stat.S_IMODE(s.st_mode) == 0o640, 10, "the mode"
+        )
+        # a change of attributes only reaches the kernel's cache too: once a later change is
+        # listed (the list is in order), the kernel shows it, well within its cache lifetime
+        report.chmod(0o600)
+        (a.mnt() / "barrier").write_text("after the chmod")
+        wait_for(lambda: listed(b.mnt() / "barrier"), 10, "a later change")
+        assert stat.S_IMODE(there.stat().st_mode) == 0o600
         assert os.getxattr(there, "user.realize.status") == b"unreal 0% cached"
         assert os.getxattr(there, "user.realize.peers") == b"a"  # a holds it in its Real
         assert os.getxattr(report, "user.realize.peers") == b""  # nobody else does
         assert "user.realize.peers" not in os.listxattr(there)  # computed: not listed
-        assert sorted(os.listdir(b.mnt())) == ["docs"] and os.listdir(b.mnt() / "docs") == ["report.txt"]
+        assert sorted(os.listdir(b.mnt())) == ["barrier", "docs"]
+        assert os.listdir(b.mnt() / "docs") == ["report.txt"]
         assert not (b.root() / "docs").exists()  # nothing of it on b's disk
         assert there.read_bytes() == b"x" * 5000  # fetched from a
         assert os.getxattr(there, "user.realize.status") == b"unreal 100% cached"
