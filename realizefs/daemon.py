@@ -94,7 +94,7 @@ class Daemon:
             self.indexer.hash_of,
             max_pins=_descriptor_budget(),
             tree=lambda arena, backing: MergedTree(
-                RealTree(backing), self.index, arena.name, self.content, self._peer_name
+                RealTree(backing), self.index, arena.name, self.content, self._peer_name, self.indexer.expect
             ),
         )
         self.control.namespace = self.namespace

@@ -306,6 +306,7 @@ class Index:
                 or old[8] != vv
                 or old[1] != record.kind
                 or bool(old[9]) != record.real
+                or (old[5], bool(old[7])) != (record.hash, record.changed)  # settled, or changing
             )
         if tell:
             if seq:
@@ -910,7 +911,9 @@ class Index:
         sequence, in order, each with its path as it is now: what a peer following it takes
         next (from 0: a full index). Where a path is Real here and a peer's view holds a
         newer version (noted by `accept`, not applied yet), that version is told instead,
-        with its vector and origin, and not as Real here: so it is relayed at once."""
+        with its vector and origin, and not as Real here: so it is relayed at once. A file
+        whose content is not settled (being written, or never hashed) is left out: it is
+        numbered again once hashed."""
         with self._reading() as txn:
             root = self._root_of(txn, b"arena:" + arena.encode())
             if root is None:
@@ -933,6 +936,8 @@ class Index:
                 record = to_record(value)
                 if record.here:
                     record = self._newest(txn, views, path, record)
+                if record.pending:
+                    continue  # being written, or not hashed yet: told once its content is settled
                 out.append(Told(seq, path, record))
             return out
 

@@ -18,8 +18,18 @@ this peer's view, recorded in its history and told to peers (the disk holds
 nothing of it); renaming one onto a Real path is refused with ``EXDEV`` (``mv``
 then copies). An Unreal file opened for reading reads the version it had when
 opened, through `UnrealContent` (the cache, or peers: `realizefs.sync.content`).
-Opening one for writing and changing its attributes are refused with ``EIO``
-and a logged reason until writing realizes it (the next step of this work).
+
+Writing to an Unreal file makes it Real first (`RealizingFile`): at its first
+change its content is completed locally (from the cache and peers), written
+to a new file in the arena's staging directory (`realizefs.real.staging`, on
+the same filesystem), given the version's mode and mtime, fsynced, and renamed
+into place (``RENAME_NOREPLACE``: a Real file made there meanwhile is never
+overwritten); the indexer is told to expect it (the Real now holds that very
+version, no local change), then the write applies, as a local change.
+Opening with ``O_TRUNC``, or truncating to 0, skips the download: an empty
+Real file replaces the Unreal one (a local change). Reads before the first
+change read the Unreal version. Other changes of an Unreal file's attributes
+(``chmod``, ``utime`` without a write) are refused with ``EIO`` for now.
 
 Concurrency: as `realizefs.vfs.tree` says; the index's reads take
 microseconds; its writes for an Unreal delete or rename are one short
@@ -37,7 +47,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import trio
+
 from realizefs.errors import Exists, FsError, NoData, NotEmpty, NotFound, NotPermitted
+from realizefs.real import staging
 from realizefs.real.backing import RENAME_EXCHANGE, RENAME_NOREPLACE, Owner, join, split
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Index, Record
 from realizefs.types import Mode
@@ -50,6 +63,8 @@ UNREAL_DEV = 0  # no mounted filesystem has device number 0
 UNREAL_INODES = 1 << 62  # the mount's inode numbers of Unreal entries: this + node id
 BLOCK = 4096
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+REALIZE_BLOCK = 4 << 20  # bytes asked of the content at a time while realizing
+Expect = Callable[[str, bytes, "os.stat_result | None"], None]  # the indexer's `expect`
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +144,55 @@ class UnrealFile:
         pass
 
 
+class RealizingFile:
+    """An Unreal file opened for writing: made Real at its first change (see the module doc)."""
+
+    def __init__(self, tree: MergedTree, node: int, path: tuple[bytes, ...], record: Record, flags: int):
+        self.tree, self.node, self.path, self.record = tree, node, path, record
+        self.flags = flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+        self.real: RealFile | None = None
+        self.st = tree.unreal_stat(node, record)
+        self._realizing = trio.Lock()
+
+    async def _made_real(self) -> RealFile:
+        async with self._realizing:
+            if self.real is None:
+                self.real = await self.tree.realize(self.path, self.record, self.flags)
+            return self.real
+
+    async def read(self, offset: int, size: int) -> bytes:
+        if self.real is not None:
+            return await self.real.read(offset, size)
+        return await UnrealFile(self.tree, self.node, self.path, self.record).read(offset, size)
+
+    async def write(self, offset: int, data: bytes) -> int:
+        return await (await self._made_real()).write(offset, data)
+
+    async def fsync(self, datasync: bool) -> None:
+        if self.real is not None:
+            await self.real.fsync(datasync)
+
+    async def allocate(self, mode: int, offset: int, length: int) -> None:
+        await (await self._made_real()).allocate(mode, offset, length)
+
+    def stat(self) -> Stat:
+        return self.real.stat() if self.real is not None else self.st
+
+    def setattr(self, changes: Changes) -> Stat:
+        if self.real is None:
+            if changes.size != 0 or self._realizing.locked():
+                raise _unavailable(b"/".join(self.path), "changing")
+            self.real = self.tree.realize_empty(self.path, self.record, self.flags)
+        return self.real.setattr(changes)
+
+    def pin(self) -> RealPin | UnrealPin:
+        return self.real.pin() if self.real is not None else UnrealPin(self.tree, self.node)
+
+    def close(self) -> None:
+        if self.real is not None:
+            self.real.close()
+
+
 def _unavailable(rel: bytes, what: str) -> FsError:
     log.info(
         "%s: %s an Unreal file is not possible yet: its content is not fetched",
@@ -152,7 +216,7 @@ class UnrealPin:
             raise NotFound()
         return self.tree.unreal_stat(self.node, found[1])
 
-    def open(self, flags: int) -> UnrealFile:
+    def open(self, flags: int) -> UnrealFile | RealizingFile | RealFile:
         found = self.tree.index.at_node(self.tree.root, self.node)
         if found is None:
             raise NotFound()
@@ -172,6 +236,7 @@ class MergedTree:
         arena: str,
         content: UnrealContent | None = None,
         peer_name: Callable[[bytes], str] = lambda peer: peer.hex(),
+        expect: Expect = lambda arena, rel, st: None,
     ) -> None:
         self.real = real
         self.index = index
@@ -179,6 +244,7 @@ class MergedTree:
         self.root = index.arena_root(arena)
         self.content = content
         self.peer_name = peer_name  # a peer's id in vectors -> its name in this peer's config
+        self.expect = expect  # tells the indexer a change of the Real is the daemon's own
 
     # ------------------------------------------------------------ the Unreal
 
@@ -242,7 +308,7 @@ class MergedTree:
                 raise
             return UnrealPin(self, found[0]), self.unreal_stat(*found)
 
-    def open(self, rel: bytes, flags: int) -> RealFile | UnrealFile:
+    def open(self, rel: bytes, flags: int) -> RealFile | UnrealFile | RealizingFile:
         try:
             return self.real.open(rel, flags)
         except NotFound:
@@ -251,12 +317,73 @@ class MergedTree:
                 raise
         return self.open_unreal(found[0], tuple(rel.split(b"/")), found[1], flags)
 
-    def open_unreal(self, node: int, path: tuple[bytes, ...], record: Record, flags: int) -> UnrealFile:
-        if flags & _WRITE_FLAGS:
-            raise _unavailable(b"/".join(path), "writing")
+    def open_unreal(
+        self, node: int, path: tuple[bytes, ...], record: Record, flags: int
+    ) -> UnrealFile | RealizingFile | RealFile:
         if record.kind not in (KIND_FILE, KIND_DIR):  # a directory: opendir reads nothing through it
             raise FsError("a symbolic link", errno=errno.ELOOP)
-        return UnrealFile(self, node, path, record)
+        if not flags & _WRITE_FLAGS:
+            return UnrealFile(self, node, path, record)
+        if record.kind != KIND_FILE:
+            raise FsError("a directory", errno=errno.EISDIR)
+        if flags & os.O_TRUNC:
+            return self.realize_empty(path, record, flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
+        return RealizingFile(self, node, path, record, flags)
+
+    # ---- realizing
+
+    def _root_owner(self) -> Owner:
+        st = self.real.stat(b"")
+        return Owner(st.st_uid, st.st_gid, lambda g: g == st.st_gid)
+
+    def _place(self, path: tuple[bytes, ...], staged: bytes, flags: int) -> RealFile:
+        """Rename the staged file into *path* (never over a Real file) and open it there."""
+        rel = b"/".join(path)
+        try:
+            self.real.backing.rename(staged, rel, RENAME_NOREPLACE)
+        except (OSError, FsError) as exc:
+            staging.discard(self.real.backing, staged)
+            if getattr(exc, "errno", None) == errno.EEXIST:
+                raise Exists("a Real file was made there meanwhile") from None
+            raise
+        return self.real.open(rel, flags)
+
+    def realize_empty(self, path: tuple[bytes, ...], record: Record, flags: int) -> RealFile:
+        """Replace the Unreal file *path* by an empty Real one (a local change)."""
+        self._realize_dir(split(b"/".join(path))[0])
+        fd, staged = staging.stage(self.real.backing, record.mode & 0o7777, self._root_owner())
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self._place(path, staged, flags)
+
+    async def realize(self, path: tuple[bytes, ...], record: Record, flags: int) -> RealFile:
+        """Make the Unreal file *path* Real with the content of its version *record*."""
+        rel = b"/".join(path)
+        if self.content is None:
+            raise _unavailable(rel, "realizing")
+        self._realize_dir(split(rel)[0])
+        backing = self.real.backing
+        fd, staged = staging.stage(backing, record.mode & 0o7777, self._root_owner())
+        try:
+            offset = 0
+            while offset < record.size:
+                size = min(REALIZE_BLOCK, record.size - offset)
+                data = await self.content.read(self.arena, path, record, offset, size)
+                if len(data) != size:
+                    raise FsError("the content ended early", errno=errno.EIO)
+                await trio.to_thread.run_sync(_write_at, fd, data, offset)
+                offset += size
+            st = await trio.to_thread.run_sync(_seal, fd, record.mtime_ns)
+        except BaseException:
+            os.close(fd)
+            staging.discard(backing, staged)
+            raise
+        os.close(fd)
+        self.expect(self.arena, rel, st)
+        log.info("%s/%s: made Real to be written", self.arena, rel.decode(errors="replace"))
+        return self._place(path, staged, flags)
 
     def listdir(self, rel: bytes) -> list[tuple[bytes, Stat]]:
         try:
@@ -310,11 +437,13 @@ class MergedTree:
 
     def create(
         self, parent: bytes, name: bytes, flags: int, mode: int, owner: Owner
-    ) -> tuple[RealFile, Stat]:
-        if self._unreal(join(parent, name)) is not None and flags & os.O_EXCL:
-            raise Exists()
-        if self._unreal(join(parent, name)) is not None:
-            raise _unavailable(join(parent, name), "writing")
+    ) -> tuple[RealFile | UnrealFile | RealizingFile, Stat]:
+        rel = join(parent, name)
+        if not self._is_real(rel) and (found := self._unreal(rel)) is not None:
+            if flags & os.O_EXCL:
+                raise Exists()
+            file = self.open_unreal(found[0], tuple(rel.split(b"/")), found[1], flags)
+            return file, file.stat()
         self._realize_dir(parent)
         return self.real.create(parent, name, flags, mode, owner)
 
@@ -391,7 +520,10 @@ class MergedTree:
             raise NotEmpty()
 
     def setattr(self, rel: bytes, changes: Changes) -> Stat:
-        if self._is_real(rel) or self._unreal(rel) is None:
+        if self._is_real(rel) or (found := self._unreal(rel)) is None:
+            return self.real.setattr(rel, changes)
+        if changes.size == 0 and found[1].kind == KIND_FILE:  # truncated: nothing to fetch
+            self.realize_empty(tuple(rel.split(b"/")), found[1], os.O_WRONLY).close()
             return self.real.setattr(rel, changes)
         raise _unavailable(rel, "changing")
 
@@ -436,3 +568,17 @@ class MergedTree:
         if self._unreal(rel) is None:
             raise NotFound()
         return value or []
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _seal(fd: int, mtime_ns: int) -> os.stat_result:
+    """Give a realized file its version's mtime and flush it to the disk; its attributes."""
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+    os.fsync(fd)
+    return os.fstat(fd)

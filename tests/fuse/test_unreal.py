@@ -253,3 +253,55 @@ def test_a_delete_is_not_undone_by_a_peer_that_missed_it(bases: list[Path]) -> N
         pair.stop()
     finally:
         pair.kill()
+
+
+def test_writing_to_an_unreal_file_makes_it_real_first(bases: list[Path]) -> None:
+    pair = Pair(bases[:2], extra=REST)
+    a, b = pair.daemons
+    try:
+        connect(pair)
+        data = random.Random(11).randbytes(3 << 20)
+        (a.mnt() / "doc").mkdir()
+        (a.mnt() / "doc" / "edited.bin").write_bytes(data)
+        os.utime(a.mnt() / "doc" / "edited.bin", ns=(1_500_000_000_000_000_000,) * 2)
+        (a.mnt() / "doc" / "replaced.txt").write_text("old text\n")
+        there = b.mnt() / "doc" / "edited.bin"
+        wait_for(lambda: listed(there) and listed(b.mnt() / "doc" / "replaced.txt"), 20, "listed on b")
+        wait_for(lambda: there.stat().st_mtime_ns == 1_500_000_000_000_000_000, 20, "the mtime on b")
+        # a write in the middle: the whole content is fetched, placed, then written to
+        with open(there, "r+b") as f:
+            assert f.read(5) == data[:5]  # read as Unreal before the first change
+            f.seek(1 << 20)
+            f.write(b"CHANGED")
+        expected = data[: 1 << 20] + b"CHANGED" + data[(1 << 20) + 7 :]
+        assert (b.root() / "doc" / "edited.bin").read_bytes() == expected  # in b's Real now
+        assert there.read_bytes() == expected
+        assert os.getxattr(there, "user.realize.status") == b"real"
+        assert ".realize-tmp" not in os.listdir(b.mnt())  # the staging directory is b's own
+        assert os.listdir(b.root() / ".realize-tmp") == []  # nothing left staged
+        # truncated on open: nothing is fetched (a is down) and the new content is b's
+        a.stop()
+        (b.mnt() / "doc" / "replaced.txt").write_text("new text\n")
+        assert (b.root() / "doc" / "replaced.txt").read_text() == "new text\n"
+
+        def history() -> list[dict[str, str]]:
+            entries: list[dict[str, str]] = json.loads(
+                (b.mountpoint / ".realize" / "history.json").read_text()
+            )["arenas"]["a"]
+            return entries
+
+        # b's writes are b's changes, once hashed (the staged files are in no entry)
+        wait_for(
+            lambda: {"doc/edited.bin", "doc/replaced.txt"} <= {e["path"] for e in history()}, 20, "history"
+        )
+        assert not any(".realize-tmp" in e["path"] for e in history())
+        # a staged file a crash left behind is removed at the next start, and never indexed
+        leftover = b.root() / ".realize-tmp" / "0123456789abcdef"
+        leftover.write_bytes(b"half a realize")
+        os.utime(leftover, ns=(1_000_000_000_000_000_000,) * 2)
+        b.stop()
+        b.start()
+        wait_for(lambda: not leftover.exists(), 20, "the leftover removed")
+        pair.stop()
+    finally:
+        pair.kill()
