@@ -116,6 +116,8 @@ The laptop just wrote three files. From another shell, try on the desktop:
   getfattr -n user.realize.status photo.raw     # unreal 0% cached
   head -c 5000000 photo.raw > /dev/null; getfattr -n user.realize.status photo.raw
   cat ../.realize/peers                         # the laptop: connected, round trip, bytes
+  echo more >> notes/todo.txt                   # writing makes it Real here first
+  getfattr -n user.realize.status notes/todo.txt   # real
   echo new > {laptop}/later.txt; ls             # listed here about a second later
   mv {laptop}/README {laptop}/README.txt; ls    # renames follow; so do deletes
 

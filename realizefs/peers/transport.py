@@ -116,7 +116,8 @@ class TlsStream(trio.abc.Stream):
             try:
                 while size < limit:
                     part = self.ssl_object.read(limit - size)
-                    if not part:
+                    if not part:  # the peer's close_notify (no data yet raises SSLWantReadError)
+                        self._eof = True
                         break
                     parts.append(part)
                     size += len(part)
