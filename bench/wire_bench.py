@@ -35,13 +35,15 @@ and the requester's CPU seconds per GiB. Each figure is the median of
 ``--repeat`` runs, each in fresh processes. Asserts nothing about time.
 
     .venv/bin/python bench/wire_bench.py [--quick] [--size-mib N] [--repeat N] [--pipeline 1,4,16]
-        [--designs idle,tcp,ssl,b,c,c_si,d,d_bio] [--json FILE]
+        [--designs idle,tcp,ssl,b,c,c_si,d,d_bio,e] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -71,7 +73,7 @@ from realizefs.peers import identity, tls
 from realizefs.peers.connection import Connection, PeerInfo, Reply, Timing
 from realizefs.peers.frames import FrameDecoder, encode_frame
 from realizefs.peers.messages import Hello, Ping, Request, Response, Value, decode, encode
-from realizefs.peers.transport import RECEIVE_SIZE, Acceptor, dial
+from realizefs.peers.transport import RECEIVE_SIZE, Acceptor, Transport, dial
 from realizefs.types import Address
 
 MIB = 1 << 20
@@ -274,7 +276,7 @@ def server_main(design: str, keys: Keys, size: int, ready: multiprocessing.conne
 def serve(design: str, keys: Keys, size: int, ready: multiprocessing.connection.Connection) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     ready.send(listener.getsockname()[1])
-    if design in ("b", "c", "c_si"):
+    if design in ("b", "c", "c_si", "e"):
         trio.run(trio_server, keys, listener, ready)
         return
     ready.send(True)
@@ -482,6 +484,97 @@ class BulkWorker:
         return box[0]
 
 
+class ThreadTlsStream(trio.abc.Stream):
+    """Design e: TLS and the socket in two blocking threads, the protocol (`Transport`, `Connection`) on trio.
+
+    A reader thread receives up to 256 KiB at a time and decrypts every record in it; a
+    writer thread encrypts and sends. A lock serializes the two threads' calls into the one
+    `SSLObject` (OpenSSL releases the GIL inside them, not the lock). At most `READ_AHEAD`
+    plaintext pieces wait for the loop, and `WRITE_AHEAD` writes for the writer.
+    """
+
+    READ_AHEAD = 8
+    WRITE_AHEAD = 16
+
+    def __init__(self, stream: BioTls) -> None:
+        self._tls = stream
+        self._lock = threading.Lock()
+        self._token = trio.lowlevel.current_trio_token()
+        self._in_send, self._in_receive = trio.open_memory_channel[bytes](math.inf)
+        self._room = threading.Semaphore(self.READ_AHEAD)
+        self._out: queue.Queue[bytes | None] = queue.Queue()
+        self._out_room = trio.Semaphore(self.WRITE_AHEAD)
+        self._threads = [
+            threading.Thread(target=self._read, name="tls-reader"),
+            threading.Thread(target=self._write, name="tls-writer"),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read(self) -> None:
+        tls_stream = self._tls
+        while True:
+            try:
+                data = tls_stream.sock.recv(RECEIVE_SIZE)
+            except OSError:
+                data = b""
+            parts: list[bytes] = []
+            with self._lock:
+                if data:
+                    tls_stream.incoming.write(data)
+                else:
+                    tls_stream.incoming.write_eof()
+                try:
+                    while part := tls_stream.obj.read(RECEIVE_SIZE):
+                        parts.append(part)
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    pass
+            if parts:
+                self._room.acquire()
+                self._token.run_sync_soon(self._in_send.send_nowait, b"".join(parts))
+            if not data:
+                self._token.run_sync_soon(self._in_send.close)
+                return
+
+    def _write(self) -> None:
+        tls_stream = self._tls
+        while (data := self._out.get()) is not None:
+            with self._lock:
+                view = memoryview(data)
+                while view:
+                    view = view[tls_stream.obj.write(view) :]
+                out = tls_stream.outgoing.read()
+            tls_stream.sock.sendall(out)
+            self._token.run_sync_soon(self._out_room.release)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._out_room.acquire()
+        self._out.put(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            data = await self._in_receive.receive()
+        except trio.EndOfChannel:
+            return b""
+        self._room.release()
+        return data
+
+    async def aclose(self) -> None:
+        reader, writer = self._threads
+        self._out.put(None)
+        await trio.to_thread.run_sync(writer.join)  # what was queued (a goodbye) is sent
+        self._tls.sock.shutdown(socket.SHUT_RDWR)
+        while reader.is_alive():  # it may wait for room the loop makes
+            with contextlib.suppress(trio.WouldBlock):
+                self._in_receive.receive_nowait()
+                self._room.release()
+            await trio.sleep(0.01)
+        self._tls.sock.close()
+
+
 @dataclass
 class Measured:
     seconds: float
@@ -496,6 +589,14 @@ async def requester(
 ) -> Measured:
     count = size // CHUNK
     probe = trio.socket.from_stdlib_socket(probe_sock)
+    conn: Connection | None = None
+
+    async def fetch_b(index: int) -> bytes:
+        assert conn is not None
+        data = await conn.request("chunk", index)
+        assert isinstance(data, bytes)
+        return data
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(answer_probe, probe)
         first: float | None = None
@@ -513,12 +614,18 @@ async def requester(
             await conn.open()
             nursery.start_soon(conn.run)
 
-            async def fetch_b(index: int) -> bytes:
-                data = await conn.request("chunk", index)
-                assert isinstance(data, bytes)
-                return data
-
             await trio.sleep(0.2)  # the probe has a baseline before the transfer
+            rss = rss_kib("VmRSS")
+            reset_peak_rss()
+            start = time.perf_counter()
+            first = await pipeline(fetch_b, count, depth)
+        elif design == "e":
+            stream = ThreadTlsStream(await trio.to_thread.run_sync(bio_dial, keys, port))
+            transport = Transport(stream, keys.server.public_key, "server", dialed=True)
+            conn = Connection(transport, "server", HELLO, ChunkServer(), TIMING)
+            await conn.open()
+            nursery.start_soon(conn.run)
+            await trio.sleep(0.2)
             rss = rss_kib("VmRSS")
             reset_peak_rss()
             start = time.perf_counter()
@@ -542,7 +649,7 @@ async def requester(
             start = time.perf_counter()
             first = await pipeline(worker.fetch, count, depth)
         end = time.perf_counter()
-        if design == "b":
+        if conn is not None:
             # With a goodbye, not by closing the stream alone: `TlsStream.receive_some`
             # spins on a peer's close_notify (`SSLObject.read` returns b"", never raises).
             await conn.close("done")
@@ -662,7 +769,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pipeline", default="1,4,16", help="outstanding chunk requests, comma-separated")
-    parser.add_argument("--designs", default="idle,tcp,ssl,b,c,c_si,d,d_bio")
+    parser.add_argument("--designs", default="idle,tcp,ssl,b,c,c_si,d,d_bio,e")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     size = (64 if args.quick else args.size_mib) * MIB
@@ -678,6 +785,7 @@ def main() -> None:
         "c_si": "c. same, switch 0.5 ms",
         "d": "d. blocking ssl thread",
         "d_bio": "d. same, memory BIOs",
+        "e": "e. TLS threads, 1 conn",
     }
 
     rows: list[tuple[str, int | None, dict[str, Any], list[dict[str, Any]]]] = []
