@@ -257,13 +257,10 @@ def serve_bulk(stream: BioTls) -> None:
     decoder = FrameDecoder()
     stream.send(encode_frame(encode(HELLO)))
     while data := stream.receive():
-        out = []
         for frame in decoder.feed(data):
             message = decode(frame)
-            if isinstance(message, Request):
-                out.append(encode_frame(encode(Response(message.id, chunk))))
-        if out:
-            stream.send(b"".join(out))
+            if isinstance(message, Request):  # each answer sent at once: the first is not held back
+                stream.send(encode_frame(encode(Response(message.id, chunk))))
 
 
 def server_main(design: str, keys: Keys, size: int, ready: multiprocessing.connection.Connection) -> None:
@@ -527,8 +524,10 @@ class ThreadTlsStream(trio.abc.Stream):
                 try:
                     while part := tls_stream.obj.read(RECEIVE_SIZE):
                         parts.append(part)
-                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                except ssl.SSLWantReadError:
                     pass
+                except ssl.SSLError:  # the end, polite or not (we shut the socket down)
+                    data = b""
             if parts:
                 self._room.acquire()
                 self._token.run_sync_soon(self._in_send.send_nowait, b"".join(parts))
