@@ -20,19 +20,25 @@ Designs:
 - **c. second loop**: the same `TlsStream` + `Connection` in a second
   ``trio.run`` on its own OS thread; the main loop submits requests with the
   network loop's `TrioToken.run_sync_soon` and gets finished chunks back with
-  its own.
+  its own. **c_si**: the same with CPython's GIL switch interval at 0.5 ms.
 - **d. blocking thread**: a worker thread with a blocking `ssl.SSLSocket`
   speaking the same frames (hello, ``chunk`` requests, responses) on a second,
   bulk connection; the server side is a blocking thread too. The control
-  connection would stay on trio; it is idle here and left out.
+  connection would stay on trio; it is idle here and left out. **d_bio**: the
+  same with the requester's TLS over memory BIOs (256 KiB per `recv`).
+- **e. TLS threads**: one connection; `ThreadTlsStream` does TLS and the socket
+  in a reader and a writer thread under the unchanged `Transport` and
+  `Connection` on the main loop.
 
-The server for b and c is the project's `Acceptor` + `Connection` on one trio
-loop in its own process (a serving peer's network loop, whichever thread it
-runs on). For each design: MB/s, the probe's p50/p99/max during the transfer
-(and idle, without a transfer), the first chunk's latency, the requester's
-peak RSS growth during the transfer (VmHWM after resetting it at the start),
-and the requester's CPU seconds per GiB. Each figure is the median of
+The server for b, c and e is the project's `Acceptor` + `Connection` on one
+trio loop in its own process (a serving peer's network loop, whichever thread
+it runs on). For each design: MB/s, the probe's p50/p99/max during the
+transfer (and idle, without a transfer), the first chunk's latency, the
+requester's peak RSS growth during the transfer (VmHWM after resetting it at
+the start), and each side's CPU seconds per GiB. Each figure is the median of
 ``--repeat`` runs, each in fresh processes. Asserts nothing about time.
+Connections end with a goodbye: `TlsStream.receive_some` spins on a bare
+close_notify (see docs/design.md, "Transfers off the FUSE thread").
 
     .venv/bin/python bench/wire_bench.py [--quick] [--size-mib N] [--repeat N] [--pipeline 1,4,16]
         [--designs idle,tcp,ssl,b,c,c_si,d,d_bio,e] [--json FILE]
