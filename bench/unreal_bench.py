@@ -22,6 +22,7 @@ import argparse
 import os
 import random
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -105,6 +106,34 @@ def one_round(a: Daemon, b: Daemon, name: str, renamed: str) -> dict[str, float]
     return out
 
 
+def count(top: Path) -> int:
+    """Files in the directories of *top* (-1 while it is not listed)."""
+    try:
+        return sum(len(os.listdir(d)) for d in top.iterdir())
+    except FileNotFoundError:
+        return -1
+
+
+def ls_lr(path: Path) -> float:
+    """Seconds for ``ls -lR`` of *path*, caches dropped first."""
+    drop_caches()
+    start = time.perf_counter()
+    subprocess.run(["ls", "-lR", str(path)], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def listing(a: Daemon, b: Daemon, files: int) -> dict[str, float]:
+    """``ls -lR`` of *files* small files: Real on a, Unreal on b (both through their mounts)."""
+    top = a.mnt() / "many"
+    for d in range(files // 100):
+        (top / f"d{d}").mkdir(parents=True)
+        for i in range(100):
+            (top / f"d{d}" / f"f{i}").write_bytes(b"x" * 100)
+    wait(lambda: count(b.mnt() / "many") == files, 600)
+    real, unreal = ls_lr(a.mnt() / "many"), ls_lr(b.mnt() / "many")
+    return {"files": files, "real_s": real, "unreal_s": unreal, "ratio": unreal / real}
+
+
 def read_all(path: Path, block: int = MIB) -> tuple[float, float]:
     """(seconds to the first byte, seconds for the whole file) reading *path* in *block*s."""
     start = time.perf_counter()
@@ -153,6 +182,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--random", type=int, default=3000, help="random 4 KiB reads")
+    parser.add_argument("--files", type=int, default=10000, help="files listed with ls -lR")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     bases = [make_base() for _ in range(2)]
@@ -166,6 +196,7 @@ def main() -> None:
         pair.configure(1, pair.entry(0))
         wait(lambda: connected(a, "b") and connected(b, "a"), 60)
         result["propagation_s"] = propagation(a, b, args.repeat)
+        result["ls_lR"] = listing(a, b, args.files)
 
         size = args.size_mib * MIB
         src, there = a.mnt() / "big.bin", b.mnt() / "big.bin"
