@@ -813,7 +813,7 @@ class Index:
                     record = replace(record, origin=self.me) if logged else record
                     self._put(txn, root, key, value[0], record, vv, value, tell=True)
         dead = {path for path, (_, value) in seen.items() if value[1] == KIND_DELETED and value[8]}
-        for path in sorted(dead | before.keys(), key=len, reverse=True):
+        for path in sorted(dead | before.keys(), key=lambda path: (-len(path), path)):
             key, value = seen.get(path) or self._entomb(txn, node, path)
             if value[1] != KIND_DELETED:
                 continue

@@ -302,7 +302,7 @@ def test_a_version_4_store_is_migrated(tmp_path: Path) -> None:
         index.put(root, p("d/h"), Record(KIND_FILE, 3, hash=H2), op="create")
         index.delete(root, p("d/h"))
     env = lmdb.open(str(tmp_path / "store"), max_dbs=16)
-    meta, nodes, hist = (env.open_db(name) for name in (b"meta", b"nodes", b"history"))
+    meta, nodes, hist, sequence = (env.open_db(name) for name in (b"meta", b"nodes", b"history", b"sequence"))
     with env.begin(write=True) as txn:  # as version 4 wrote them
         txn.put(b"schema_version", struct.pack(">I", 4), db=meta)
         for key, raw in list(txn.cursor(db=nodes)):
@@ -311,7 +311,7 @@ def test_a_version_4_store_is_migrated(tmp_path: Path) -> None:
                 txn.delete(key, db=nodes)  # version 4 kept no tombstones
             else:
                 txn.put(key, msgpack.packb(value[:9]), db=nodes)
-        txn.drop(env.open_db(b"sequence"), delete=True)
+        txn.drop(sequence, delete=True)  # version 4 had no sequence
         txn.delete(b"seq:" + struct.pack(">Q", root), db=meta)
         for key, raw in list(txn.cursor(db=hist)):
             txn.put(key, msgpack.packb(msgpack.unpackb(raw, strict_map_key=False)[:7]), db=hist)
