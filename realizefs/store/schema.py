@@ -77,16 +77,21 @@ def _add_index(txn: Any, dbs: dict[bytes, Any]) -> None:
     """1 -> 2: the content index's databases, created empty when the store opens."""
 
 
-def _keep_counts(txn: Any, dbs: dict[bytes, Any]) -> None:
-    """2 -> 3: count each arena's index once; from now on every write keeps the count."""
+def _arena_roots(txn: Any, dbs: dict[bytes, Any]) -> list[int]:
+    """The root node id of every arena the index holds."""
     cursor = txn.cursor(db=dbs[b"meta"])
-    arenas = []
+    roots = []
     if cursor.set_range(b"arena:"):
         for key, raw in cursor:
             if not bytes(key).startswith(b"arena:"):
                 break
-            arenas.append(_U64.unpack(raw)[0])
-    for root in arenas:
+            roots.append(_U64.unpack(raw)[0])
+    return roots
+
+
+def _keep_counts(txn: Any, dbs: dict[bytes, Any]) -> None:
+    """2 -> 3: count each arena's index once; from now on every write keeps the count."""
+    for root in _arena_roots(txn, dbs):
         records.write_counts(txn, dbs[b"meta"], root, records.recount(txn, dbs[b"nodes"], root))
 
 
@@ -105,14 +110,7 @@ def _views(txn: Any, dbs: dict[bytes, Any]) -> None:
         value = records.unpack(raw)
         if len(value) == 9:
             txn.put(key, msgpack.packb([*value, True, 0, b""]), db=nodes)
-    cursor = txn.cursor(db=dbs[b"meta"])
-    arenas = []
-    if cursor.set_range(b"arena:"):
-        for key, raw in cursor:
-            if not bytes(key).startswith(b"arena:"):
-                break
-            arenas.append(_U64.unpack(raw)[0])
-    for root in arenas:
+    for root in _arena_roots(txn, dbs):
         seq = 0
         todo = [root]
         while todo:

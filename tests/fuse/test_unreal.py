@@ -16,6 +16,8 @@ import random
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,19 +36,40 @@ def listed(path: Path) -> os.stat_result | None:
 
 
 def connect(pair: Pair) -> None:
+    """Make every daemon of *pair* a peer of every other, and wait until all are connected."""
+    names = "abc"[: len(pair.daemons)]
     for d in pair.daemons:
         d.allowed_log.append("refused")  # whichever reloads first refuses the other's first dial
-    pair.configure(0, pair.entry(1))
-    pair.configure(1, pair.entry(0))
-    a, b = pair.daemons
-    wait_for(lambda: connected(a, "b") and connected(b, "a"), 15, "a and b to connect")
+    entries = [pair.entry(i) for i in range(len(names))]
+    for i in range(len(names)):
+        pair.configure(i, *[e for j, e in enumerate(entries) if j != i])
+    wait_for(
+        lambda: all(
+            connected(d, other)
+            for d, me in zip(pair.daemons, names, strict=True)
+            for other in names
+            if other != me
+        ),
+        20,
+        "every peer connected",
+    )
+
+
+@contextmanager
+def household(bases: list[Path], n: int = 2, extra: str = REST) -> Iterator[Pair]:
+    """*n* daemons, each the peer of every other, connected; stopped (their logs checked) after."""
+    pair = Pair(bases[:n], extra=extra)
+    try:
+        connect(pair)
+        yield pair
+        pair.stop()
+    finally:
+        pair.kill()
 
 
 def test_a_peers_files_are_listed_with_their_size_and_mtime(bases: list[Path]) -> None:
-    pair = Pair(bases[:2], extra=REST)
-    a, b = pair.daemons
-    try:
-        connect(pair)
+    with household(bases) as pair:
+        a, b = pair.daemons
         (a.mnt() / "docs").mkdir()
         report = a.mnt() / "docs" / "report.txt"
         report.write_bytes(b"x" * 5000)
@@ -84,16 +107,11 @@ def test_a_peers_files_are_listed_with_their_size_and_mtime(bases: list[Path]) -
         os.remove(a.mnt() / "docs" / "final.txt")
         wait_for(lambda: os.listdir(b.mnt() / "docs") == [], 10, "the delete")
         print(f"listed on the other peer after {created:.2f}s")
-        pair.stop()
-    finally:
-        pair.kill()
 
 
 def test_the_lists_survive_restarts_with_every_peer_down(bases: list[Path]) -> None:
-    pair = Pair(bases[:2], extra=REST)
-    a, b = pair.daemons
-    try:
-        connect(pair)
+    with household(bases) as pair:
+        a, b = pair.daemons
         (a.mnt() / "kept").write_bytes(b"k" * 123)
         st = wait_for(lambda: listed(b.mnt() / "kept"), 10, "the file listed on b")
         assert st is not None
@@ -108,16 +126,11 @@ def test_the_lists_survive_restarts_with_every_peer_down(bases: list[Path]) -> N
         b.stop()
         b.start()
         assert listed(b.mnt() / "kept") is None
-        pair.stop()
-    finally:
-        pair.kill()
 
 
 def test_making_a_file_in_an_unreal_directory_makes_the_directory_real(bases: list[Path]) -> None:
-    pair = Pair(bases[:2], extra=REST)
-    a, b = pair.daemons
-    try:
-        connect(pair)
+    with household(bases) as pair:
+        a, b = pair.daemons
         (a.mnt() / "shared" / "deep").mkdir(parents=True, mode=0o750)
         (a.mnt() / "shared" / "deep").chmod(0o750)
         (a.mnt() / "shared" / "deep" / "theirs").write_text("t")
@@ -127,16 +140,11 @@ def test_making_a_file_in_an_unreal_directory_makes_the_directory_real(bases: li
         assert stat.S_IMODE((b.root() / "shared" / "deep").stat().st_mode) == 0o750
         assert sorted(os.listdir(b.mnt() / "shared" / "deep")) == ["mine", "theirs"]
         wait_for(lambda: listed(a.mnt() / "shared" / "deep" / "mine"), 10, "b's file listed on a")
-        pair.stop()
-    finally:
-        pair.kill()
 
 
 def test_an_unreal_file_is_read_on_demand_and_again_from_the_cache(bases: list[Path]) -> None:
-    pair = Pair(bases[:2], extra=REST)
-    a, b = pair.daemons
-    try:
-        connect(pair)
+    with household(bases) as pair:
+        a, b = pair.daemons
         rng = random.Random(7)
         data = rng.randbytes(12 << 20)  # about 190 chunks
         (a.mnt() / "big.bin").write_bytes(data)
@@ -156,9 +164,6 @@ def test_an_unreal_file_is_read_on_demand_and_again_from_the_cache(bases: list[P
         wait_for(lambda: not connected(b, "a"), 20, "b to see a gone")
         subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=True)
         assert there.read_bytes() == data  # from b's cache alone
-        pair.stop()
-    finally:
-        pair.kill()
 
 
 @pytest.mark.parametrize("others", [0, 1])
@@ -166,22 +171,14 @@ def test_a_corrupted_chunk_is_refused_and_taken_from_another_peer_or_eio(
     bases: list[Path],
     others: int,
 ) -> None:
-    pair = Pair(bases[: 2 + others], extra=REST)
-    a, b = pair.daemons[:2]
-    for d in pair.daemons:
-        d.allowed_log.append("refused")
-    b.allowed_log.append("does not match its hash")
-    try:
-        entries = [pair.entry(i) for i in range(len(pair.daemons))]
-        for i in range(len(pair.daemons)):
-            pair.configure(i, *[e for j, e in enumerate(entries) if j != i])
-        wait_for(lambda: connected(b, "a"), 15, "b and a to connect")
+    with household(bases, 2 + others) as pair:
+        a, b = pair.daemons[:2]
+        b.allowed_log.append("does not match its hash")
         data = random.Random(3).randbytes(300_000)
         (a.mnt() / "f").write_bytes(data)
         wait_for(lambda: listed(b.mnt() / "f"), 20, "listed on b")
         if others:  # c holds the same file, served honestly
             c = pair.daemons[2]
-            wait_for(lambda: connected(c, "a") and connected(b, "c"), 15, "c connected")
             wait_for(lambda: listed(c.mnt() / "f"), 20, "listed on c")
             (c.mnt() / "f").read_bytes()  # now in c's cache: c can serve it
         a.stop()
@@ -194,16 +191,11 @@ def test_a_corrupted_chunk_is_refused_and_taken_from_another_peer_or_eio(
                 (b.mnt() / "f").read_bytes()
             assert info.value.errno == errno.EIO
         assert "does not match its hash" in b.log()
-        pair.stop()
-    finally:
-        pair.kill()
 
 
 def test_the_cache_stays_within_its_quota(bases: list[Path]) -> None:
-    pair = Pair(bases[:2], extra='\n[consensus]\nrest = "1h"\n[cache]\nmax_size = "4M"\nmin_free = "0"\n')
-    a, b = pair.daemons
-    try:
-        connect(pair)
+    with household(bases, extra=REST + '[cache]\nmax_size = "4M"\nmin_free = "0"\n') as pair:
+        a, b = pair.daemons
         data = random.Random(5).randbytes(12 << 20)
         (a.mnt() / "big.bin").write_bytes(data)
         there = b.mnt() / "big.bin"
@@ -220,21 +212,11 @@ def test_the_cache_stays_within_its_quota(bases: list[Path]) -> None:
         wait_for(lambda: cache()["evictions"] > 0, 10, "evictions")
         assert 0 < cache()["used"] <= 4 << 20
         assert "cache: " in (b.mountpoint / ".realize" / "status").read_text()
-        pair.stop()
-    finally:
-        pair.kill()
 
 
 def test_a_delete_is_not_undone_by_a_peer_that_missed_it(bases: list[Path]) -> None:
-    pair = Pair(bases, extra=REST)
-    a, b, c = pair.daemons
-    for d in pair.daemons:
-        d.allowed_log.append("refused")
-    try:
-        entries = [pair.entry(i) for i in range(3)]
-        for i in range(3):
-            pair.configure(i, *[e for j, e in enumerate(entries) if j != i])
-        wait_for(lambda: all(connected(x, y) for x, y in ((a, "b"), (a, "c"), (b, "c"))), 20, "all connected")
+    with household(bases, 3) as pair:
+        a, b, c = pair.daemons
         (a.mnt() / "doomed").write_text("soon gone\n")
         wait_for(lambda: listed(b.mnt() / "doomed") and listed(c.mnt() / "doomed"), 20, "listed on b and c")
         c.stop()  # c misses the delete
@@ -250,16 +232,11 @@ def test_a_delete_is_not_undone_by_a_peer_that_missed_it(bases: list[Path]) -> N
         wait_for(lambda: listed(b.mnt() / "barrier") and listed(c.mnt() / "barrier"), 20, "the barrier")
         for d in (a, b, c):
             assert listed(d.mnt() / "doomed") is None
-        pair.stop()
-    finally:
-        pair.kill()
 
 
 def test_writing_to_an_unreal_file_makes_it_real_first(bases: list[Path]) -> None:
-    pair = Pair(bases[:2], extra=REST)
-    a, b = pair.daemons
-    try:
-        connect(pair)
+    with household(bases) as pair:
+        a, b = pair.daemons
         data = random.Random(11).randbytes(3 << 20)
         (a.mnt() / "doc").mkdir()
         (a.mnt() / "doc" / "edited.bin").write_bytes(data)
@@ -302,6 +279,3 @@ def test_writing_to_an_unreal_file_makes_it_real_first(bases: list[Path]) -> Non
         b.stop()
         b.start()
         wait_for(lambda: not leftover.exists(), 20, "the leftover removed")
-        pair.stop()
-    finally:
-        pair.kill()
