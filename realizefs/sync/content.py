@@ -37,6 +37,7 @@ import contextlib
 import errno
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -61,6 +62,7 @@ MAX_IN_FLIGHT = 16  # chunks fetched at once
 READ_AHEAD = 8  # chunks fetched ahead of a sequential reader
 MAX_CHUNK = 1 << 20  # bytes of a chunk accepted from a peer (FastCDC's are at most 256 KiB)
 MAX_MANIFEST = 1 << 20  # chunks of one manifest
+LAYOUTS_KEPT = 64  # manifests of the contents read last, kept in memory
 MAX_UNWRITTEN = 32 << 20  # bytes of fetched chunks waiting for the cache's next write
 FLUSH_EVERY = 5.0  # seconds between writes of the cache's access order
 
@@ -126,6 +128,7 @@ class Content:
         self._fetching: dict[bytes, trio.Event] = {}
         self._limit = trio.Semaphore(MAX_IN_FLIGHT)
         self._ends: dict[bytes, int] = {}  # content hash -> where the last read of it ended
+        self._layouts: OrderedDict[bytes, tuple[Manifest, list[int]]] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self._unwritten: dict[bytes, bytes] = {}  # fetched, verified, not in the cache yet
         self._to_write = trio.Event()
@@ -219,8 +222,7 @@ class Content:
         end = min(offset + size, record.size)
         if offset >= end:
             return b""
-        manifest = await self._manifest(arena, path, record)
-        starts = [o for o, _, _ in manifest]
+        manifest, starts = await self._layout(arena, path, record)
         first = max(0, bisect.bisect_right(starts, offset) - 1)
         last = bisect.bisect_left(starts, end)
         wanted = manifest[first:last]
@@ -268,6 +270,21 @@ class Content:
         connected = self.connected()
         ordered = [p for p in [*real, *listed, *sorted(connected)] if p in connected]
         return list(dict.fromkeys(ordered))
+
+    async def _layout(self, arena: str, path: Sequence[bytes], record: Entry) -> tuple[Manifest, list[int]]:
+        """The manifest of *record*'s content and its chunks' offsets, the last few kept in memory
+        (a read of a few KiB must not unpack a large file's whole manifest)."""
+        assert record.hash is not None
+        kept = self._layouts.get(record.hash)
+        if kept is not None:
+            self._layouts.move_to_end(record.hash)
+            return kept
+        manifest = await self._manifest(arena, path, record)
+        kept = self._layouts[record.hash] = (manifest, [o for o, _, _ in manifest])
+        while len(self._layouts) > LAYOUTS_KEPT:
+            forgotten, _ = self._layouts.popitem(last=False)
+            self._ends.pop(forgotten, None)
+        return kept
 
     async def _manifest(self, arena: str, path: Sequence[bytes], record: Entry) -> Manifest:
         assert record.hash is not None
