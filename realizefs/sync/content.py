@@ -205,7 +205,10 @@ class Content:
 
     def cached(self, record: Entry) -> int:
         """How many bytes of *record*'s content the cache holds (0 while its manifest is not known)."""
-        manifest = self.index.manifest(record.hash) if record.hash is not None else None
+        if record.hash is None:
+            return 0
+        kept = self._layouts.get(record.hash)
+        manifest = kept[0] if kept is not None else self.index.manifest(record.hash)
         if not manifest:
             return 0
         waiting = [c for c in manifest if c[2] in self._unwritten]  # fetched, being written
@@ -304,7 +307,12 @@ class Content:
                         "%s: no manifest of %s from %s: %s", arena, record.hash.hex()[:16], conn[0].name, exc
                     )
                     continue
-                await trio.to_thread.run_sync(self.index.keep_manifest, record.hash, manifest)
+                if self._nursery is not None:  # kept in the index meanwhile: the read need not wait for it
+                    self._nursery.start_soon(
+                        trio.to_thread.run_sync, self.index.keep_manifest, record.hash, manifest
+                    )
+                else:
+                    await trio.to_thread.run_sync(self.index.keep_manifest, record.hash, manifest)
                 return manifest
         raise FsError("no connected peer has this file's content", errno=errno.EIO)
 
