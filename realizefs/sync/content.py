@@ -308,13 +308,17 @@ class Content:
                     )
                     continue
                 if self._nursery is not None:  # kept in the index meanwhile: the read need not wait for it
-                    self._nursery.start_soon(
-                        trio.to_thread.run_sync, self.index.keep_manifest, record.hash, manifest
-                    )
+                    self._nursery.start_soon(self._keep_manifest, record.hash, manifest)
                 else:
-                    await trio.to_thread.run_sync(self.index.keep_manifest, record.hash, manifest)
+                    await self._keep_manifest(record.hash, manifest)
                 return manifest
         raise FsError("no connected peer has this file's content", errno=errno.EIO)
+
+    async def _keep_manifest(self, content: bytes, manifest: Manifest) -> None:
+        try:
+            await trio.to_thread.run_sync(self.index.keep_manifest, content, manifest)
+        except Exception:  # kept in memory meanwhile; fetched again after a restart
+            log.exception("cannot keep the manifest of %s in the index", content.hex()[:16])
 
     async def chunk(self, chunk: bytes, holders: list[bytes]) -> bytes:
         """The verified bytes of *chunk*: local, or fetched once however many ask at once."""
