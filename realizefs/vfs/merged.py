@@ -253,8 +253,9 @@ class MergedTree:
         found = self.index.entry(self.root, rel.split(b"/")) if rel else None
         return found if found is not None and not found[1].real else None
 
-    def unreal_stat(self, node: int, record: Record) -> UnrealStat:
-        owner = self.real.stat(b"")
+    def unreal_stat(self, node: int, record: Record, owner: Stat | None = None) -> UnrealStat:
+        """The attributes of the Unreal entry *node*; *owner*: the arena root's, if just read."""
+        owner = owner or self.real.stat(b"")
         if record.kind == KIND_DIR:
             mode, nlink, size = stat.S_IFDIR | (record.mode or 0o755), 2, BLOCK
         elif record.kind == KIND_LINK:
@@ -394,9 +395,10 @@ class MergedTree:
                 raise
             listed = []
         names = {name for name, _ in listed}
+        owner = self.real.stat(b"")  # once for the listing, not once per entry
         for name, node, record in self.index.entries(self.root, rel.split(b"/") if rel else []):
             if not record.real and name not in names:
-                listed.append((name, self.unreal_stat(node, record)))
+                listed.append((name, self.unreal_stat(node, record, owner)))
         return listed
 
     def readlink(self, rel: bytes) -> bytes:
