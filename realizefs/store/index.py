@@ -427,10 +427,18 @@ class Index:
             value = unpack(raw) if raw is not None else None
             if value is None or value[0] != node or value[1] == KIND_DELETED:
                 return None
-            top, path = self._locate(txn, node)
-            if top != root or self.get(root, path, unreal=True) is None:
-                return None
-            return path, to_record(value)
+            names = [bytes(where[8:])]
+            parent = _ID.unpack(where[:8])[0]
+            while parent != root:  # up to the root, through live directories only
+                where = txn.get(_ID.pack(parent), db=self._parents)
+                if where is None:
+                    return None  # another tree's root
+                up = txn.get(where, db=self._nodes)
+                if up is None or unpack(up)[1] != KIND_DIR:
+                    return None  # below a tombstone (or a file)
+                names.append(bytes(where[8:]))
+                parent = _ID.unpack(where[:8])[0]
+            return tuple(reversed(names)), to_record(value)
 
     def _children(self, txn: Any, node: int) -> Iterator[tuple[bytes, Record]]:
         for name, value in self._child_items(txn, node):

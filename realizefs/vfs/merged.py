@@ -43,6 +43,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -244,6 +245,7 @@ class MergedTree:
         self.root = index.arena_root(arena)
         self.content = content
         self.peer_name = peer_name  # a peer's id in vectors -> its name in this peer's config
+        self._owner_ids, self._owner_read = (0, 0), -2.0
         self.expect = expect  # tells the indexer a change of the Real is the daemon's own
 
     # ------------------------------------------------------------ the Unreal
@@ -253,16 +255,24 @@ class MergedTree:
         found = self.index.entry(self.root, rel.split(b"/")) if rel else None
         return found if found is not None and not found[1].real else None
 
-    def unreal_stat(self, node: int, record: Record, owner: Stat | None = None) -> UnrealStat:
-        """The attributes of the Unreal entry *node*; *owner*: the arena root's, if just read."""
-        owner = owner or self.real.stat(b"")
+    def _owner(self) -> tuple[int, int]:
+        """(uid, gid) of the arena root, who owns the Unreal entries: read at most every second."""
+        now = time.monotonic()
+        if now - self._owner_read > 1.0:
+            st = self.real.stat(b"")
+            self._owner_ids, self._owner_read = (st.st_uid, st.st_gid), now
+        return self._owner_ids
+
+    def unreal_stat(self, node: int, record: Record) -> UnrealStat:
+        """The attributes of the Unreal entry *node* at version *record*."""
+        uid, gid = self._owner()
         if record.kind == KIND_DIR:
             mode, nlink, size = stat.S_IFDIR | (record.mode or 0o755), 2, BLOCK
         elif record.kind == KIND_LINK:
             mode, nlink, size = stat.S_IFLNK | 0o777, 1, len(record.target or b"")
         else:
             mode, nlink, size = stat.S_IFREG | (record.mode & 0o7777), 1, record.size
-        return UnrealStat(mode, node, owner.st_uid, owner.st_gid, size, record.mtime_ns, nlink)
+        return UnrealStat(mode, node, uid, gid, size, record.mtime_ns, nlink)
 
     def _real_or_unreal(self, rel: bytes) -> Stat:
         try:
@@ -395,10 +405,9 @@ class MergedTree:
                 raise
             listed = []
         names = {name for name, _ in listed}
-        owner = self.real.stat(b"")  # once for the listing, not once per entry
         for name, node, record in self.index.entries(self.root, rel.split(b"/") if rel else []):
             if not record.real and name not in names:
-                listed.append((name, self.unreal_stat(node, record, owner)))
+                listed.append((name, self.unreal_stat(node, record)))
         return listed
 
     def readlink(self, rel: bytes) -> bytes:

@@ -332,3 +332,19 @@ def test_a_version_4_store_is_migrated(tmp_path: Path) -> None:
             ("create", ME, KIND_FILE),
             ("delete", ME, KIND_FILE),
         ]
+
+
+def test_an_entry_is_found_by_its_node_wherever_it_lives(store: Store) -> None:
+    index = Index(store, ME)
+    root, other = index.arena_root("a"), index.arena_root("b")
+    index.accept(root, made("d/e/f", {A: 1}))
+    found = index.entry(root, p("d/e/f"))
+    assert found is not None
+    node, record = found
+    assert index.at_node(root, node) == ((b"d", b"e", b"f"), record)
+    assert index.at_node(other, node) is None  # another arena's tree
+    assert index.rename(root, p("d"), p("x"))  # this peer's rename keeps the node
+    at = index.at_node(root, node)
+    assert at is not None and at[0] == (b"x", b"e", b"f")
+    index.accept(root, gone("x/e/f", {A: 2, ME: 2}))
+    assert index.at_node(root, node) is None  # a tombstone now
