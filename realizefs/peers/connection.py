@@ -496,8 +496,8 @@ class Connection:
     async def _ask(self, request: Request) -> None:
         try:
             await self.transport.send(request)
-        except Unencodable:
-            del self._calls[request.id]  # never sent: nothing to cancel at the peer
+        except BaseException:  # Unencodable, cancelled waiting to send, or the connection lost
+            del self._calls[request.id]  # never sent whole: nothing to cancel at the peer
             raise
 
     async def _forget(self, call_id: int, call: _Call) -> None:
