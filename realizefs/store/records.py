@@ -111,7 +111,14 @@ def unpack(raw: bytes) -> list[Any]:
     return msgpack.unpackb(raw, strict_map_key=False)  # type: ignore[no-any-return]
 
 
+_OLDER = [True, 0, b""]  # *real*, *seq*, *origin* of a value written before schema 5
+
+
 def to_record(value: list[Any]) -> Record:
+    """The record of a ``nodes`` value (one written before schema 5, as the migrations read
+    them, has none of the last three fields: Real, unnumbered, origin unknown)."""
+    if len(value) < 12:
+        value = [*value, *_OLDER[len(value) - 9 :]]
     _, kind, size, mtime_ns, mode, content_hash, target, changed, vv, real, _, origin = value
     return Record(kind, size, mtime_ns, mode, content_hash, target, changed, vv, real, origin)
 

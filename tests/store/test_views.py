@@ -348,3 +348,33 @@ def test_an_entry_is_found_by_its_node_wherever_it_lives(store: Store) -> None:
     assert at is not None and at[0] == (b"x", b"e", b"f")
     index.accept(root, gone("x/e/f", {A: 2, ME: 2}))
     assert index.at_node(root, node) is None  # a tombstone now
+
+
+def test_a_version_3_store_is_migrated_through_4_and_5(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        index = Index(store, ME)
+        root = index.arena_root("a")
+        index.put(root, p("d"), Record(KIND_DIR), op="mkdir")
+        index.put(root, p("d/f"), Record(KIND_FILE, 3, hash=H1), [(0, 3, H2)], op="create")
+    env = lmdb.open(str(tmp_path / "store"), max_dbs=16)
+    meta, nodes, hist, chunks, sequence = (
+        env.open_db(name) for name in (b"meta", b"nodes", b"history", b"chunks", b"sequence")
+    )
+    with env.begin(write=True) as txn:  # as version 3 wrote them: no chunk sources either
+        txn.put(b"schema_version", struct.pack(">I", 3), db=meta)
+        for key, raw in list(txn.cursor(db=nodes)):
+            txn.put(key, msgpack.packb(msgpack.unpackb(raw, strict_map_key=False)[:9]), db=nodes)
+        txn.drop(chunks, delete=False)
+        txn.drop(sequence, delete=True)
+        txn.delete(b"seq:" + struct.pack(">Q", root), db=meta)
+        for key, raw in list(txn.cursor(db=hist)):
+            txn.put(key, msgpack.packb(msgpack.unpackb(raw, strict_map_key=False)[:7]), db=hist)
+    env.close()
+    with Store(tmp_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        index = Index(store, ME)
+        root = index.arena_root("a")
+        f = index.get(root, p("d/f"))
+        assert f is not None and f.real and f.hash == H1
+        assert [s.path for s in index.chunk_sources(H2)] == [(b"d", b"f")]
+        assert told(index) == [("d", KIND_DIR, {ME: 1}), ("d/f", KIND_FILE, {ME: 1})]
