@@ -38,9 +38,9 @@ import errno
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import blake3
 import trio
@@ -238,10 +238,11 @@ class Content:
                     found[chunk] = b""
                     nursery.start_soon(self._gather, chunk, holders, found, failed, nursery.cancel_scope)
         if failed:
+            log.info("%s/%s: a read failed: %s", arena, b"/".join(path).decode(errors="replace"), failed[0])
             raise failed[0]
         if self._ends.get(record.hash) == offset and self._nursery is not None:
             for _, _, chunk in manifest[last : last + READ_AHEAD]:
-                self._nursery.start_soon(self._ahead, chunk, holders)
+                self._soon(self._ahead, chunk, holders)
         self._ends[record.hash] = end
         data = b"".join(found[chunk] for _, _, chunk in wanted)
         skip = offset - wanted[0][0]
@@ -308,11 +309,18 @@ class Content:
                     )
                     continue
                 if self._nursery is not None:  # kept in the index meanwhile: the read need not wait for it
-                    self._nursery.start_soon(self._keep_manifest, record.hash, manifest)
+                    self._soon(self._keep_manifest, record.hash, manifest)
                 else:
                     await self._keep_manifest(record.hash, manifest)
                 return manifest
+        log.info("%s/%s: no connected peer has its content", arena, b"/".join(path).decode(errors="replace"))
         raise FsError("no connected peer has this file's content", errno=errno.EIO)
+
+    def _soon(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Start *task* in the background, unless the daemon is stopping (then it is not needed)."""
+        if self._nursery is not None:
+            with contextlib.suppress(RuntimeError):  # "closed to new arrivals": shutting down
+                self._nursery.start_soon(task, *args)
 
     async def _keep_manifest(self, content: bytes, manifest: Manifest) -> None:
         try:

@@ -158,7 +158,7 @@ class RealizingFile:
     async def _made_real(self) -> RealFile:
         async with self._realizing:
             if self.real is None:
-                self.real = await self.tree.realize(self.path, self.record, self.flags)
+                self.real = await self.tree.realize(self.node, self.path, self.record, self.flags)
             return self.real
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -246,6 +246,7 @@ class MergedTree:
         self.content = content
         self.peer_name = peer_name  # a peer's id in vectors -> its name in this peer's config
         self._owner_ids, self._owner_read = (0, 0), -2.0
+        self._realizing: dict[int, trio.Lock] = {}  # node -> held while it is being made Real
         self.expect = expect  # tells the indexer a change of the Real is the daemon's own
 
     # ------------------------------------------------------------ the Unreal
@@ -361,6 +362,8 @@ class MergedTree:
 
     def realize_empty(self, path: tuple[bytes, ...], record: Record, flags: int) -> RealFile:
         """Replace the Unreal file *path* by an empty Real one (a local change)."""
+        if self._is_real(b"/".join(path)):  # made Real meanwhile: truncate that one, as a disk would
+            return self.real.open(b"/".join(path), flags | os.O_TRUNC)
         self._realize_dir(split(b"/".join(path))[0])
         fd, staged = staging.stage(self.real.backing, record.mode & 0o7777, self._root_owner())
         try:
@@ -369,8 +372,23 @@ class MergedTree:
             os.close(fd)
         return self._place(path, staged, flags)
 
-    async def realize(self, path: tuple[bytes, ...], record: Record, flags: int) -> RealFile:
-        """Make the Unreal file *path* Real with the content of its version *record*."""
+    async def realize(self, node: int, path: tuple[bytes, ...], record: Record, flags: int) -> RealFile:
+        """Make the Unreal file *path* Real with the content of its version *record*, and open it.
+
+        One realize at a time per node: a second writer waits for the first, then opens the
+        Real file it placed (its own write then applies to it, as on a disk)."""
+        rel = b"/".join(path)
+        lock = self._realizing.setdefault(node, trio.Lock())
+        try:
+            async with lock:
+                if self._is_real(rel):
+                    return self.real.open(rel, flags)  # made Real meanwhile (by another handle)
+                return await self._realize(path, record, flags)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._realizing.pop(node, None)
+
+    async def _realize(self, path: tuple[bytes, ...], record: Record, flags: int) -> RealFile:
         rel = b"/".join(path)
         if self.content is None:
             raise _unavailable(rel, "realizing")
