@@ -279,3 +279,29 @@ def test_writing_to_an_unreal_file_makes_it_real_first(bases: list[Path]) -> Non
         b.stop()
         b.start()
         wait_for(lambda: not leftover.exists(), 20, "the leftover removed")
+
+
+def test_two_handles_open_on_an_unreal_file_can_both_write(bases: list[Path]) -> None:
+    """Two handles opened for writing while the file is Unreal: the first write realizes
+    it; the second handle's write failed with EEXIST ("File exists": its own realize
+    found the Real file the first one placed, `RENAME_NOREPLACE`) and its data was lost
+    (after fetching the whole content again)."""
+    with household(bases) as pair:
+        a, b = pair.daemons
+        data = random.Random(13).randbytes(300_000)
+        (a.mnt() / "shared.bin").write_bytes(data)
+        there = b.mnt() / "shared.bin"
+        wait_for(lambda: (s := listed(there)) is not None and s.st_size == len(data), 20, "listed on b")
+        first = os.open(there, os.O_RDWR)
+        second = os.open(there, os.O_RDWR)
+        try:
+            assert os.pwrite(first, b"FIRST", 1000) == 5
+            assert os.pwrite(second, b"SECOND", 200_000) == 6
+        finally:
+            os.close(first)
+            os.close(second)
+        expected = bytearray(data)
+        expected[1000:1005] = b"FIRST"
+        expected[200_000:200_006] = b"SECOND"
+        assert (b.root() / "shared.bin").read_bytes() == bytes(expected)
+        assert os.listdir(b.root() / ".realize-tmp") == []
