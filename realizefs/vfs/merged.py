@@ -5,10 +5,13 @@ before; a path that does not, but that this peer's view of the arena (the
 index, `realizefs.store.index`) holds as a live Unreal entry, is that entry:
 listed with its size, mtime and mode, owned by the arena root's owner, taking
 no blocks on this disk. Directories that exist only in the Unreal are listed
-and walked the same way. An Unreal object's identity is ``(UNREAL_DEV, node
-id)``: the index keeps a node's id while it lives at a path (and a rename made
-here keeps it), and across restarts, so the mount numbers it
-`UNREAL_INODES` + its node id (`fixed_inode`).
+and walked the same way. An Unreal object's identity is its node id and its
+version: ``(UNREAL_DEV + a tag of its content hash, node id)``. The index keeps
+a node's id while it lives at a path (and a rename made here keeps it), and
+across restarts, so the mount numbers it `UNREAL_INODES` + its node id
+(`fixed_inode`); a new version from a peer is another object, as a file
+replaced by a rename is on a disk: a handle open on the old version keeps its
+inode, and no page of the new version lands in that inode's cache.
 
 Changes through the mount: making anything in an Unreal-only directory makes
 that directory (and any Unreal-only one above it) in the Real first, with the
@@ -44,13 +47,14 @@ import logging
 import os
 import stat
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
-from realizefs.errors import Exists, FsError, NoData, NotEmpty, NotFound, NotPermitted
+from realizefs.errors import Exists, FsError, NoData, NotEmpty, NotFound, NotPermitted, Stale
 from realizefs.real import staging
 from realizefs.real.backing import RENAME_EXCHANGE, RENAME_NOREPLACE, Owner, join, split
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Index, Record
@@ -60,7 +64,7 @@ from realizefs.vfs.tree import Changes, Stat
 
 log = logging.getLogger(__name__)
 
-UNREAL_DEV = 0  # no mounted filesystem has device number 0
+UNREAL_DEV = 1 << 40  # device numbers are 32 bits: these are no disk's (+ a 32-bit version tag)
 UNREAL_INODES = 1 << 62  # the mount's inode numbers of Unreal entries: this + node id
 BLOCK = 4096
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
@@ -105,7 +109,12 @@ class UnrealContent(Protocol):
 
 def fixed_inode(st: Stat) -> int | None:
     """The mount's inode number of an Unreal object (fixed by its node id); None for the Real."""
-    return UNREAL_INODES + st.st_ino if st.st_dev == UNREAL_DEV else None
+    return UNREAL_INODES + st.st_ino if st.st_dev >> 40 == 1 else None
+
+
+def version_tag(record: Record) -> int:
+    """What tells one content of an Unreal file from another (0 for the rest)."""
+    return zlib.crc32(record.hash) if record.kind == KIND_FILE and record.hash else 0
 
 
 class UnrealFile:
@@ -139,7 +148,7 @@ class UnrealFile:
         raise _unavailable(b"/".join(self.path), "changing")
 
     def pin(self) -> UnrealPin:
-        return UnrealPin(self.tree, self.node)
+        return UnrealPin(self.tree, self.node, version_tag(self.record))
 
     def close(self) -> None:
         pass
@@ -187,7 +196,11 @@ class RealizingFile:
         return self.real.setattr(changes)
 
     def pin(self) -> RealPin | UnrealPin:
-        return self.real.pin() if self.real is not None else UnrealPin(self.tree, self.node)
+        return (
+            self.real.pin()
+            if self.real is not None
+            else UnrealPin(self.tree, self.node, version_tag(self.record))
+        )
 
     def close(self) -> None:
         if self.real is not None:
@@ -204,24 +217,28 @@ def _unavailable(rel: bytes, what: str) -> FsError:
 
 
 class UnrealPin:
-    """An Unreal entry, by its node id: it stays that entry when renamed here."""
+    """An Unreal entry at one version, by its node id: it stays that entry when renamed
+    here; once the entry has another version (or none), the pin is stale."""
 
-    __slots__ = ("node", "tree")
+    __slots__ = ("node", "tag", "tree")
 
-    def __init__(self, tree: MergedTree, node: int) -> None:
-        self.tree, self.node = tree, node
+    def __init__(self, tree: MergedTree, node: int, tag: int) -> None:
+        self.tree, self.node, self.tag = tree, node, tag
+
+    def _found(self) -> tuple[tuple[bytes, ...], Record]:
+        found = self.tree.index.at_node(self.tree.root, self.node)
+        if found is None:
+            raise NotFound()
+        if version_tag(found[1]) != self.tag:
+            raise Stale()  # another version now: another object
+        return found
 
     def stat(self) -> UnrealStat:
-        found = self.tree.index.at_node(self.tree.root, self.node)
-        if found is None:
-            raise NotFound()
-        return self.tree.unreal_stat(self.node, found[1])
+        return self.tree.unreal_stat(self.node, self._found()[1])
 
     def open(self, flags: int) -> UnrealFile | RealizingFile | RealFile:
-        found = self.tree.index.at_node(self.tree.root, self.node)
-        if found is None:
-            raise NotFound()
-        return self.tree.open_unreal(self.node, found[0], found[1], flags)
+        path, record = self._found()
+        return self.tree.open_unreal(self.node, path, record, flags)
 
     def close(self) -> None:
         pass
@@ -273,7 +290,9 @@ class MergedTree:
             mode, nlink, size = stat.S_IFLNK | 0o777, 1, len(record.target or b"")
         else:
             mode, nlink, size = stat.S_IFREG | (record.mode & 0o7777), 1, record.size
-        return UnrealStat(mode, node, uid, gid, size, record.mtime_ns, nlink)
+        return UnrealStat(
+            mode, node, uid, gid, size, record.mtime_ns, nlink, UNREAL_DEV + version_tag(record)
+        )
 
     def _real_or_unreal(self, rel: bytes) -> Stat:
         try:
@@ -318,7 +337,7 @@ class MergedTree:
             found = self._unreal(rel)
             if found is None:
                 raise
-            return UnrealPin(self, found[0]), self.unreal_stat(*found)
+            return UnrealPin(self, found[0], version_tag(found[1])), self.unreal_stat(*found)
 
     def open(self, rel: bytes, flags: int) -> RealFile | UnrealFile | RealizingFile:
         try:
