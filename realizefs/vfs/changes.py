@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from realizefs.errors import FsError
 from realizefs.real.backing import join
 from realizefs.real.watcher import Change
-from realizefs.vfs.namespace import Arena, Namespace, ident
+from realizefs.vfs.namespace import Arena, Namespace
 from realizefs.vfs.tree import Stat
 
 
@@ -72,11 +72,7 @@ def backing_changed(ns: Namespace, arena_ino: int, changes: Iterable[Change]) ->
                 out.entries[(dir_ino, name)] = stale
             continue  # otherwise the kernel holds nothing there
         st = _lstat(arena, join(dirs[dir_ino], name))
-        if (
-            st is None
-            or stat.S_IFMT(st.st_mode) != node.kind
-            or (node.ident is not None and node.ident != ident(st))
-        ):
+        if st is None or stat.S_IFMT(st.st_mode) != node.kind or not ns.same_object(child, st):
             out.entries[(dir_ino, name)] = child
             ns.forget_entry(dir_ino, name)
         elif ns.told(child) != st.st_ctime_ns:

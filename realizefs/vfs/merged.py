@@ -109,7 +109,12 @@ class UnrealContent(Protocol):
 
 def fixed_inode(st: Stat) -> int | None:
     """The mount's inode number of an Unreal object (fixed by its node id); None for the Real."""
-    return UNREAL_INODES + st.st_ino if st.st_dev >> 40 == 1 else None
+    return UNREAL_INODES + st.st_ino if unreal_device(st.st_dev) else None
+
+
+def unreal_device(dev: int) -> bool:
+    """Whether *dev* is the device number of an Unreal object's identity."""
+    return dev >> 40 == 1
 
 
 def version_tag(record: Record) -> int:

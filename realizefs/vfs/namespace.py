@@ -59,7 +59,7 @@ from realizefs.shrink import Shrink
 from realizefs.vfs import attributes
 from realizefs.vfs.attrs import Attr, FsStats
 from realizefs.vfs.inodes import ROOT_INODE, Ident, InodeTable
-from realizefs.vfs.merged import fixed_inode
+from realizefs.vfs.merged import fixed_inode, unreal_device
 from realizefs.vfs.realtree import RealTree
 from realizefs.vfs.tree import Changes, File, Pin, Stat, Tree
 from realizefs.vfs.virtual import Reader, Snapshots, VirtualDir, VirtualFile, VirtualOpen
@@ -288,9 +288,22 @@ class Namespace:
 
     def _check(self, ino: int, st: Stat) -> None:
         """Raise `Stale` if *st* is not the object *ino* was looked up as."""
-        node = self.inodes.node(ino)
-        if node is not None and node.ident is not None and node.ident != ident(st):
+        if not self.same_object(ino, st):
             raise self._stale(ino)
+
+    def same_object(self, ino: int, st: Stat) -> bool:
+        """Whether *st* is the object *ino* was looked up as (unknown: yes). An Unreal
+        directory made Real in its place (to hold a new file, or a mode) is the same
+        directory: the node takes the Real one's identity, so a shell or a handle in it
+        carries on."""
+        node = self.inodes.node(ino)
+        if node is None or node.ident is None or node.ident == ident(st):
+            return True
+        realized = unreal_device(node.ident[0]) and not unreal_device(st.st_dev)
+        if realized and node.kind == stat.S_IFDIR and stat.S_ISDIR(st.st_mode):
+            node.ident = ident(st)
+            return True
+        return False
 
     def _stale(self, ino: int) -> Stale:
         """*ino*'s path leads to another object, or none: make it an orphan (see the module doc)."""
@@ -377,6 +390,8 @@ class Namespace:
         """The node of *name* in *parent*, which holds the object *st* describes."""
         self._stale_entries.pop((parent, name), None)
         old = self.inodes.child(parent, name)
+        if old is not None:
+            self.same_object(old, st)  # a directory made Real keeps its node
         ino = self.inodes.add(parent, name, stat.S_IFMT(st.st_mode), ident(st), number=fixed_inode(st))
         if old is not None and old != ino:
             self._settle(old)
@@ -403,7 +418,7 @@ class Namespace:
             except FsError:
                 pass  # gone since the listing: the kernel finds out at its next call
             else:
-                if pin is not None and node.ident != ident(st):
+                if pin is not None and not self.same_object(ino, st):
                     pin.close()  # replaced since the listing: leave the node to its path check
                     pin = None
         self._referenced(ino, pin)

@@ -333,3 +333,29 @@ def test_a_handle_never_reads_a_newer_version_than_the_one_it_opened(bases: list
                 while part := handle.read(1 << 20):
                     read += part
         assert read == old[: len(read)], f"the handle read bytes of the new version (of {len(read)} read)"
+
+
+def test_a_directory_made_real_stays_usable_through_handles_opened_on_it(bases: list[Path]) -> None:
+    """A shell cd'd into an Unreal-only directory (or any open directory handle): writing a
+    file there makes the directory Real; it is the same directory (found by the breaker:
+    `ls` there failed with ESTALE, a directory handle listed nothing)."""
+    with household(bases) as pair:
+        a, b = pair.daemons
+        (a.mnt() / "dir" / "sub").mkdir(parents=True)
+        (a.mnt() / "dir" / "sub" / "f").write_text("one\n")
+        (a.mnt() / "dir" / "sub" / "g").write_text("two\n")
+        there = b.mnt() / "dir" / "sub"
+        wait_for(lambda: listed(there / "f") and listed(there / "g"), 20, "listed on b")
+        cwd = os.open(there, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with open(there / "f", "a") as f:  # makes dir/sub Real on b
+                f.write("more\n")
+            assert sorted(os.listdir(cwd)) == ["f", "g"]
+            assert os.stat("g", dir_fd=cwd).st_size == 4
+            fd = os.open("f", os.O_RDONLY, dir_fd=cwd)
+            try:
+                assert os.read(fd, 100) == b"one\nmore\n"
+            finally:
+                os.close(fd)
+        finally:
+            os.close(cwd)
