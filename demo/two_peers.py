@@ -64,14 +64,31 @@ def mounted(path: Path) -> bool:
     return any(line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines())
 
 
+def alive(path: Path) -> bool:
+    """Whether the mount at *path* is answered by a running daemon (not left dead by a crash)."""
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
+
+
+def stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a plain kill, a closed terminal) stops both peers too
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("make demo needs root (it mounts two FUSE filesystems)", file=sys.stderr)
         return 1
     for name in PEERS:
         mnt = BASE / name / "mnt"
-        if mounted(mnt):
+        if mounted(mnt) and alive(mnt):
+            print(f"a demo is running already ({mnt} is mounted): stop it first", file=sys.stderr)
+            return 1
+        if mounted(mnt):  # left dead by a crash
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    signal.signal(signal.SIGTERM, stop)
     shutil.rmtree(BASE, ignore_errors=True)
     keys, ports = {}, {}
     for name in PEERS:
@@ -101,6 +118,12 @@ def main() -> int:
         (laptop / "README").write_text("Written on the laptop; read on the desktop on demand.\n")
         with open(laptop / "photo.raw", "wb") as f:
             f.write(os.urandom(20 << 20))
+        wanted = {"README", "notes", "photo.raw"}
+        while not wanted <= set(os.listdir(desktop)):  # listed there within about a second
+            if time.monotonic() > deadline + 30:  # the mounts came up by *deadline*
+                print("the desktop did not list the laptop's files: see the logs", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
         print(
             f"""
 Two peers are running on this machine, each with the arena "shared":
@@ -111,7 +134,7 @@ Logs: {BASE}/laptop/daemon.log, {BASE}/desktop/daemon.log
 The laptop just wrote three files. From another shell, try on the desktop:
   cd {desktop}
   ls -lR                                        # the laptop's files, with their sizes and times
-  du -sh .                                      # 0: nothing of them is on the desktop's disk
+  du -sh .                                      # a few KiB: their content is not on the desktop's disk
   cat README notes/todo.txt                     # fetched from the laptop as you read
   getfattr -n user.realize.status photo.raw     # unreal 0% cached
   head -c 5000000 photo.raw > /dev/null; getfattr -n user.realize.status photo.raw
@@ -120,6 +143,11 @@ The laptop just wrote three files. From another shell, try on the desktop:
   getfattr -n user.realize.status notes/todo.txt   # real
   echo new > {laptop}/later.txt; ls             # listed here about a second later
   mv {laptop}/README {laptop}/README.txt; ls    # renames follow; so do deletes
+  cp /etc/hostname .                            # listed on the laptop too, as Unreal there
+
+Changes made on the desktop to files the laptop holds (edits, renames,
+deletes) are listed on the laptop but not yet applied to its Real files:
+that is consensus, the next step of realizefs.
 
 Ctrl-C stops both peers and unmounts them.
 """

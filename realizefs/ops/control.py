@@ -249,7 +249,7 @@ class Control:
         requested = self.consensus_requested
         lines = [f"connected peers: {connected}"]
         if requested is not None:
-            lines.append(f"last request: {_when(requested)}: recorded; exchanging history is not built yet")
+            lines.append(f"last request: {_when(requested)}: recorded; consensus is not built yet")
         lines.append('write "now" to this file to run consensus now')
         return {"connected_peers": connected, "last_request": requested, "_text": "\n".join(lines) + "\n"}
 
@@ -257,7 +257,7 @@ class Control:
         if line.strip() != b"now":
             raise InvalidValue('expected "now"')
         self.consensus_requested = self.clock()
-        log.info("consensus requested: recorded; exchanging history is not built yet")
+        log.info("consensus requested: recorded; consensus is not built yet")
 
 
 def _could_become_now(start: bytes) -> bool:

@@ -149,7 +149,7 @@ def test_peers_lists_configured_peers_disconnected(base: Path) -> None:
 def test_consensus_accepts_now_and_refuses_anything_else(daemon: Daemon) -> None:
     path = daemon.mountpoint / ".realize" / "consensus"
     subprocess.run(["sh", "-c", f"echo now > {path}"], check=True)
-    assert "exchanging history is not built yet" in path.read_text()
+    assert "consensus is not built yet" in path.read_text()
     assert json.loads(read(daemon, "consensus.json"))["last_request"] is not None
     for bad in (b"later\n", b"nownow", b"\x00", b"now\nx"):
         with pytest.raises(OSError) as info, open(path, "wb") as f:
