@@ -200,10 +200,9 @@ def main() -> None:
 
         size = args.size_mib * MIB
         src, there = a.mnt() / "big.bin", b.mnt() / "big.bin"
-        block = os.urandom(MIB)
         with open(src, "wb") as f:
-            for i in range(args.size_mib):
-                f.write(block[i % 251 :] + block[: i % 251])  # every MiB different: no chunk repeats
+            for _ in range(args.size_mib):
+                f.write(os.urandom(MIB))  # fresh bytes: no chunk repeats (a rotated block's chunks would)
         listed = wait(lambda: size_of(there) == size, 600)
         result["listed_after_write_s"] = listed
         drop_caches()

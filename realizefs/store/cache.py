@@ -209,7 +209,7 @@ class ChunkCache:
                 mode=0o700,
                 sync=True,
                 metasync=False,
-                readahead=False,  # random reads of a cache bigger than memory
+                readahead=True,  # a chunk is a run of contiguous overflow pages: read it in one go
             )
         except lmdb.Error as exc:
             os.close(self._lock_fd)
