@@ -299,15 +299,6 @@ class MergedTree:
             mode, node, uid, gid, size, record.mtime_ns, nlink, UNREAL_DEV + version_tag(record)
         )
 
-    def _real_or_unreal(self, rel: bytes) -> Stat:
-        try:
-            return self.real.stat(rel)
-        except NotFound:
-            found = self._unreal(rel)
-            if found is None:
-                raise
-            return self.unreal_stat(*found)
-
     def _is_real(self, rel: bytes) -> bool:
         try:
             self.real.stat(rel)
@@ -333,7 +324,13 @@ class MergedTree:
     # ------------------------------------------------------------ reading
 
     def stat(self, rel: bytes) -> Stat:
-        return self._real_or_unreal(rel)
+        try:
+            return self.real.stat(rel)
+        except NotFound:
+            found = self._unreal(rel)
+            if found is None:
+                raise
+            return self.unreal_stat(*found)
 
     def pin(self, rel: bytes) -> tuple[RealPin | UnrealPin, Stat]:
         try:
@@ -596,12 +593,15 @@ class MergedTree:
         self.real.set_mode(rel, mode)
 
     def xattr_names(self, rel: bytes) -> list[bytes]:
-        return self.real.xattr_names(rel) if self._is_real(rel) else self._none(rel, [])
+        if self._is_real(rel):
+            return self.real.xattr_names(rel)
+        self._unreal_only(rel)
+        return []
 
     def getxattr(self, rel: bytes, name: bytes) -> bytes:
         if self._is_real(rel):
             return self.real.getxattr(rel, name)
-        self._none(rel, None)
+        self._unreal_only(rel)
         raise NoData()
 
     def setxattr(self, rel: bytes, name: bytes, value: bytes) -> None:
@@ -616,11 +616,10 @@ class MergedTree:
             return
         raise NoData()
 
-    def _none(self, rel: bytes, value: list[bytes] | None) -> list[bytes]:
-        """Nothing stored on the Unreal entry *rel*; NotFound if there is none."""
+    def _unreal_only(self, rel: bytes) -> None:
+        """*rel* (not in the Real) is an Unreal entry, which holds no attributes; NotFound if not."""
         if self._unreal(rel) is None:
             raise NotFound()
-        return value or []
 
 
 def _write_at(fd: int, data: bytes, offset: int) -> None:
