@@ -101,7 +101,9 @@ class Daemon:
         self.watcher = Watcher()
         self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
         methods = Methods(*self.lists.served(), *self.content.served())
-        self.household = Household(identity, self._hello(), config.network, config.peers, methods)
+        self.household = Household(
+            identity, self._hello(), config.network, config.peers, methods, chunks=self.content.lane_chunk
+        )
         self._serve_arenas()
 
     def _peer_name(self, peer: bytes) -> str:

@@ -26,8 +26,13 @@ write transaction fsyncs: one per chunk would bound a sequential read by the
 disk's fsync rate); a chunk that does not fit (everything else pinned) is
 served without being kept.
 
+Chunks are fetched on the peer's bulk lane when it has one (`realizefs.peers.bulk`:
+its thread verifies them), else, or if the lane ends meanwhile, with a ``chunk``
+request on the control connection (still served, for peers without lanes).
+`lane_chunk` serves our lanes: it runs in a lane's thread.
+
 Runs in the daemon's trio thread; disk reads and cache and index writes run in
-worker threads; network transfers are the connections' (`realizefs.peers`).
+worker threads; network transfers are the connections' and lanes' (`realizefs.peers`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import blake3
 import trio
 
 from realizefs.errors import ConnectionLost, FsError, RemoteError
+from realizefs.peers.bulk import BadChunk
 from realizefs.peers.connection import Connection, PeerInfo, Reply
 from realizefs.peers.messages import Value
 from realizefs.peers.methods import Method, Served
@@ -177,9 +183,16 @@ class Content:
         data = await self._local(args.hash)
         if data is None:
             raise RemoteError("not-found", "no such chunk here")
-        if self.corrupt:
-            data = bytes([data[0] ^ 0xFF]) + data[1:]
-        return data
+        return self._corrupted(data)
+
+    def lane_chunk(self, chunk: bytes) -> bytes | None:
+        """The chunk from the cache or the Real, for a peer's bulk lane (in the lane's thread)."""
+        data = self._unwritten.get(chunk) or self.cache.get(chunk) or self._from_real(chunk)
+        return None if data is None else self._corrupted(data)
+
+    def _corrupted(self, data: bytes) -> bytes:
+        """*data*, or with its first byte flipped under the test hook."""
+        return bytes([data[0] ^ 0xFF]) + data[1:] if self.corrupt else data
 
     async def _local(self, chunk: bytes) -> bytes | None:
         """The chunk from the cache or an indexed Real file holding it, verified; None if neither."""
@@ -322,15 +335,30 @@ class Content:
                     continue
                 who, connection = conn
                 try:
-                    data = await connection.request("chunk", {"hash": chunk})
+                    data = await self._ask(connection, chunk)
                 except (RemoteError, ConnectionLost) as exc:
                     log.debug("chunk %s not from %s: %s", chunk.hex()[:16], who.name, exc)
                     continue
-                if type(data) is not bytes or not 0 < len(data) <= MAX_CHUNK or not verified(chunk, data):
+                if data is None:
                     log.warning("peer %s sent a chunk that does not match its hash: discarded", who.name)
                     continue
                 return data
         raise FsError("no connected peer could supply a chunk", errno=errno.EIO)
+
+    async def _ask(self, connection: Connection, chunk: bytes) -> bytes | None:
+        """The chunk from the peer of *connection*, on its lane if it has one; None if the bytes
+        it sent are not the chunk."""
+        if (lane := connection.lane) is not None:
+            try:
+                return await lane.fetch(chunk)  # verified in the lane's thread
+            except BadChunk:
+                return None
+            except ConnectionLost as exc:  # the lane ended: the control connection may still serve
+                log.debug("chunk %s: %s; asking on the control connection", chunk.hex()[:16], exc)
+        data = await connection.request("chunk", {"hash": chunk})
+        if type(data) is not bytes or not 0 < len(data) <= MAX_CHUNK or not verified(chunk, data):
+            return None
+        return data
 
 
 def check_manifest(flat: object, size: int) -> Manifest:
