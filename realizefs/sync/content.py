@@ -40,8 +40,10 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import functools
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -64,7 +66,9 @@ log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 10.0  # seconds a chunk is sought from peers before a read fails with EIO
 MAX_IN_FLIGHT = 16  # chunks fetched at once
-READ_AHEAD = 8  # chunks fetched ahead of a sequential reader
+READ_AHEAD = 32  # chunks fetched ahead of a sequential reader
+RECENT = 2 * READ_AHEAD  # fetched chunks kept in memory for the reads that follow
+MANIFESTS = 8  # manifests of the files read last kept decoded
 MAX_CHUNK = 1 << 20  # bytes of a chunk accepted from a peer (FastCDC's are at most 256 KiB)
 MAX_MANIFEST = 1 << 20  # chunks of one manifest
 MAX_UNWRITTEN = 32 << 20  # bytes of fetched chunks waiting for the cache's next write
@@ -86,6 +90,8 @@ class ChunkStore(Protocol):
     """Where fetched chunks are kept (`realizefs.store.cache.ChunkCache`)."""
 
     def get(self, key: bytes) -> bytes | None: ...
+
+    def has(self, key: bytes) -> bool: ...
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> int: ...
 
@@ -132,6 +138,9 @@ class Content:
         self._fetching: dict[bytes, trio.Event] = {}
         self._limit = trio.Semaphore(MAX_IN_FLIGHT)
         self._ends: dict[bytes, int] = {}  # content hash -> where the last read of it ended
+        self._ahead: dict[bytes, int] = {}  # content hash -> manifest index read ahead up to
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()  # the last chunks fetched
+        self._manifests: OrderedDict[bytes, tuple[Manifest, list[int]]] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self._unwritten: dict[bytes, bytes] = {}  # fetched, verified, not in the cache yet
         self._to_write = trio.Event()
@@ -196,7 +205,7 @@ class Content:
 
     async def _local(self, chunk: bytes) -> bytes | None:
         """The chunk from the cache or an indexed Real file holding it, verified; None if neither."""
-        data = self._unwritten.get(chunk) or self.cache.get(chunk)
+        data = self._unwritten.get(chunk) or self._recent.get(chunk) or self.cache.get(chunk)
         if data is not None:
             return data
         return await trio.to_thread.run_sync(self._from_real, chunk)
@@ -232,12 +241,15 @@ class Content:
         end = min(offset + size, record.size)
         if offset >= end:
             return b""
-        manifest = await self._manifest(arena, path, record)
-        starts = [o for o, _, _ in manifest]
+        manifest, starts = await self._located(arena, path, record)
         first = max(0, bisect.bisect_right(starts, offset) - 1)
         last = bisect.bisect_left(starts, end)
         wanted = manifest[first:last]
-        holders = self._holders(arena, path, record)
+        holders = functools.cache(lambda: self._holders(arena, path, record))  # only if fetching
+        # Sequential if it starts where the last read *began* to read ended: the kernel sends
+        # a sequential reader's next read before this one is answered.
+        sequential = self._ends.get(record.hash) == offset
+        self._ends[record.hash] = end
         found: dict[bytes, bytes] = {}
         failed: list[FsError] = []
         async with trio.open_nursery() as nursery:
@@ -245,12 +257,15 @@ class Content:
                 if chunk not in found:
                     found[chunk] = b""
                     nursery.start_soon(self._gather, chunk, holders, found, failed, nursery.cancel_scope)
+            if sequential and self._nursery is not None:
+                # Each chunk read ahead once, not again at each read (an earlier pass's mark is stale).
+                start = self._ahead.get(record.hash, last)
+                start = start if last <= start <= last + READ_AHEAD else last
+                for _, _, chunk in manifest[start : last + READ_AHEAD]:
+                    self._nursery.start_soon(self._read_ahead, chunk, holders)
+                self._ahead[record.hash] = last + READ_AHEAD
         if failed:
             raise failed[0]
-        if self._ends.get(record.hash) == offset and self._nursery is not None:
-            for _, _, chunk in manifest[last : last + READ_AHEAD]:
-                self._nursery.start_soon(self._ahead, chunk, holders)
-        self._ends[record.hash] = end
         data = b"".join(found[chunk] for _, _, chunk in wanted)
         skip = offset - wanted[0][0]
         return data[skip : skip + end - offset]
@@ -258,7 +273,7 @@ class Content:
     async def _gather(
         self,
         chunk: bytes,
-        holders: list[bytes],
+        holders: Callable[[], list[bytes]],
         found: dict[bytes, bytes],
         failed: list[FsError],
         scope: trio.CancelScope,
@@ -270,7 +285,14 @@ class Content:
             failed.append(exc)
             scope.cancel()
 
-    async def _ahead(self, chunk: bytes, holders: list[bytes]) -> None:
+    async def _read_ahead(self, chunk: bytes, holders: Callable[[], list[bytes]]) -> None:
+        if (
+            chunk in self._fetching
+            or chunk in self._unwritten
+            or chunk in self._recent
+            or self.cache.has(chunk)
+        ):
+            return  # (not read, only looked up: the read that needs it will verify it)
         with contextlib.suppress(FsError):  # the read that needs it will say so
             await self.chunk(chunk, holders)
 
@@ -281,6 +303,18 @@ class Content:
         connected = self.connected()
         ordered = [p for p in [*real, *listed, *sorted(connected)] if p in connected]
         return list(dict.fromkeys(ordered))
+
+    async def _located(self, arena: str, path: Sequence[bytes], record: Entry) -> tuple[Manifest, list[int]]:
+        """The content's manifest and its chunks' offsets, decoded once for consecutive reads."""
+        assert record.hash is not None
+        known = self._manifests.get(record.hash)
+        if known is None:
+            manifest = await self._manifest(arena, path, record)
+            known = self._manifests[record.hash] = (manifest, [o for o, _, _ in manifest])
+            while len(self._manifests) > MANIFESTS:
+                self._manifests.popitem(last=False)
+        self._manifests.move_to_end(record.hash)
+        return known
 
     async def _manifest(self, arena: str, path: Sequence[bytes], record: Entry) -> Manifest:
         assert record.hash is not None
@@ -304,20 +338,25 @@ class Content:
                 return manifest
         raise FsError("no connected peer has this file's content", errno=errno.EIO)
 
-    async def chunk(self, chunk: bytes, holders: list[bytes]) -> bytes:
+    async def chunk(self, chunk: bytes, holders: Callable[[], list[bytes]]) -> bytes:
         """The verified bytes of *chunk*: local, or fetched once however many ask at once."""
         while True:
+            busy = self._fetching.get(chunk)
+            if busy is not None:
+                await busy.wait()  # another reader's transfer: then it is in the cache, or we try
+                continue
             data = await self._local(chunk)
             if data is not None:
                 return data
-            busy = self._fetching.get(chunk)
-            if busy is None:
+            if chunk not in self._fetching:  # (nobody started fetching it while we looked)
                 break
-            await busy.wait()  # another reader's transfer: then it is in the cache, or we try
         done = self._fetching[chunk] = trio.Event()
         try:
             async with self._limit:
-                data = await self._fetch(chunk, holders)
+                data = await self._fetch(chunk, holders())
+            self._recent[chunk] = data
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
             while sum(len(d) for d in self._unwritten.values()) > MAX_UNWRITTEN:
                 await self._written.wait()  # the cache's writes fall behind: fetch no faster
             self._unwritten[chunk] = data
