@@ -146,8 +146,10 @@ def test_a_chunk_that_does_not_match_its_hash_is_refused_by_the_fetcher() -> Non
 def test_a_cancelled_fetch_does_not_wedge_the_lane() -> None:
     async def test(nursery: trio.Nursery) -> None:
         entered, gate = threading.Event(), threading.Event()
+        asked: list[bytes] = []
 
         def gated(chunk: bytes) -> bytes | None:
+            asked.append(chunk)
             if chunk == HASHES[0]:
                 entered.set()
                 gate.wait(60)
@@ -167,6 +169,8 @@ def test_a_cancelled_fetch_does_not_wedge_the_lane() -> None:
         assert await b_lane.fetch(HASHES[1]) == CHUNKS[HASHES[1]]
         assert control(b, "a").lane is b_lane
         assert not b_lane._waiting
+        # The first was sent (and its answer dropped); those queued behind it were never sent.
+        assert asked == [HASHES[0], HASHES[1]]
 
     run_trio(test)
 
