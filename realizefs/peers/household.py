@@ -429,7 +429,9 @@ class Household:
                     self.network.handshake_timeout,
                 )
             except Refused as exc:
-                if not exc.cut:
+                if exc.cut:  # the connection ended half-way: a peer stopping, not a refusal
+                    log.info("peer %s: cannot open a bulk lane: %s", name, exc.reason)
+                else:
                     log.warning("peer %s: bulk lane refused: %s", name, exc.reason)
                 return
             except (OSError, ConnectionLost) as exc:
