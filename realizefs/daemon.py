@@ -73,6 +73,7 @@ class Daemon:
         self.identity = identity
         self.started = time.time()
         self.index = Index(store, peer_id(identity.public_key))
+        self._roots: dict[str, int] = {}  # arena name -> its root's node id (never changes)
         self.indexer = Indexer(self.index, config.consensus.rest, store_id=store.store_id)
         self.control = Control(self, self.indexer)
         self.lists = FileLists(
@@ -101,7 +102,9 @@ class Daemon:
         self.watcher = Watcher()
         self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
         methods = Methods(*self.lists.served(), *self.content.served())
-        self.household = Household(identity, self._hello(), config.network, config.peers, methods)
+        self.household = Household(
+            identity, self._hello(), config.network, config.peers, methods, chunks=self.content.lane_chunk
+        )
         self._serve_arenas()
 
     def _peer_name(self, peer: bytes) -> str:
@@ -114,7 +117,10 @@ class Daemon:
     def _backing_of(self, root: int) -> Backing | None:
         """The Real of the arena whose root node in the index is *root* (any thread)."""
         for arena in self.namespace.arenas:
-            if self.index.arena_root(arena.name) == root:
+            known = self._roots.get(arena.name)
+            if known is None:  # (`arena_root` is a write transaction: not once per chunk served)
+                known = self._roots[arena.name] = self.index.arena_root(arena.name)
+            if known == root:
                 return arena.backing
         return None
 

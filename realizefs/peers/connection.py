@@ -24,6 +24,12 @@ grants credit back as its reader consumes. A peer that sends beyond its
 credit, answers a request never made, reuses an id or sends anything
 malformed is a protocol error: the connection is closed with the reason,
 logged and sent as a goodbye; nothing else is affected.
+
+Bulk lanes (`realizefs.peers.bulk`): the listening side answers the
+`BULK_TOKEN` request itself with its `bulk_token` (when the household set
+one); on that side `open` returns, instead of exchanging hellos, the first
+frame of a connection that is a lane. `lane` is this connection's fetching
+lane, if open; `lanes` every lane bound to it, closed with it by the household.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Protocol
 import trio
 
 from realizefs.errors import ConnectionLost, ProtocolError, RemoteError
+from realizefs.peers.bulk import BULK_TOKEN, OPEN_LANE, Fetcher, Server
 from realizefs.peers.frames import MAX_FRAME
 from realizefs.peers.messages import (
     MAX_NAME,
@@ -236,16 +243,25 @@ class Connection:
         self._closing: str | None = None
         self._ending = trio.Event()
         self._protocol_error: ProtocolError | None = None
+        self.bulk_token: bytes | None = None  # the listener's token binding lanes to this connection
+        self.lane: Fetcher | None = None  # the lane this side fetches chunks on, while it lives
+        self.lanes: list[Fetcher | Server] = []  # every lane bound to this connection
 
     # ------------------------------------------------------------ hellos
 
-    async def open(self) -> None:
-        """Exchange hellos; `Refused` if the peer refuses or speaks another version."""
+    async def open(self) -> Request | None:
+        """Exchange hellos; `Refused` if the peer refuses or speaks another version.
+
+        On the listening side, a connection opened as a bulk lane sends, instead of its
+        hello, the request opening the lane: it is returned (the hellos are not done)."""
         with trio.move_on_after(self.timing.hello_timeout) as scope:
             try:
                 if not self.transport.dialed:
                     await self.transport.send(self.hello)
-                self.peer_hello = await self._receive_hello()
+                first = await self._receive_hello()
+                if isinstance(first, Request):
+                    return first
+                self.peer_hello = first
                 if self.transport.dialed:
                     await self.transport.send(self.hello)
                 t = self.transport
@@ -254,6 +270,7 @@ class Connection:
                 raise Refused(f"the peer closed the connection before its hello ({exc})", cut=True) from None
         if scope.cancelled_caught:
             raise Refused(f"no hello within {self.timing.hello_timeout:g}s")
+        return None
 
     @property
     def peer(self) -> PeerInfo:
@@ -262,7 +279,7 @@ class Connection:
             raise RuntimeError("the connection has not been opened")
         return self._peer
 
-    async def _receive_hello(self) -> Hello:
+    async def _receive_hello(self) -> Hello | Request:
         try:
             message = await self.transport.receive()
         except IncompatibleVersion as exc:
@@ -273,6 +290,8 @@ class Connection:
             raise Refused(f"malformed hello: {exc}") from None
         if isinstance(message, Goodbye):
             raise Refused(f"the peer refused: {message.reason}")
+        if isinstance(message, Request) and message.method == OPEN_LANE and not self.transport.dialed:
+            return message
         if not isinstance(message, Hello):
             await self._say_goodbye("expected a hello")
             raise Refused(f"expected a hello, got {type(message).__name__}")
@@ -433,7 +452,10 @@ class Connection:
         try:
             with scope:
                 try:
-                    value = await self.handler.handle(self.peer, request, reply)
+                    if request.method == BULK_TOKEN and self.bulk_token is not None:
+                        value: Value = self.bulk_token
+                    else:
+                        value = await self.handler.handle(self.peer, request, reply)
                 except RemoteError as exc:
                     answer: Message = _error(request.id, exc.code, exc.message)
                 except _Lost:

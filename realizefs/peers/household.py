@@ -24,12 +24,25 @@ Everything runs in the caller's trio thread; `status` is a snapshot for
 `Disconnected` when it stops being so (closed, timed out, replaced by a
 newer one, or its peer removed by `update`), published at that moment so
 that for one peer they strictly alternate.
+
+Bulk lanes (`realizefs.peers.bulk`), when the household is given *chunks* to
+serve: each control connection we accept gets a random token; on each
+connection we dial, once it is the peer's, we ask for that token and open
+its lanes (one to fetch, one to serve), each in a worker thread. An inbound
+connection whose first frame opens a lane is checked against the live
+control connections (same token, same key, no such lane yet), then handed
+to its thread; it is never a connection of the pair (dedup, backoff and
+status are about control connections), and it is closed with its control
+connection.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +50,12 @@ from dataclasses import dataclass, field
 import trio
 
 from realizefs.config import NetworkConfig, PeerConfig, format_key
-from realizefs.peers import tls
+from realizefs.errors import ConnectionLost, ProtocolError, RemoteError
+from realizefs.peers import bulk, tls
 from realizefs.peers.connection import Connection, Handler, Timing
 from realizefs.peers.events import Connected, Disconnected, Publisher, Subscription
 from realizefs.peers.identity import Identity
-from realizefs.peers.messages import Hello
+from realizefs.peers.messages import MAX_TEXT, Goodbye, Hello, Request, Response
 from realizefs.peers.transport import Acceptor, Refused, Transport, dial
 from realizefs.types import Address
 
@@ -114,6 +128,7 @@ class Household:
         handler: Handler,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        chunks: bulk.ChunkSource | None = None,
     ) -> None:
         self.identity = identity
         self.hello = hello
@@ -129,6 +144,7 @@ class Household:
         self._nursery: trio.Nursery | None = None
         self._handshakes = trio.Semaphore(MAX_HANDSHAKES)
         self._events = Publisher()
+        self._chunks = chunks  # what our lanes serve (any thread); None: no lanes
 
     # ------------------------------------------------------------ life
 
@@ -327,11 +343,14 @@ class Household:
         name = peer.config.name
         conn = Connection(transport, name, self.hello, self.handler, self.timing)
         try:
-            await conn.open()
+            opening = await conn.open()
         except Refused as exc:
             await transport.aclose()
             where = f"{'dialing' if transport.dialed else 'from'} {transport.address}"
             self._refused(peer, where, exc, transport.peer_key)
+            return False
+        if opening is not None:
+            await self._accept_lane(transport, opening)
             return False
         if self._peers.get(name) is not peer:
             await conn.close("removed from the household")
@@ -348,6 +367,12 @@ class Household:
         peer.connection = conn
         peer.logged = None
         peer.set_state("connected", self.clock())
+        if self._chunks is not None:
+            if transport.dialed:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._open_lanes, peer, conn)
+            else:
+                conn.bulk_token = secrets.token_bytes(bulk.TOKEN_BYTES)
         if existing is not None:
             assert self._nursery is not None
             self._events.publish(Disconnected(existing.peer, existing, "replaced by a newer connection"))
@@ -362,6 +387,9 @@ class Household:
         try:
             await conn.run()
         finally:
+            conn.bulk_token = None
+            for lane in conn.lanes:
+                lane.close()
             peer.bytes_in += transport.bytes_in
             peer.bytes_out += transport.bytes_out
             if peer.connection is conn:
@@ -371,6 +399,118 @@ class Household:
                 self._events.publish(Disconnected(conn.peer, conn, reason))
                 log.info("disconnected from peer %s: %s", name, reason)
         return True
+
+    # ------------------------------------------------------------ bulk lanes
+
+    async def _open_lanes(self, peer: _Peer, conn: Connection) -> None:
+        """Open the lanes of the control connection *conn*, which we dialed."""
+        name, address = peer.config.name, peer.config.address
+        assert address is not None and self._chunks is not None
+        try:
+            token = await conn.request(bulk.BULK_TOKEN)
+        except RemoteError as exc:
+            log.info("peer %s: no bulk lane (%s): chunks go on the control connection", name, exc.message)
+            return
+        except ConnectionLost:
+            return
+        if type(token) is not bytes or len(token) != bulk.TOKEN_BYTES:
+            await conn.close("protocol error: a malformed bulk token")
+            return
+        for role in bulk.ROLES:
+            try:
+                reader = await trio.to_thread.run_sync(
+                    bulk.dial_lane,
+                    address,
+                    self._client_context,
+                    self.identity.public_key,
+                    peer.config.key,
+                    token,
+                    role,
+                    self.network.handshake_timeout,
+                )
+            except Refused as exc:
+                if exc.cut:  # the connection ended half-way: a peer stopping, not a refusal
+                    log.info("peer %s: cannot open a bulk lane: %s", name, exc.reason)
+                else:
+                    log.warning("peer %s: bulk lane refused: %s", name, exc.reason)
+                return
+            except (OSError, ConnectionLost) as exc:
+                log.info("peer %s: cannot open a bulk lane: %s", name, exc)
+                return
+            if conn.closed_reason is not None or peer.connection is not conn:
+                reader.stream.close()
+                return
+            self._start_lane(conn, reader, fetching=role == bulk.FETCH)
+
+    def _start_lane(self, conn: Connection, reader: bulk.Reader, fetching: bool) -> None:
+        lane: bulk.Fetcher | bulk.Server
+        if fetching:
+            lane = bulk.Fetcher(reader, conn.name, lambda: self._lane_ended(conn, lane))
+            conn.lane = lane
+        else:
+            assert self._chunks is not None
+            lane = bulk.Server(reader, conn.name, lambda: self._lane_ended(conn, lane), self._chunks)
+        conn.lanes.append(lane)
+        lane.start()
+        log.info("peer %s: bulk lane open (%s)", conn.name, "fetching" if fetching else "serving")
+
+    def _lane_ended(self, conn: Connection, lane: bulk.Fetcher | bulk.Server) -> None:
+        if conn.lane is lane:
+            conn.lane = None
+        if lane in conn.lanes:
+            conn.lanes.remove(lane)
+        if conn.closed_reason is None:
+            log.info("peer %s: %s closed: %s", conn.name, lane.kind, lane.closed_reason)
+
+    async def _accept_lane(self, transport: Transport, request: Request) -> None:
+        """A connection from *transport*'s peer whose first frame opens a lane: check it, hand it over."""
+        args = bulk.lane_args(request)
+        control = None
+        if args is None:
+            why = "a malformed request to open a bulk lane"
+        elif self._chunks is None:
+            why = "this peer opens no bulk lanes"
+        else:
+            token, role = args
+            control = next(
+                (
+                    p.connection
+                    for p in self._peers.values()
+                    if p.connection is not None
+                    and p.connection.bulk_token is not None
+                    and hmac.compare_digest(p.connection.bulk_token, token)
+                ),
+                None,
+            )
+            fetching = role == bulk.SERVE  # the dialer serves: we fetch
+            if control is None:
+                why = "its token is that of no live control connection"
+            elif control.transport.peer_key != transport.peer_key:
+                why = "its key is not that of the control connection its token belongs to"
+            elif any(isinstance(lane, bulk.Fetcher) == fetching for lane in control.lanes):
+                why = f"a second bulk lane ({role})"
+            else:
+                try:
+                    await transport.send(Response(request.id, None))
+                    reader = bulk.Reader(transport.detach())
+                except (ConnectionLost, ProtocolError) as exc:
+                    log.warning("refused a bulk lane from %s: %s", transport.address, exc)
+                    await transport.aclose()
+                    return
+                if control.closed_reason is not None:
+                    reader.stream.close()
+                    return
+                self._start_lane(control, reader, fetching)
+                return
+        log.warning(
+            "refused a bulk lane from %s: %s (key offered: %s)",
+            transport.address,
+            why,
+            format_key(transport.peer_key),
+        )
+        with trio.move_on_after(1), contextlib.suppress(ConnectionLost):
+            await transport.send(Goodbye(why[:MAX_TEXT]))
+        await transport.aclose()
 
     def _dialer(self, transport: Transport) -> bytes:
         return self.identity.public_key if transport.dialed else transport.peer_key

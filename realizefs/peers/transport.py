@@ -9,13 +9,21 @@ way. Frames are written shielded from cancellation, since half a frame
 would break the stream; `abort` ends a write stuck on a dead peer. Tests make
 transports over trio's memory streams to drive the protocol
 without TLS.
+
+`BlockingTls` is the same TLS over memory BIOs on a blocking socket, for a
+bulk lane's thread (`realizefs.peers.bulk`): `dial_blocking` opens one with
+the checks of `dial`, and `Transport.detach` hands an accepted connection
+over to one. A `BlockingTls` belongs to one thread at a time, except
+`shutdown`, which any thread may call to end a blocked send or receive.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
+import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,7 +31,7 @@ from dataclasses import dataclass, field
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from realizefs.errors import ConnectionLost, PeerRefused
+from realizefs.errors import ConnectionLost, PeerRefused, ProtocolError
 from realizefs.peers import tls
 from realizefs.peers.frames import FrameDecoder, encode_frame
 from realizefs.peers.messages import Message, decode, encode
@@ -191,6 +199,21 @@ class Transport:
             self._received.extend(self._decoder.feed(data))
         return decode(self._received.popleft())
 
+    def detach(self) -> BlockingTls:
+        """This connection's TLS on a blocking socket, for a thread; the transport is done with.
+
+        `ProtocolError` (the socket closed) if frames arrived beyond the last one received:
+        the peer sent before it was answered."""
+        stream = self.stream
+        if not isinstance(stream, TlsStream):
+            raise TypeError("only a TLS connection can be detached")
+        if self._received or self._decoder.pending:
+            self.abort()
+            raise ProtocolError("it sent more before it was answered")
+        sock = socket.socket(fileno=stream.tcp.socket.detach())
+        sock.setblocking(True)
+        return BlockingTls(sock, stream.ssl_object, stream._incoming, stream._outgoing)
+
     def abort(self) -> None:
         """Close the socket now: a send blocked on a peer that stopped reading fails at once."""
         stream = self.stream.tcp if isinstance(self.stream, TlsStream) else self.stream
@@ -209,6 +232,138 @@ class Transport:
                 await trio.aclose_forcefully(self.stream)
 
 
+class BlockingTls:
+    """TLS through an `SSLObject` over a blocking socket, as `TlsStream` does on trio.
+
+    `receive` takes all the socket holds (up to `RECEIVE_SIZE`) and decrypts every
+    whole record in it. TLS failures are raised as `ConnectionLost`; so are socket
+    errors, and `shutdown` (from any thread) makes a blocked call fail or end.
+    """
+
+    def __init__(
+        self, sock: socket.socket, ssl_object: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+    ) -> None:
+        self.sock = sock
+        self.ssl_object = ssl_object
+        self._incoming = incoming
+        self._outgoing = outgoing
+        self._lock = threading.Lock()  # between `shutdown` and `close`: never on a reused descriptor
+        self._closed = False
+
+    @classmethod
+    def wrap(
+        cls, sock: socket.socket, context: ssl.SSLContext, server_hostname: str | None = None
+    ) -> BlockingTls:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        server_side = context.protocol == ssl.PROTOCOL_TLS_SERVER
+        ssl_object = context.wrap_bio(incoming, outgoing, server_side, server_hostname)
+        return cls(sock, ssl_object, incoming, outgoing)
+
+    def _flush(self) -> None:
+        if data := self._outgoing.read():
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                raise ConnectionLost(f"lost while sending: {exc.strerror or exc}") from None
+
+    def _fill(self) -> None:
+        try:
+            data = self.sock.recv(RECEIVE_SIZE)
+        except OSError as exc:
+            raise ConnectionLost(f"lost while receiving: {exc.strerror or exc}") from None
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+
+    def handshake(self) -> None:
+        """The TLS handshake; `ConnectionLost` from the `ssl.SSLError` if it fails."""
+        while True:
+            try:
+                self.ssl_object.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._fill()
+            except ssl.SSLError as exc:
+                with contextlib.suppress(ConnectionLost):
+                    self._flush()  # the alert telling the peer why
+                raise ConnectionLost(f"TLS handshake failed ({exc.reason or exc})") from exc
+            else:
+                self._flush()
+                return
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[self.ssl_object.write(view) :]
+        except ssl.SSLError as exc:
+            raise ConnectionLost(f"TLS failed while sending ({exc.reason or exc})") from None
+        self._flush()
+
+    def receive(self) -> bytes:
+        """The plaintext that has arrived (waiting for some); b"" once the peer has closed."""
+        while True:
+            parts: list[bytes] = []
+            try:
+                while len(parts) < 64 and (part := self.ssl_object.read(RECEIVE_SIZE)):
+                    parts.append(part)
+                if not parts:
+                    return b""  # the peer's close_notify (no data yet raises SSLWantReadError)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return b"".join(parts)
+            except ssl.SSLError as exc:
+                raise ConnectionLost(f"TLS failed while receiving ({exc.reason or exc})") from None
+            if parts:
+                return b"".join(parts)
+            if self._incoming.eof:
+                return b""
+            self._fill()
+
+    def shutdown(self) -> None:
+        """End the connection both ways now (any thread): a blocked send or receive ends."""
+        with self._lock:
+            if not self._closed:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self.sock.close()
+
+
+def dial_blocking(
+    address: Address, context: ssl.SSLContext, own_key: bytes, expected_key: bytes, timeout: float
+) -> BlockingTls:
+    """`dial` for a thread: connect and check that the server holds *expected_key*.
+
+    `Refused` if it does not, `OSError` if it cannot be reached (`TimeoutError` after
+    *timeout* seconds for the connection or the handshake). The socket is left blocking
+    with *timeout* set: the caller clears it once the peer has answered."""
+    sock = socket.create_connection((address.host, address.port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    stream = BlockingTls.wrap(sock, context, server_hostname=tls.claim_name(own_key))
+    try:
+        stream.handshake()
+        tls.peer_key(stream.ssl_object, expected_key, "the one configured for this peer")
+    except ConnectionLost as exc:
+        stream.close()
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLError):
+            raise _handshake_refusal(trio.BrokenResourceError(), None, cause) from None
+        raise Refused(CUT, cut=True) from None
+    except tls.KeyMismatch as exc:
+        stream.close()
+        raise Refused(f"the server presented {exc}", exc.offered) from None
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
 def _why(exc: BaseException) -> str:
     cause = exc.__cause__
     if isinstance(cause, ssl.SSLError):
@@ -221,7 +376,11 @@ def _why(exc: BaseException) -> str:
 CUT = "closed during the TLS handshake"
 
 
-def _handshake_refusal(exc: BaseException, offered: bytes | None = None) -> Refused:
+def _handshake_refusal(
+    exc: BaseException, offered: bytes | None = None, cause: BaseException | None = None
+) -> Refused:
+    if cause is not None:
+        exc.__cause__ = cause
     reason = _handshake_error(exc)
     return Refused(reason, offered, cut=reason == CUT)
 

@@ -26,8 +26,13 @@ write transaction fsyncs: one per chunk would bound a sequential read by the
 disk's fsync rate); a chunk that does not fit (everything else pinned) is
 served without being kept.
 
+Chunks are fetched on the peer's bulk lane when it has one (`realizefs.peers.bulk`:
+its thread verifies them), else, or if the lane ends meanwhile, with a ``chunk``
+request on the control connection (still served, for peers without lanes).
+`lane_chunk` serves our lanes: it runs in a lane's thread.
+
 Runs in the daemon's trio thread; disk reads and cache and index writes run in
-worker threads; network transfers are the connections' (`realizefs.peers`).
+worker threads; network transfers are the connections' and lanes' (`realizefs.peers`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -46,6 +52,7 @@ import blake3
 import trio
 
 from realizefs.errors import ConnectionLost, FsError, RemoteError
+from realizefs.peers.bulk import BadChunk
 from realizefs.peers.connection import Connection, PeerInfo, Reply
 from realizefs.peers.messages import Value
 from realizefs.peers.methods import Method, Served
@@ -59,10 +66,11 @@ log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 10.0  # seconds a chunk is sought from peers before a read fails with EIO
 MAX_IN_FLIGHT = 16  # chunks fetched at once
-READ_AHEAD = 8  # chunks fetched ahead of a sequential reader
+READ_AHEAD = 32  # chunks fetched ahead of a sequential reader
+RECENT = 2 * READ_AHEAD  # fetched chunks kept in memory for the reads that follow
+MANIFESTS = 64  # manifests of the contents read last, kept decoded
 MAX_CHUNK = 1 << 20  # bytes of a chunk accepted from a peer (FastCDC's are at most 256 KiB)
 MAX_MANIFEST = 1 << 20  # chunks of one manifest
-LAYOUTS_KEPT = 64  # manifests of the contents read last, kept in memory
 MAX_UNWRITTEN = 32 << 20  # bytes of fetched chunks waiting for the cache's next write
 FLUSH_EVERY = 5.0  # seconds between writes of the cache's access order
 
@@ -82,6 +90,8 @@ class ChunkStore(Protocol):
     """Where fetched chunks are kept (`realizefs.store.cache.ChunkCache`)."""
 
     def get(self, key: bytes) -> bytes | None: ...
+
+    def has(self, key: bytes) -> bool: ...
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> int: ...
 
@@ -128,7 +138,9 @@ class Content:
         self._fetching: dict[bytes, trio.Event] = {}
         self._limit = trio.Semaphore(MAX_IN_FLIGHT)
         self._ends: dict[bytes, int] = {}  # content hash -> where the last read of it ended
-        self._layouts: OrderedDict[bytes, tuple[Manifest, list[int]]] = OrderedDict()
+        self._ahead: dict[bytes, int] = {}  # content hash -> manifest index read ahead up to
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()  # the last chunks fetched
+        self._manifests: OrderedDict[bytes, tuple[Manifest, list[int]]] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self._unwritten: dict[bytes, bytes] = {}  # fetched, verified, not in the cache yet
         self._to_write = trio.Event()
@@ -180,13 +192,20 @@ class Content:
         data = await self._local(args.hash)
         if data is None:
             raise RemoteError("not-found", "no such chunk here")
-        if self.corrupt:
-            data = bytes([data[0] ^ 0xFF]) + data[1:]
-        return data
+        return self._corrupted(data)
+
+    def lane_chunk(self, chunk: bytes) -> bytes | None:
+        """The chunk from the cache or the Real, for a peer's bulk lane (in the lane's thread)."""
+        data = self._unwritten.get(chunk) or self.cache.get(chunk) or self._from_real(chunk)
+        return None if data is None else self._corrupted(data)
+
+    def _corrupted(self, data: bytes) -> bytes:
+        """*data*, or with its first byte flipped under the test hook."""
+        return bytes([data[0] ^ 0xFF]) + data[1:] if self.corrupt else data
 
     async def _local(self, chunk: bytes) -> bytes | None:
         """The chunk from the cache or an indexed Real file holding it, verified; None if neither."""
-        data = self._unwritten.get(chunk) or self.cache.get(chunk)
+        data = self._unwritten.get(chunk) or self._recent.get(chunk) or self.cache.get(chunk)
         if data is not None:
             return data
         return await trio.to_thread.run_sync(self._from_real, chunk)
@@ -207,7 +226,7 @@ class Content:
         """How many bytes of *record*'s content the cache holds (0 while its manifest is not known)."""
         if record.hash is None:
             return 0
-        kept = self._layouts.get(record.hash)
+        kept = self._manifests.get(record.hash)
         manifest = kept[0] if kept is not None else self.index.manifest(record.hash)
         if not manifest:
             return 0
@@ -225,11 +244,15 @@ class Content:
         end = min(offset + size, record.size)
         if offset >= end:
             return b""
-        manifest, starts = await self._layout(arena, path, record)
+        manifest, starts = await self._located(arena, path, record)
         first = max(0, bisect.bisect_right(starts, offset) - 1)
         last = bisect.bisect_left(starts, end)
         wanted = manifest[first:last]
-        holders = self._holders(arena, path, record)
+        holders = functools.cache(lambda: self._holders(arena, path, record))  # only if fetching
+        # Sequential if it starts where the last read *began* to read ended: the kernel sends
+        # a sequential reader's next read before this one is answered.
+        sequential = self._ends.get(record.hash) == offset
+        self._ends[record.hash] = end
         found: dict[bytes, bytes] = {}
         failed: list[FsError] = []
         async with trio.open_nursery() as nursery:
@@ -237,13 +260,16 @@ class Content:
                 if chunk not in found:
                     found[chunk] = b""
                     nursery.start_soon(self._gather, chunk, holders, found, failed, nursery.cancel_scope)
+            if sequential and self._nursery is not None:
+                # Each chunk read ahead once, not again at each read (an earlier pass's mark is stale).
+                start = self._ahead.get(record.hash, last)
+                start = start if last <= start <= last + READ_AHEAD else last
+                for _, _, chunk in manifest[start : last + READ_AHEAD]:
+                    self._soon(self._read_ahead, chunk, holders)
+                self._ahead[record.hash] = last + READ_AHEAD
         if failed:
             log.info("%s/%s: a read failed: %s", arena, b"/".join(path).decode(errors="replace"), failed[0])
             raise failed[0]
-        if self._ends.get(record.hash) == offset and self._nursery is not None:
-            for _, _, chunk in manifest[last : last + READ_AHEAD]:
-                self._soon(self._ahead, chunk, holders)
-        self._ends[record.hash] = end
         data = b"".join(found[chunk] for _, _, chunk in wanted)
         skip = offset - wanted[0][0]
         return data[skip : skip + end - offset]
@@ -251,7 +277,7 @@ class Content:
     async def _gather(
         self,
         chunk: bytes,
-        holders: list[bytes],
+        holders: Callable[[], list[bytes]],
         found: dict[bytes, bytes],
         failed: list[FsError],
         scope: trio.CancelScope,
@@ -263,7 +289,14 @@ class Content:
             failed.append(exc)
             scope.cancel()
 
-    async def _ahead(self, chunk: bytes, holders: list[bytes]) -> None:
+    async def _read_ahead(self, chunk: bytes, holders: Callable[[], list[bytes]]) -> None:
+        if (
+            chunk in self._fetching
+            or chunk in self._unwritten
+            or chunk in self._recent
+            or self.cache.has(chunk)
+        ):
+            return  # (not read, only looked up: the read that needs it will verify it)
         with contextlib.suppress(FsError):  # the read that needs it will say so
             await self.chunk(chunk, holders)
 
@@ -275,20 +308,20 @@ class Content:
         ordered = [p for p in [*real, *listed, *sorted(connected)] if p in connected]
         return list(dict.fromkeys(ordered))
 
-    async def _layout(self, arena: str, path: Sequence[bytes], record: Entry) -> tuple[Manifest, list[int]]:
-        """The manifest of *record*'s content and its chunks' offsets, the last few kept in memory
-        (a read of a few KiB must not unpack a large file's whole manifest)."""
+    async def _located(self, arena: str, path: Sequence[bytes], record: Entry) -> tuple[Manifest, list[int]]:
+        """The content's manifest and its chunks' offsets, the last few kept decoded (a read of a
+        few KiB must not unpack a large file's whole manifest)."""
         assert record.hash is not None
-        kept = self._layouts.get(record.hash)
-        if kept is not None:
-            self._layouts.move_to_end(record.hash)
-            return kept
-        manifest = await self._manifest(arena, path, record)
-        kept = self._layouts[record.hash] = (manifest, [o for o, _, _ in manifest])
-        while len(self._layouts) > LAYOUTS_KEPT:
-            forgotten, _ = self._layouts.popitem(last=False)
-            self._ends.pop(forgotten, None)
-        return kept
+        known = self._manifests.get(record.hash)
+        if known is None:
+            manifest = await self._manifest(arena, path, record)
+            known = self._manifests[record.hash] = (manifest, [o for o, _, _ in manifest])
+            while len(self._manifests) > MANIFESTS:
+                forgotten, _ = self._manifests.popitem(last=False)
+                self._ends.pop(forgotten, None)
+                self._ahead.pop(forgotten, None)
+        self._manifests.move_to_end(record.hash)
+        return known
 
     async def _manifest(self, arena: str, path: Sequence[bytes], record: Entry) -> Manifest:
         assert record.hash is not None
@@ -328,20 +361,25 @@ class Content:
         except Exception:  # kept in memory meanwhile; fetched again after a restart
             log.exception("cannot keep the manifest of %s in the index", content.hex()[:16])
 
-    async def chunk(self, chunk: bytes, holders: list[bytes]) -> bytes:
+    async def chunk(self, chunk: bytes, holders: Callable[[], list[bytes]]) -> bytes:
         """The verified bytes of *chunk*: local, or fetched once however many ask at once."""
         while True:
+            busy = self._fetching.get(chunk)
+            if busy is not None:
+                await busy.wait()  # another reader's transfer: then it is in the cache, or we try
+                continue
             data = await self._local(chunk)
             if data is not None:
                 return data
-            busy = self._fetching.get(chunk)
-            if busy is None:
+            if chunk not in self._fetching:  # (nobody started fetching it while we looked)
                 break
-            await busy.wait()  # another reader's transfer: then it is in the cache, or we try
         done = self._fetching[chunk] = trio.Event()
         try:
             async with self._limit:
-                data = await self._fetch(chunk, holders)
+                data = await self._fetch(chunk, holders())
+            self._recent[chunk] = data
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
             while sum(len(d) for d in self._unwritten.values()) > MAX_UNWRITTEN:
                 await self._written.wait()  # the cache's writes fall behind: fetch no faster
             self._unwritten[chunk] = data
@@ -359,15 +397,30 @@ class Content:
                     continue
                 who, connection = conn
                 try:
-                    data = await connection.request("chunk", {"hash": chunk})
+                    data = await self._ask(connection, chunk)
                 except (RemoteError, ConnectionLost) as exc:
                     log.debug("chunk %s not from %s: %s", chunk.hex()[:16], who.name, exc)
                     continue
-                if type(data) is not bytes or not 0 < len(data) <= MAX_CHUNK or not verified(chunk, data):
+                if data is None:
                     log.warning("peer %s sent a chunk that does not match its hash: discarded", who.name)
                     continue
                 return data
         raise FsError("no connected peer could supply a chunk", errno=errno.EIO)
+
+    async def _ask(self, connection: Connection, chunk: bytes) -> bytes | None:
+        """The chunk from the peer of *connection*, on its lane if it has one; None if the bytes
+        it sent are not the chunk."""
+        if (lane := connection.lane) is not None:
+            try:
+                return await lane.fetch(chunk)  # verified in the lane's thread
+            except BadChunk:
+                return None
+            except ConnectionLost as exc:  # the lane ended: the control connection may still serve
+                log.debug("chunk %s: %s; asking on the control connection", chunk.hex()[:16], exc)
+        data = await connection.request("chunk", {"hash": chunk})
+        if type(data) is not bytes or not 0 < len(data) <= MAX_CHUNK or not verified(chunk, data):
+            return None
+        return data
 
 
 def check_manifest(flat: object, size: int) -> Manifest:

@@ -101,14 +101,17 @@ async def start_node(
     version: int = PROTOCOL_VERSION,
     handler: Handler | None = None,
     store_id: bytes | None = None,
+    chunks: Callable[[bytes], bytes | None] | None = None,
 ) -> Node:
     """A running household named *name*; `Node.stop` ends it. By default its handler is a
-    `Recorder` and its store id its name."""
+    `Recorder` and its store id its name; given *chunks*, it opens and serves bulk lanes."""
     identity = identity or new_identity()
     recorder = Recorder()
     store_id = store_id or name.encode().ljust(16, b"\0")
     hello = Hello(name, store_id, ("a",), version=version)
-    household = Household(identity, hello, network, peers, handler or recorder, rng=random.Random(1))
+    household = Household(
+        identity, hello, network, peers, handler or recorder, rng=random.Random(1), chunks=chunks
+    )
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1") if listen else []
     address = Address("127.0.0.1", listeners[0].socket.getsockname()[1]) if listeners else None
     node = Node(name, identity, household, recorder, listeners, address)
