@@ -76,6 +76,7 @@ Key = tuple[str, bytes]  # (arena name, path)
 BATCH = 256  # paths looked at (and hashed) per round, written in one transaction each way
 MAX_BACKOFF = 300.0  # seconds between retries of what keeps failing, at most
 CLOSED_QUIET = 1.0  # seconds a file closed by its writer stays unchanged before it is hashed
+EXPECT_FOR = 10.0  # seconds an expected change of the daemon's may take to show on the disk
 # seconds a deleted file is held before its delete is recorded: an editor's save (delete,
 # then write anew) is an edit; not the rest period, so peers hear of deletes at once
 DELETE_GRACE = 1.0
@@ -86,7 +87,13 @@ _KINDS = {stat.S_IFDIR: KIND_DIR, stat.S_IFLNK: KIND_LINK, stat.S_IFREG: KIND_FI
 
 
 def signature(st: os.stat_result | None) -> Signature | None:
-    return None if st is None else (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+    """What tells the state the daemon left from a user's change: a directory's inode only (its
+    size and mtime move as entries come and go), a file's size, mtime and inode too."""
+    if st is None:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return (stat.S_IFDIR, 0, 0, st.st_ino)
+    return (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass
@@ -171,7 +178,7 @@ class Indexer:
         self._pending: dict[Key, _Pending] = {}
         self._shrink = Shrink()  # of _pending (see realizefs.shrink)
         self._due: list[tuple[float, Key]] = []  # heap of (due, path); see _next_due
-        self._expected: dict[Key, Signature | None] = {}
+        self._expected: dict[Key, tuple[Signature | None, float]] = {}  # state left, when told
         self._inbox: list[_Event] = []  # appended on the event loop, taken by `run`
         self._failures: dict[Key, int] = {}  # looks failed in a row, for the backoff
         # per arena, what the index still counts of files found gone, waiting out their rest
@@ -385,7 +392,9 @@ class Indexer:
         Realizing, unrealizing and applying a peer's change are not local edits:
         when the watcher reports *rel* and it is still in exactly that state, the
         index follows without a history entry. If the user changed it meanwhile,
-        that change is recorded as usual."""
+        that change is recorded as usual. Told before the change is made: a look
+        that finds the path as it was (nothing there yet, or still there) keeps
+        the expectation, for up to `EXPECT_FOR` seconds."""
         self._inbox.append(_Event(arena, rel, expected=signature(st), expect=True))
         self._wake.set()
 
@@ -393,7 +402,12 @@ class Indexer:
         """Whether the state of *key* is the one the daemon left (the expectation is used up)."""
         if key not in self._expected:
             return False
-        return self._expected.pop(key) == signature(st)
+        wanted, since = self._expected[key]
+        seen = signature(st)
+        if seen != wanted and (seen is None) != (wanted is None) and self._now - since < EXPECT_FOR:
+            return False  # not made yet (the daemon tells before it acts): still expected
+        del self._expected[key]
+        return seen == wanted
 
     def changed(self, arena: str, changes: Iterable[Change]) -> None:
         """Watcher changes in an arena's tree, handed to the indexer's round in order."""
@@ -533,9 +547,9 @@ class Indexer:
                 if a is None or not a.marked or marker.MARKER in (event.path, event.moved_from):
                     continue  # not indexed (the marker: its change has the tree walked again)
                 try:
-                    if event.expect:
-                        self._expected[(event.arena, event.path)] = event.expected
-                        self._queue(event.arena, event.path, now)
+                    if event.expect:  # (the watcher's event of the change is what looks at it)
+                        self._expected = {k: v for k, v in self._expected.items() if now - v[1] < EXPECT_FOR}
+                        self._expected[(event.arena, event.path)] = (event.expected, now)
                     elif event.moved_from is None:
                         self._queue(event.arena, event.path, now)  # looked at now; hashed once rested
                         if event.closed:
@@ -665,6 +679,11 @@ class Indexer:
         new = event.path
         st = self._stat(a, new)
         own = self._own((event.arena, new), st)
+        if own:  # the daemon moved a file where a peer renamed it, and records that itself
+            self._queue(event.arena, old, self._now)  # (quiet if it expected the old path gone)
+            self._queue(event.arena, new, self._now)
+            self._pending[(event.arena, new)].quiet = True
+            return
         record = self.index.get(a.root, parts(old))
         current = (st.st_size, st.st_mtime_ns) if st is not None and stat.S_ISREG(st.st_mode) else None
         if record is None and current is not None and st is not None:

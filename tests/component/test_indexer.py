@@ -314,9 +314,10 @@ def test_the_daemons_own_changes_are_indexed_without_history(store: Store, tree:
             (tree / "realized").write_bytes(b"from a peer")
             indexer.expect("a", b"realized", os.lstat(tree / "realized"))
             indexer.changed("a", [Change(0, b"", b"realized", 0x100)])
-            # "apply a peer's rename" and "unrealize"
+            # "apply a peer's rename" (the daemon records the paths itself) and "unrealize"
+            indexer.expect("a", b"a.txt", None)
+            indexer.expect("a", b"renamed.txt", os.lstat(tree / "a.txt"))
             os.rename(tree / "a.txt", tree / "renamed.txt")
-            indexer.expect("a", b"renamed.txt", os.lstat(tree / "renamed.txt"))
             indexer.changed("a", [Change(0, b"", b"renamed.txt", 0x80, moved_from=b"a.txt")])
             os.unlink(tree / "empty")
             indexer.expect("a", b"empty", None)
@@ -332,6 +333,34 @@ def test_the_daemons_own_changes_are_indexed_without_history(store: Store, tree:
             indexer.changed("a", [Change(0, b"", b"realized", 0x8)])
             await until(lambda: len(history_ops(indexer)) > len(before))
             assert history_ops(indexer)[-1] == ("overwrite", b"realized")
+
+    clocks.run(scenario)
+
+
+def test_an_expected_change_outlives_a_look_made_before_it(store: Store, tree: Path) -> None:
+    """The daemon tells the indexer before it acts: a look in between (the path not there yet,
+    or still there) must not use the expectation up (it did, and the change was history)."""
+    clocks = Clocks()
+    indexer = make(store, clocks, Backing(tree))
+
+    async def scenario() -> None:
+        async with running(indexer):
+            await until(settled(indexer))
+            before = history_ops(indexer)
+            staged = tree / ".realize-tmp"  # never indexed; the same filesystem
+            staged.mkdir()
+            (staged / "x").write_bytes(b"placed by the daemon")
+            indexer.expect("a", b"placed", os.lstat(staged / "x"))
+            indexer.expect("a", b"a.txt", None)
+            indexer.changed("a", [Change(0, b"", b"placed", 0x100), Change(0, b"", b"a.txt", 0x2)])
+            await until(lambda: indexer.busy == 0)  # looked at: not there yet, still there
+            os.rename(staged / "x", tree / "placed")
+            os.unlink(tree / "a.txt")
+            indexer.changed("a", [Change(0, b"", b"placed", 0x80), Change(0, b"", b"a.txt", 0x200)])
+            await until(lambda: indexer.hash_of("a", b"placed") == blake3(b"placed by the daemon").digest())
+            await until(lambda: indexer.index.get(indexer.index.arena_root("a"), [b"a.txt"]) is None)
+            await until(lambda: indexer.busy == 0)
+            assert history_ops(indexer) == before  # neither is a local change
 
     clocks.run(scenario)
 
