@@ -19,8 +19,9 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -43,6 +44,7 @@ from realizefs.real.watcher import Watcher
 from realizefs.store.cache import CacheStats, ChunkCache
 from realizefs.store.index import Index
 from realizefs.store.schema import Store
+from realizefs.sync.consensus import Consensus, Place
 from realizefs.sync.content import Content
 from realizefs.sync.lists import FileLists
 from realizefs.vfs.merged import MergedTree
@@ -89,6 +91,15 @@ class Daemon:
             self.lists.connected,
             corrupt=os.environ.get(CORRUPT_CHUNKS) == "1",
         )
+        self.consensus = Consensus(
+            self.index,
+            self.content,
+            self._places,
+            self.indexer.expect,
+            config.consensus.rest,
+            config.consensus.interval,
+        )
+        self.lists.on_news = self.consensus.news
         self.namespace = Namespace(
             config.arenas,
             self.control.files(),
@@ -123,6 +134,25 @@ class Daemon:
             if known == root:
                 return arena.backing
         return None
+
+    def _places(self) -> list[Place]:
+        """The arenas consensus may change: not one whose root lacks its marker (its disk may be
+        missing: it is never the source of deletes, nor written to)."""
+        return [
+            Place(a.name, a.backing, a.config.mode)
+            for a in self.namespace.arenas
+            if not self.indexer.unmarked(a.name)
+        ]
+
+    def consensus_facts(self) -> dict[str, Any]:
+        c = self.consensus
+        return {
+            k: asdict(r) if r is not None else None
+            for k, r in (("running", c.running), ("last", c.last), ("last_full", c.last_full))
+        }
+
+    def request_consensus(self) -> None:
+        self.consensus.request()
 
     def _hello(self) -> Hello:
         return Hello(self.config.node.name, self.store.store_id, tuple(a.name for a in self.config.arenas))
@@ -170,7 +200,8 @@ class Daemon:
         for parent, name in self.namespace.set_arenas(new.arenas, reopen=unmarked):
             # in a worker: it may wait on a request only this loop answers; done before we go on
             await trio.to_thread.run_sync(_forget_entry, parent, name)
-        self.indexer.rest = new.consensus.rest
+        self.indexer.rest = self.consensus.rest = new.consensus.rest
+        self.consensus.interval = new.consensus.interval
         await self.cache_sync.rewatch()  # a new arena's tree is walked in a worker thread
         self._index_arenas()
         if new.network != self.config.network:
@@ -332,6 +363,7 @@ async def _serve(daemon: Daemon) -> None:
                     services.start_soon(daemon.household.run, listeners)
                     services.start_soon(daemon.lists.run, daemon.household)
                     services.start_soon(daemon.content.run)
+                    services.start_soon(daemon.consensus.run)
                     services.start_soon(memory.give_back_freed_memory)
                     await _until_stopped(daemon, signals)
                     services.cancel_scope.cancel()

@@ -58,6 +58,8 @@ class NodeView(Protocol):
     def started(self) -> float: ...  # time.time() at start
     def peer_status(self) -> list[PeerStatus]: ...
     def cache_stats(self) -> CacheStats: ...
+    def consensus_facts(self) -> dict[str, Any]: ...  # the passes: running, last, last full
+    def request_consensus(self) -> None: ...  # a full pass at once
 
 
 class Control:
@@ -247,17 +249,28 @@ class Control:
     async def consensus(self, reader: Reader) -> dict[str, Any]:
         connected = sum(1 for p in self.node.peer_status() if p.state == "connected")
         requested = self.consensus_requested
+        facts = self.node.consensus_facts()
         lines = [f"connected peers: {connected}"]
         if requested is not None:
-            lines.append(f"last request: {_when(requested)}: recorded; consensus is not built yet")
+            lines.append(f"last request: {_when(requested)}")
+        for key, label in (("running", "running"), ("last", "last pass"), ("last_full", "last full pass")):
+            report = facts.get(key)
+            if report is not None:
+                lines.extend(_pass_lines(label, report))
         lines.append('write "now" to this file to run consensus now')
-        return {"connected_peers": connected, "last_request": requested, "_text": "\n".join(lines) + "\n"}
+        return {
+            **facts,
+            "connected_peers": connected,
+            "last_request": requested,
+            "_text": "\n".join(lines) + "\n",
+        }
 
     def request_consensus(self, line: bytes) -> None:
         if line.strip() != b"now":
             raise InvalidValue('expected "now"')
         self.consensus_requested = self.clock()
-        log.info("consensus requested: recorded; consensus is not built yet")
+        log.info("consensus requested")
+        self.node.request_consensus()
 
 
 def _could_become_now(start: bytes) -> bool:
@@ -376,6 +389,21 @@ def _size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+def _pass_lines(label: str, report: dict[str, Any]) -> list[str]:
+    """A consensus pass's report (`realizefs.sync.consensus.Report`'s fields) as text lines."""
+    kind = "full" if report["full"] else "prompt (deletes, moves)"
+    applied = ", ".join(f"{n} {what}" for what, n in sorted(report["applied"].items())) or "nothing applied"
+    end = f", finished {_when(report['finished'])}" if report["finished"] else ", under way"
+    lines = [f"{label}: {kind}, started {_when(report['started'])}{end}: {applied}"]
+    if report["fetched_bytes"]:
+        lines.append(f"  fetched {_size(report['fetched_bytes'])}")
+    if report["waiting"]:
+        lines.append(f"  {report['waiting']} waiting for a full pass or for a local change to settle")
+    lines.extend(f"  failed: {arena}/{path}: {why}" for arena, path, why in report["failed"])
+    lines.extend(f"  conflict (kept as it is here): {arena}/{path}" for arena, path in report["conflicts"])
+    return lines
 
 
 def _when(t: float) -> str:

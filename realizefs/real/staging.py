@@ -28,21 +28,42 @@ def reserved(rel: bytes) -> bool:
     return rel == STAGING or rel.startswith(STAGING + b"/")
 
 
-def stage(backing: Backing, mode: int, owner: Owner) -> tuple[int, bytes]:
-    """A new empty file in the staging directory (made if missing), open for writing:
-    (descriptor, its path from the arena root)."""
+def _name(backing: Backing) -> bytes:
+    """A new name in the staging directory (made if missing)."""
     root = os.geteuid(), os.getegid()
-    with contextlib.suppress(Exists):
+    with contextlib.suppress(Exists, FileExistsError):
         backing.mkdir(b"", STAGING, 0o700, Owner(*root, lambda g: g == root[1]))
-    name = secrets.token_hex(8).encode()
+    return secrets.token_hex(8).encode()
+
+
+def stage(backing: Backing, mode: int, owner: Owner) -> tuple[int, bytes]:
+    """A new empty file in the staging directory, open for writing: (descriptor, its path
+    from the arena root)."""
+    name = _name(backing)
     fd, _ = backing.create(STAGING, name, os.O_WRONLY | os.O_EXCL, mode, owner)
     return fd, join(STAGING, name)
 
 
+def stage_dir(backing: Backing, mode: int, owner: Owner) -> tuple[bytes, os.stat_result]:
+    """A new empty directory in the staging directory: its path, its attributes."""
+    name = _name(backing)
+    return join(STAGING, name), backing.mkdir(STAGING, name, mode, owner)
+
+
+def stage_link(backing: Backing, target: bytes, owner: Owner) -> tuple[bytes, os.stat_result]:
+    """A new symlink to *target* in the staging directory: its path, its attributes."""
+    name = _name(backing)
+    return join(STAGING, name), backing.symlink(STAGING, name, target, owner)
+
+
 def discard(backing: Backing, rel: bytes) -> None:
-    """Remove a staged file (a realize that failed); gone already is no error."""
-    with contextlib.suppress(NotFound):
-        backing.unlink(STAGING, rel.rsplit(b"/", 1)[-1])
+    """Remove a staged file, symlink or (empty) directory; gone already is no error."""
+    name = rel.rsplit(b"/", 1)[-1]
+    with contextlib.suppress(NotFound, FileNotFoundError):
+        try:
+            backing.unlink(STAGING, name)
+        except IsADirectoryError:
+            backing.rmdir(STAGING, name)
 
 
 def clear(backing: Backing, before_ns: int) -> int:

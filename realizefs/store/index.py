@@ -175,6 +175,17 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
+class Offered:
+    """A path of this peer's view for consensus (`Index.survey`): its node and record, and
+    the other versions peers' views hold there (peer id, record)."""
+
+    path: tuple[bytes, ...]
+    node: int
+    record: Record
+    offers: tuple[tuple[bytes, Record], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SyncState:
     """What this peer took of a peer's sequence for an arena."""
 
@@ -1187,6 +1198,72 @@ class Index:
                     continue
                 found.append(peer)
             return found
+
+    # ------------------------------------------------------------ consensus
+
+    def survey(self, arena: str) -> list[Offered]:
+        """Every path of this peer's view of *arena* that consensus may act on, parents before
+        children: each Real entry a peer's view holds another version of (newer, older or
+        concurrent: `realizefs.consensus.agree` weighs them), and each live Unreal entry (to
+        realize where the mode says so), with those versions. One read transaction."""
+        with self._reading() as txn:
+            root = self._root_of(txn, b"arena:" + arena.encode())
+            if root is None:
+                return []
+            views = self._views(txn, arena)
+            out: list[Offered] = []
+            stack: list[tuple[int, tuple[bytes, ...], list[tuple[bytes, int | None]]]] = [
+                (root, (), [(peer, view) for peer, view in views])
+            ]
+            while stack:
+                node, path, below = stack.pop()
+                for name, value in self._child_items(txn, node):
+                    record = to_record(value)
+                    here = (*path, name)
+                    found = [(peer, self._child(txn, at, name)) for peer, at in below]
+                    offers = tuple(
+                        (peer, to_record(v))
+                        for peer, v in found
+                        if v is not None and versions.normal(v[8]) != versions.normal(value[8])
+                    )
+                    if (record.here and offers) or (record.live and not record.real):
+                        out.append(Offered(here, value[0], record, offers))
+                    if value[1] == KIND_DIR:
+                        stack.append((value[0], here, [(peer, v[0] if v else None) for peer, v in found]))
+            out.sort(key=lambda o: o.path)
+            return out
+
+    def _child(self, txn: Any, node: int | None, name: bytes) -> list[Any] | None:
+        if node is None:
+            return None
+        raw = txn.get(_ID.pack(node) + name, db=self._nodes)
+        return unpack(raw) if raw is not None else None
+
+    def adopt(
+        self,
+        root: int,
+        path: Sequence[bytes],
+        over: dict[bytes, int],
+        version: Record,
+        chunks: Sequence[tuple[int, int, bytes]] | None = None,
+    ) -> bool:
+        """The Real now holds *version* (a peer's, applied by consensus: a content placed, a
+        directory made, a file deleted) at *path*, where the index held vector *over*: record
+        it with its vector and origin, as Real (a tombstone: gone; *chunks*: its content's
+        manifest, if the index may not have it yet), numbered so peers learn it; no history
+        (not a change of this peer's). False, and nothing written, if the
+        index no longer holds *over* there (the indexer saw a change meanwhile: the disk
+        has the last word)."""
+        with self._writing() as txn:
+            _, key, value = self._chain(txn, root, path)
+            held = versions.normal(value[8]) if value is not None else {}
+            if key is None or held != versions.normal(over):
+                return False
+            live = version.kind != KIND_DELETED
+            if version.hash is not None and chunks is not None:  # its chunks' sources: this file now
+                chunk_index.write_manifest(txn, self._manifests, version.hash, chunks)
+            self._place(txn, root, path, replace(version, real=live, changed=False), dict(version.vv))
+            return True
 
 
 def _shown(record: Record, unreal: bool, tombstones: bool) -> bool:

@@ -308,6 +308,12 @@ class Content:
         ordered = [p for p in [*real, *listed, *sorted(connected)] if p in connected]
         return list(dict.fromkeys(ordered))
 
+    async def manifest(self, arena: str, path: Sequence[bytes], record: Entry) -> Manifest:
+        """The manifest of *record*'s content: the index's, or a peer's."""
+        if record.hash is None:
+            raise FsError("the file's content is not known", errno=errno.EIO)
+        return (await self._located(arena, path, record))[0]
+
     async def _located(self, arena: str, path: Sequence[bytes], record: Entry) -> tuple[Manifest, list[int]]:
         """The content's manifest and its chunks' offsets, the last few kept decoded (a read of a
         few KiB must not unpack a large file's whole manifest)."""

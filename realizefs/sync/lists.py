@@ -67,11 +67,13 @@ class FileLists:
         arenas: Callable[[], Sequence[str]],
         peer_id: Callable[[bytes], bytes],
         on_change: Changed | None = None,
+        on_news: Callable[[], None] | None = None,
     ) -> None:
         self.index = index
         self.arenas = arenas
         self.peer_id = peer_id
         self.on_change = on_change
+        self.on_news = on_news  # a peer told of a change this peer did not hold (for consensus)
         self._generation = 0
         self._grown = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -191,3 +193,5 @@ class FileLists:
         changed = [o for o in outcomes if o.outcome is Outcome.APPLIED]
         if changed and self.on_change is not None:
             self.on_change(arena, changed)
+        if self.on_news is not None and any(o.outcome is not Outcome.STALE for o in outcomes):
+            self.on_news()

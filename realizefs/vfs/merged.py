@@ -55,7 +55,7 @@ from typing import Protocol
 import trio
 
 from realizefs.errors import Exists, FsError, NoData, NotEmpty, NotFound, NotPermitted, Stale
-from realizefs.real import staging
+from realizefs.real import apply, staging
 from realizefs.real.backing import RENAME_EXCHANGE, RENAME_NOREPLACE, Owner, join, split
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Index, Record
 from realizefs.types import Mode
@@ -423,9 +423,9 @@ class MergedTree:
                 data = await self.content.read(self.arena, path, record, offset, size)
                 if len(data) != size:
                     raise FsError("the content ended early", errno=errno.EIO)
-                await trio.to_thread.run_sync(_write_at, fd, data, offset)
+                await trio.to_thread.run_sync(apply.write_at, fd, data, offset)
                 offset += size
-            st = await trio.to_thread.run_sync(_seal, fd, record.mtime_ns)
+            st = await trio.to_thread.run_sync(apply.seal, fd, record.mtime_ns)
         except BaseException:
             os.close(fd)
             staging.discard(backing, staged)
@@ -620,17 +620,3 @@ class MergedTree:
         """*rel* (not in the Real) is an Unreal entry, which holds no attributes; NotFound if not."""
         if self._unreal(rel) is None:
             raise NotFound()
-
-
-def _write_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
-def _seal(fd: int, mtime_ns: int) -> os.stat_result:
-    """Give a realized file its version's mtime and flush it to the disk; its attributes."""
-    os.utime(fd, ns=(mtime_ns, mtime_ns))
-    os.fsync(fd)
-    return os.fstat(fd)

@@ -1,0 +1,180 @@
+"""Changes consensus makes to the Real: each made only if the disk is still as the index knew it.
+
+Consensus (`realizefs.sync.consensus`) applies a peer's version to a path of
+this peer's Real: a content placed (from a file staged in full,
+`realizefs.real.staging`), a file or a directory removed, a file moved to
+where a peer renamed it, a directory or a symlink made. Each function here
+first checks that what is at the path is what the index holds there (a file
+of that size and mtime, nothing at all, an empty directory): if the user
+changed it meanwhile, it does nothing and says so (returns False or None),
+so a local change is never overwritten; the indexer records that change as
+usual and consensus weighs it against the peer's. The check and the change
+are two system calls: a write landing between them is the one window left
+(microseconds; the same as any syncing tool without a filesystem lock).
+
+Before each change the indexer is told what state the daemon leaves behind
+(*expect*, `Indexer.expect`): it then follows without recording a change of
+this peer's. Blocking calls, for worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable
+
+from realizefs.errors import FsError
+from realizefs.real import staging
+from realizefs.real.backing import RENAME_NOREPLACE, Backing, Owner, split
+
+log = logging.getLogger(__name__)
+
+Expect = Callable[[bytes, "os.stat_result | None"], None]  # (path, the state left; None: nothing)
+Known = tuple[int, int]  # (size, mtime_ns) of a file as the index holds it
+
+
+def lstat(backing: Backing, rel: bytes) -> os.stat_result | None:
+    try:
+        return backing.stat(rel)
+    except (OSError, FsError):
+        return None
+
+
+def is_known(st: os.stat_result | None, known: Known) -> bool:
+    """Whether *st* is a regular file of the size and mtime the index holds."""
+    return st is not None and stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == known
+
+
+def place(
+    backing: Backing, rel: bytes, staged: bytes, over: Known | None, expect: Expect
+) -> os.stat_result | None:
+    """Rename the staged file to *rel*: over the file there if it is still *over*, or (*over*
+    None) only where nothing is. Its attributes once placed; None (the staged file
+    discarded) if the disk moved on."""
+    try:
+        st = backing.stat(staged)
+        if over is not None and not is_known(lstat(backing, rel), over):
+            staging.discard(backing, staged)
+            return None
+        expect(rel, st)
+        backing.rename(staged, rel, 0 if over is not None else RENAME_NOREPLACE)
+    except (OSError, FsError) as exc:
+        staging.discard(backing, staged)
+        if getattr(exc, "errno", None) in (errno.EEXIST, errno.ENOENT, errno.ENOTDIR):
+            return None  # made there meanwhile; or its directory went
+        raise
+    return st
+
+
+def remove_file(backing: Backing, rel: bytes, known: Known, expect: Expect) -> bool:
+    """Unlink the file *rel* if it is still *known*."""
+    if not is_known(lstat(backing, rel), known):
+        return False
+    expect(rel, None)
+    parent, name = split(rel)
+    with contextlib.suppress(FileNotFoundError):
+        backing.unlink(parent, name)
+    return True
+
+
+def remove_link(backing: Backing, rel: bytes, target: bytes, expect: Expect) -> bool:
+    """Unlink the symlink *rel* if it still points to *target*."""
+    st = lstat(backing, rel)
+    if st is None or not stat.S_ISLNK(st.st_mode) or backing.readlink(rel) != target:
+        return False
+    expect(rel, None)
+    parent, name = split(rel)
+    with contextlib.suppress(FileNotFoundError):
+        backing.unlink(parent, name)
+    return True
+
+
+def remove_dir(backing: Backing, rel: bytes, expect: Expect) -> bool:
+    """Remove the directory *rel* if it is empty."""
+    st = lstat(backing, rel)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        return st is None
+    expect(rel, None)
+    parent, name = split(rel)
+    try:
+        backing.rmdir(parent, name)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        if exc.errno != errno.ENOENT:
+            raise
+    return True
+
+
+def move(backing: Backing, old: bytes, new: bytes, known: Known, expect: Expect) -> os.stat_result | None:
+    """Rename the file *old*, if it is still *known*, to *new* where nothing is; its attributes."""
+    st = lstat(backing, old)
+    if not is_known(st, known) or st is None:
+        return None
+    expect(old, None)
+    expect(new, st)
+    try:
+        backing.rename(old, new, RENAME_NOREPLACE)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise
+    return st
+
+
+def make_dir(backing: Backing, rel: bytes, mode: int, owner: Owner, expect: Expect) -> bool:
+    """Make the directory *rel* (its parent must be there) where nothing is; True if a
+    directory is there now. Made in the staging directory and renamed into place, so the
+    indexer is told of it before it shows."""
+    staged, st = staging.stage_dir(backing, mode & 0o7777 or 0o755, owner)
+    return _put(backing, staged, rel, st, expect) or _is_dir(lstat(backing, rel))
+
+
+def make_link(backing: Backing, rel: bytes, target: bytes, owner: Owner, expect: Expect) -> bool:
+    """Make the symlink *rel* to *target* where nothing is (staged as `make_dir` is)."""
+    staged, st = staging.stage_link(backing, target, owner)
+    return _put(backing, staged, rel, st, expect)
+
+
+def _put(backing: Backing, staged: bytes, rel: bytes, st: os.stat_result, expect: Expect) -> bool:
+    """Rename what is staged to *rel* where nothing is; False (discarded) if something is."""
+    expect(rel, st)
+    try:
+        backing.rename(staged, rel, RENAME_NOREPLACE)
+    except OSError as exc:
+        staging.discard(backing, staged)
+        if exc.errno in (errno.EEXIST, errno.ENOENT, errno.ENOTDIR):
+            return False
+        raise
+    return True
+
+
+def _is_dir(st: os.stat_result | None) -> bool:
+    return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def set_mode(backing: Backing, rel: bytes, mode: int, expect: Expect) -> bool:
+    """Give the directory or file *rel* the permission bits *mode*."""
+    st = lstat(backing, rel)
+    if st is None or stat.S_ISLNK(st.st_mode):
+        return False
+    backing.chmod(rel, mode)
+    expect(rel, lstat(backing, rel))
+    return True
+
+
+def write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def seal(fd: int, mtime_ns: int) -> os.stat_result:
+    """Give a staged file its version's mtime and flush it to the disk; its attributes."""
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+    os.fsync(fd)
+    return os.fstat(fd)

@@ -1,0 +1,445 @@
+"""Consensus runs: this peer's Real made to agree with the versions the household holds.
+
+A *pass* over an arena (`Consensus.run_pass`) surveys the index
+(`Index.survey`: each Real path a peer's view holds another version of, and
+each Unreal entry), asks `realizefs.consensus.agree` what each path is agreed
+to be, and applies it to the Real with `realizefs.real.apply` (which acts only
+if the disk is still as the index knew it), then records it with
+`Index.adopt` (the peer's vector and origin, as Real; no history: not a change
+of this peer's):
+
+- a peer's newer version of a Real file is fetched (`realizefs.sync.content`:
+  chunks held locally are never fetched: the old version's, other files',
+  the cache's), staged in full, fsynced, and renamed over the file; a newer
+  directory mode is applied; a newer symlink replaces the old one;
+- a peer's delete of a Real path removes it (files first, then directories,
+  deepest first; a directory holding files the peer did not know of stays);
+- a peer's rename of a Real file moves it: the new path's content is the
+  file about to be deleted at the old one (same hash), so it is renamed, not
+  fetched;
+- an Unreal entry whose effective mode is ``real`` (the nearest
+  ``user.realize.mode`` on it or an ancestor in the Real, else the arena's)
+  is realized: a file fetched and placed, a directory or symlink made;
+- versions that say the same (alike: the same content made on two peers, a
+  crash between a change and its record) only merge their vectors;
+- a conflict (concurrent unlike versions) is left as it is and reported:
+  nothing is overwritten. Keeping each losing version readable under
+  ``.realize/conflicts/`` is not built yet.
+
+When: a *prompt* pass (deletes, moves, vectors, directory modes) shortly
+after news from a peer, so a delete or a rename reaches the Real within
+seconds; a *full* pass once no news came for `rest` seconds, every
+`interval`, and when ``now`` is written to ``.realize/consensus``. A pass
+acts on the peers' versions this peer holds (their views): an offline peer
+holds up nothing.
+
+Runs in the daemon's trio thread; surveys, plans (xattr reads), disk changes
+and index writes run in worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import trio
+
+from realizefs.consensus.agree import Version, choose, resolves
+from realizefs.consensus.versions import Order, compare
+from realizefs.errors import FsError
+from realizefs.real import apply, staging, xattrs
+from realizefs.real.backing import Backing, Owner
+from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Index, Offered, Record
+from realizefs.sync.content import Content
+from realizefs.types import Mode
+
+log = logging.getLogger(__name__)
+
+PROMPT_DELAY = 0.2  # seconds after news from a peer before a prompt pass
+FETCH_BLOCK = 8 << 20  # bytes asked of the content at a time while fetching a file
+FETCHES = 4  # files fetched at once
+FAILURES_KEPT = 50  # failures listed per pass
+
+
+@dataclass(frozen=True)
+class Place:
+    """An arena as consensus works on it."""
+
+    name: str
+    backing: Backing
+    default: Mode
+
+
+class Kind(enum.Enum):
+    FETCH = "fetched"  # a file's content placed (realized, or a newer version)
+    MOVE = "moved"  # a file renamed where a peer renamed it
+    MKDIR = "made directory"
+    LINK = "made symlink"
+    CHMOD = "mode set"
+    DELETE = "deleted"
+    VECTOR = "merged"  # alike versions: only the vector taken on
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: Kind
+    path: tuple[bytes, ...]
+    version: Record  # the agreed version
+    held: Record  # what the index holds at the path
+    source: Step | None = None  # a move: the delete of the old path it replaces
+
+
+@dataclass
+class Report:
+    """What one pass over the arenas did."""
+
+    full: bool
+    started: float  # wall clock
+    finished: float | None = None
+    applied: dict[str, int] = field(default_factory=dict)  # Kind's value -> count
+    fetched_bytes: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # arena, path, why
+    conflicts: list[tuple[str, str]] = field(default_factory=list)  # arena, path
+    waiting: int = 0  # paths left for a full pass (a prompt pass only moves, deletes, merges)
+
+    def count(self, kind: Kind) -> None:
+        self.applied[kind.value] = self.applied.get(kind.value, 0) + 1
+
+    def fail(self, arena: str, path: Sequence[bytes], why: str) -> None:
+        if len(self.failed) < FAILURES_KEPT:
+            self.failed.append((arena, _show(path), why))
+        log.warning("consensus: %s/%s: %s", arena, _show(path), why)
+
+
+def _show(path: Sequence[bytes]) -> str:
+    return b"/".join(path).decode(errors="replace")
+
+
+def weighed(record: Record) -> Version:
+    """*record* as consensus weighs it."""
+    what = (record.kind, record.hash, record.target, record.mode & 0o7777 if record.kind != KIND_LINK else 0)
+    return Version(record.vv, record.live, what, record.mtime_ns, record.origin)
+
+
+class Consensus:
+    """Runs passes (see the module doc) over the arenas *places* returns."""
+
+    def __init__(
+        self,
+        index: Index,
+        content: Content,
+        places: Callable[[], list[Place]],
+        expect: Callable[[str, bytes, os.stat_result | None], None],
+        rest: float,
+        interval: float,
+    ) -> None:
+        self.index = index
+        self.content = content
+        self.places = places
+        self.expect = expect  # the indexer's: the daemon's own changes of the Real
+        self.rest = rest
+        self.interval = interval
+        self.last: Report | None = None  # the last pass finished
+        self.running: Report | None = None
+        self.last_full: Report | None = None
+        self._wake = trio.Event()
+        self._now_requested = False
+        self._prompt_at: float | None = None
+        self._full_at: float | None = None
+        self._fetches = trio.Semaphore(FETCHES)
+
+    # ------------------------------------------------------------ when
+
+    def news(self) -> None:
+        """A peer told of changes: a prompt pass soon, a full one after the rest period."""
+        now = trio.current_time()
+        if self._prompt_at is None:
+            self._prompt_at = now + PROMPT_DELAY
+        self._full_at = now + self.rest
+        self._wake.set()
+
+    def request(self) -> None:
+        """``now`` was written to ``.realize/consensus``: a full pass at once."""
+        self._now_requested = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Run passes when they are due, until cancelled."""
+        self._full_at = trio.current_time() + self.rest  # what came while we were down
+        next_interval = trio.current_time() + self.interval
+        while True:
+            now = trio.current_time()
+            due = [t for t in (self._prompt_at, self._full_at, next_interval) if t is not None]
+            if not self._now_requested and min(due) > now:
+                with trio.move_on_at(min(due)):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            now = trio.current_time()
+            full = (
+                self._now_requested
+                or (self._full_at is not None and self._full_at <= now)
+                or next_interval <= now
+            )
+            self._now_requested = False
+            self._prompt_at = None
+            if full:
+                self._full_at = None
+                next_interval = now + self.interval
+            try:
+                await self.run_pass(full)
+            except Exception:  # a pass that fails is logged and tried again at the next turn
+                log.exception("consensus: a pass failed")
+
+    # ------------------------------------------------------------ a pass
+
+    async def run_pass(self, full: bool) -> Report:
+        """One pass over every arena (*full*: everything; else deletes, moves and merges)."""
+        report = self.running = Report(full, time.time())
+        try:
+            for place in self.places():
+                root = await trio.to_thread.run_sync(self.index.arena_root, place.name)
+                items = await trio.to_thread.run_sync(self.index.survey, place.name)
+                steps = await trio.to_thread.run_sync(self._plan, place, items, full, report)
+                await self._apply(place, root, steps, report)
+        finally:
+            report.finished = time.time()
+            self.running = None
+            self.last = report
+            if full:
+                self.last_full = report
+        if report.applied or report.failed or report.conflicts:
+            log.info(
+                "consensus (%s): %s; %d failed, %d in conflict",
+                "full" if full else "prompt",
+                ", ".join(f"{n} {k}" for k, n in sorted(report.applied.items())) or "nothing applied",
+                len(report.failed),
+                len(report.conflicts),
+            )
+        return report
+
+    def _plan(self, place: Place, items: list[Offered], full: bool, report: Report) -> list[Step]:
+        """What to do in *place* (worker thread: reads modes from the disk)."""
+        modes: dict[tuple[bytes, ...], Mode] = {}
+        steps: list[Step] = []
+        deletes: dict[bytes, Step] = {}  # a deleted Real file's hash -> its delete, for moves
+        unreal: list[tuple[Offered, Record]] = []
+        for item in items:
+            held = item.record
+            offered = [r for _, r in item.offers]
+            choice = choose([weighed(held), *map(weighed, offered)])
+            if choice.conflict:
+                report.conflicts.append((place.name, _show(item.path)))
+                log.info("consensus: %s/%s: concurrent versions, kept as is", place.name, _show(item.path))
+                continue
+            if not held.here:
+                unreal.append((item, held))
+                continue
+            if resolves(choice, weighed(held)):
+                if compare(choice.vv, held.vv) is not Order.EQUAL and not held.pending:
+                    steps.append(Step(Kind.VECTOR, item.path, replace(held, vv=choice.vv), held))
+                continue
+            # the agreed version (alike ones merged: with the vector dominating them all)
+            winner = replace(next(r for r in offered if weighed(r) == choice.winner), vv=choice.vv)
+            if held.pending:
+                report.waiting += 1  # being written here: the indexer records it, then it is weighed
+                continue
+            step = self._change(item.path, held, winner)
+            if step is None:
+                report.fail(place.name, item.path, "a change of kind is not applied yet")
+            elif step.kind is Kind.DELETE and held.kind == KIND_FILE and held.hash is not None:
+                deletes.setdefault(held.hash, step)
+                steps.append(step)
+            elif full or step.kind in (Kind.DELETE, Kind.CHMOD):
+                steps.append(step)
+            else:
+                report.waiting += 1
+        for item, held in unreal:
+            delete = deletes.pop(held.hash, None) if held.kind == KIND_FILE and held.hash else None
+            if delete is not None:  # renamed by a peer: moved here, not fetched
+                steps.remove(delete)
+                steps.append(Step(Kind.MOVE, item.path, held, held, delete))
+            elif self._mode(place, item.path, modes) is Mode.REAL:
+                if not full:
+                    report.waiting += 1
+                    continue
+                kind = {KIND_FILE: Kind.FETCH, KIND_DIR: Kind.MKDIR, KIND_LINK: Kind.LINK}[held.kind]
+                steps.append(Step(kind, item.path, held, held))
+        return steps
+
+    @staticmethod
+    def _change(path: tuple[bytes, ...], held: Record, winner: Record) -> Step | None:
+        if not winner.live:
+            return Step(Kind.DELETE, path, winner, held)
+        if winner.kind != held.kind:
+            return None
+        if winner.kind == KIND_FILE:
+            return Step(Kind.FETCH, path, winner, held)
+        if winner.kind == KIND_DIR:
+            return Step(Kind.CHMOD, path, winner, held)
+        return Step(Kind.LINK, path, winner, held)
+
+    def _mode(self, place: Place, path: tuple[bytes, ...], modes: dict[tuple[bytes, ...], Mode]) -> Mode:
+        """The effective mode of *path*: the nearest stored on it or an ancestor in the Real."""
+        if path in modes:
+            return modes[path]
+        stored: Mode | None = None
+        with contextlib.suppress(FsError, OSError):
+            stored = xattrs.stored_mode(place.backing, b"/".join(path))
+        mode = stored or (self._mode(place, path[:-1], modes) if path else place.default)
+        modes[path] = mode
+        return mode
+
+    # ------------------------------------------------------------ applying
+
+    async def _apply(self, place: Place, root: int, steps: list[Step], report: Report) -> None:
+        order = [Kind.VECTOR, Kind.MKDIR, Kind.CHMOD, Kind.MOVE, Kind.LINK, Kind.FETCH]
+        first = sorted(
+            (s for s in steps if s.kind is not Kind.DELETE), key=lambda s: (order.index(s.kind), s.path)
+        )
+        async with trio.open_nursery() as nursery:
+            for step in first:
+                if step.kind is Kind.FETCH:
+                    await self._fetches.acquire()
+                    nursery.start_soon(self._fetch, place, root, step, report)
+                else:
+                    await self._step(place, root, step, report)
+        deletes = sorted((s for s in steps if s.kind is Kind.DELETE), key=lambda s: s.path, reverse=True)
+        for step in deletes:
+            await self._step(place, root, step, report)
+
+    async def _step(self, place: Place, root: int, step: Step, report: Report) -> None:
+        try:
+            done = await trio.to_thread.run_sync(self._disk_step, place, root, step)
+        except (OSError, FsError) as exc:
+            report.fail(place.name, step.path, f"{step.kind.value}: {exc}")
+            return
+        if done:
+            report.count(step.kind)
+        elif step.kind is not Kind.VECTOR:
+            log.info(
+                "consensus: %s/%s changed meanwhile: not %s", place.name, _show(step.path), step.kind.value
+            )
+
+    def _disk_step(self, place: Place, root: int, step: Step) -> bool:
+        """Apply one step other than a fetch (worker thread); whether it was applied."""
+        backing, rel = place.backing, b"/".join(step.path)
+        expect = self._expecting(place)
+        held, version = step.held, step.version
+        if step.kind is Kind.VECTOR:
+            return self.index.adopt(root, step.path, held.vv, version)
+        if step.kind is Kind.DELETE:
+            if held.kind == KIND_FILE:
+                done = apply.remove_file(backing, rel, (held.size, held.mtime_ns), expect)
+            elif held.kind == KIND_LINK:
+                done = apply.remove_link(backing, rel, held.target or b"", expect)
+            else:
+                done = apply.remove_dir(backing, rel, expect)
+                if not done:
+                    raise FsError("it holds files the peer did not know of: kept", errno=errno.ENOTEMPTY)
+            return done and self.index.adopt(root, step.path, held.vv, version)
+        if not self._parents(place, root, step.path[:-1]):
+            raise FsError("its directory is not in the Real", errno=errno.ENOENT)
+        owner = _owner(backing)
+        if step.kind is Kind.MKDIR:
+            done = apply.make_dir(backing, rel, version.mode, owner, expect)
+        elif step.kind is Kind.CHMOD:
+            done = apply.set_mode(backing, rel, version.mode, expect)
+        elif step.kind is Kind.LINK:
+            if held.here and held.kind == KIND_LINK:
+                apply.remove_link(backing, rel, held.target or b"", expect)
+            done = apply.make_link(backing, rel, version.target or b"", owner, expect)
+        else:  # a move: the old path's delete, and the new path's version, in one go
+            gone = step.source
+            assert gone is not None
+            old = gone.held
+            if apply.move(backing, b"/".join(gone.path), rel, (old.size, old.mtime_ns), expect) is None:
+                return False
+            self.index.adopt(root, gone.path, old.vv, gone.version)
+            done = True
+        return done and self.index.adopt(root, step.path, held.vv, version)
+
+    def _expecting(self, place: Place) -> apply.Expect:
+        """The indexer's `expect` for *place*, called from a worker thread."""
+
+        def expect(path: bytes, st: os.stat_result | None) -> None:
+            trio.from_thread.run_sync(self.expect, place.name, path, st)
+
+        return expect
+
+    def _parents(self, place: Place, root: int, path: tuple[bytes, ...]) -> bool:
+        """Make the Unreal-only directories of *path* in the Real (their records adopted)."""
+        for i in range(1, len(path) + 1):
+            at = path[:i]
+            rel = b"/".join(at)
+            st = apply.lstat(place.backing, rel)
+            if st is not None:
+                continue
+            found = self.index.entry(root, at)
+            if found is None or found[1].kind != KIND_DIR:
+                return False
+            if not apply.make_dir(
+                place.backing, rel, found[1].mode, _owner(place.backing), self._expecting(place)
+            ):
+                return False
+            self.index.adopt(root, at, found[1].vv, found[1])
+        return True
+
+    async def _fetch(self, place: Place, root: int, step: Step, report: Report) -> None:
+        """Fetch a file's version, stage it, and place it (a worker holds `_fetches`)."""
+        try:
+            size = await self._fetch_one(place, root, step)
+        except (OSError, FsError) as exc:
+            report.fail(place.name, step.path, f"fetch: {exc}")
+        else:
+            if size is None:
+                log.info("consensus: %s/%s changed meanwhile: not fetched", place.name, _show(step.path))
+            else:
+                report.count(Kind.FETCH)
+                report.fetched_bytes += size
+        finally:
+            self._fetches.release()
+
+    async def _fetch_one(self, place: Place, root: int, step: Step) -> int | None:
+        version, held, backing = step.version, step.held, place.backing
+        if not await trio.to_thread.run_sync(self._parents, place, root, step.path[:-1]):
+            raise FsError("its directory is not in the Real", errno=errno.ENOENT)
+        manifest = await self.content.manifest(place.name, step.path, version)
+        fd, staged = await trio.to_thread.run_sync(
+            staging.stage, backing, version.mode & 0o7777, _owner(backing)
+        )
+        try:
+            offset = 0
+            while offset < version.size:
+                data = await self.content.read(
+                    place.name, step.path, version, offset, min(FETCH_BLOCK, version.size - offset)
+                )
+                if not data:
+                    raise FsError("the content ended early", errno=errno.EIO)
+                await trio.to_thread.run_sync(apply.write_at, fd, data, offset)
+                offset += len(data)
+            await trio.to_thread.run_sync(apply.seal, fd, version.mtime_ns)
+        except BaseException:
+            staging.discard(backing, staged)
+            raise
+        finally:
+            os.close(fd)
+
+        def place_it() -> bool:
+            over = (held.size, held.mtime_ns) if held.here else None
+            placed = apply.place(backing, b"/".join(step.path), staged, over, self._expecting(place))
+            return placed is not None and self.index.adopt(root, step.path, held.vv, version, manifest)
+
+        return version.size if await trio.to_thread.run_sync(place_it) else None
+
+
+def _owner(backing: Backing) -> Owner:
+    """New objects belong to the arena root's owner."""
+    st = backing.stat(b"")
+    return Owner(st.st_uid, st.st_gid, lambda g: True)

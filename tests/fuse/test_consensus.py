@@ -1,0 +1,167 @@
+"""Consensus through real mounts: two daemons on loopback make their Real agree.
+
+What a peer marks ``real`` is fetched into its Real at consensus (``now``
+written to ``.realize/consensus``, or once the rest period passed); a peer's
+edit of a file Real here replaces it, its delete removes it and its rename
+moves it (not fetched again) within seconds; concurrent edits are both kept,
+each where it was made, and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.fuse.test_unreal import household, listed
+from tests.support import Daemon, wait_for
+
+
+def now(d: Daemon) -> None:
+    (d.mountpoint / ".realize" / "consensus").write_text("now\n")
+
+
+def facts(d: Daemon) -> dict[str, Any]:
+    return json.loads((d.mountpoint / ".realize" / "consensus.json").read_text())  # type: ignore[no-any-return]
+
+
+def settled(d: Daemon, path: str) -> bool:
+    """Whether *path* is hashed on *d* (its content is what peers are told of)."""
+    try:
+        os.getxattr(d.mnt() / path, "user.realize.hash")
+    except OSError:
+        return False
+    return True
+
+
+def conflicts(d: Daemon) -> list[str] | None:
+    """The paths the last pass of *d* found in conflict (None: no pass yet)."""
+    report = facts(d)["last"]
+    return None if not report else [path for _, path in report["conflicts"]]
+
+
+def asked(d: Daemon) -> list[str] | None:
+    """`conflicts` after asking for a pass (each pass weighs what peers told so far)."""
+    now(d)
+    return conflicts(d)
+
+
+def history(d: Daemon) -> list[dict[str, Any]]:
+    text = (d.mountpoint / ".realize" / "history.json").read_text()
+    return json.loads(text)["arenas"]["a"]  # type: ignore[no-any-return]
+
+
+def held_by(d: Daemon, path: str) -> bytes:
+    """The peers *d* knows to hold, in their Real, the version of *path* it holds."""
+    return os.getxattr(d.mnt() / path, "user.realize.peers")
+
+
+def real_on(d: Daemon, path: str, data: bytes) -> bool:
+    try:
+        return (d.root() / path).read_bytes() == data
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def test_now_realizes_what_a_real_directory_holds_and_nothing_else(bases: list[Path]) -> None:
+    with household(bases) as pair:
+        a, b = pair.daemons
+        os.setxattr(b.mnt(), "user.realize.mode", b"unreal")  # b keeps only what it marks
+        (a.mnt() / "docs" / "deep").mkdir(parents=True)
+        (a.mnt() / "docs" / "deep").chmod(0o750)
+        (a.mnt() / "docs" / "deep" / "notes.txt").write_bytes(b"n" * 70_000)
+        (a.mnt() / "docs" / "deep" / "notes.txt").chmod(0o640)
+        os.utime(a.mnt() / "docs" / "deep" / "notes.txt", ns=(1_600_000_000_000_000_000,) * 2)
+        os.symlink("deep/notes.txt", a.mnt() / "docs" / "link")
+        (a.mnt() / "other").mkdir()
+        (a.mnt() / "other" / "big.bin").write_bytes(b"b" * 100_000)
+        wait_for(lambda: settled(a, "docs/deep/notes.txt") and settled(a, "other/big.bin"), 20, "hashed on a")
+        wait_for(lambda: listed(b.mnt() / "other" / "big.bin") is not None, 10, "listed on b")
+        wait_for(lambda: listed(b.mnt() / "docs" / "link") is not None, 10, "listed on b")
+        os.setxattr(b.mnt() / "docs", "user.realize.mode", b"real")
+        now(b)
+        wait_for(lambda: real_on(b, "docs/deep/notes.txt", b"n" * 70_000), 20, "realized on b")
+        st = (b.root() / "docs" / "deep" / "notes.txt").stat()
+        assert st.st_mtime_ns == 1_600_000_000_000_000_000
+        assert stat.S_IMODE(st.st_mode) == 0o640
+        assert stat.S_IMODE((b.root() / "docs" / "deep").stat().st_mode) == 0o750
+        wait_for(lambda: (b.root() / "docs" / "link").is_symlink(), 10, "the symlink made")
+        assert os.readlink(b.root() / "docs" / "link") == "deep/notes.txt"
+        assert not (b.root() / "other").exists()  # not marked real: still Unreal
+        assert os.getxattr(b.mnt() / "other" / "big.bin", "user.realize.status").startswith(b"unreal")
+        assert os.getxattr(b.mnt() / "docs" / "deep" / "notes.txt", "user.realize.status") == b"real"
+        report = wait_for(
+            lambda: (f := facts(b))["last_full"] and f["last_full"]["finished"] and f, 10, "a report"
+        )
+        assert report["last_full"]["applied"].get("fetched", 0) >= 1
+        assert not report["last_full"]["failed"]
+        # what b holds Real is told to a: b now holds that version in its Real
+        wait_for(
+            lambda: b"b" in os.getxattr(a.mnt() / "docs" / "deep" / "notes.txt", "user.realize.peers"),
+            10,
+            "a told that b holds it",
+        )
+
+
+def test_a_peers_edit_rename_and_delete_reach_the_real(bases: list[Path]) -> None:
+    with household(bases) as pair:
+        a, b = pair.daemons
+        (a.mnt() / "d").mkdir()
+        (a.mnt() / "d" / "f.txt").write_bytes(b"1" * 50_000)
+        wait_for(lambda: settled(a, "d/f.txt"), 20, "hashed on a")
+        wait_for(lambda: listed(b.mnt() / "d" / "f.txt") is not None, 10, "listed on b")
+        now(b)
+        wait_for(lambda: real_on(b, "d/f.txt", b"1" * 50_000), 20, "realized on b")
+        # an edit: fetched and placed over the Real file at the next consensus
+        (a.mnt() / "d" / "f.txt").write_bytes(b"2" * 50_000 + b"more")
+        wait_for(lambda: held_by(b, "d/f.txt") == b"", 20, "b told of the edit (a holds another version)")
+        now(b)
+        wait_for(lambda: real_on(b, "d/f.txt", b"2" * 50_000 + b"more"), 20, "the edit applied on b")
+        inode = (b.root() / "d" / "f.txt").stat().st_ino
+        # a rename: moved on b's disk within seconds, without asking (not fetched: the same inode)
+        os.rename(a.mnt() / "d" / "f.txt", a.mnt() / "d" / "g.txt")
+        wait_for(lambda: real_on(b, "d/g.txt", b"2" * 50_000 + b"more"), 10, "the rename applied on b")
+        assert not (b.root() / "d" / "f.txt").exists()
+        assert (b.root() / "d" / "g.txt").stat().st_ino == inode
+        # a delete: removed from b's disk within seconds
+        os.remove(a.mnt() / "d" / "g.txt")
+        wait_for(lambda: not (b.root() / "d" / "g.txt").exists(), 10, "the delete applied on b")
+        os.rmdir(a.mnt() / "d")
+        wait_for(lambda: not (b.root() / "d").exists(), 10, "the directory's delete applied on b")
+        assert listed(a.mnt() / "d") is None
+        # b's index followed its Real without a change of its own: nothing in its history
+        assert history(b) == []
+
+
+def test_a_local_edit_is_never_overwritten_by_a_concurrent_one(bases: list[Path]) -> None:
+    with household(bases) as pair:
+        a, b = pair.daemons
+        (a.mnt() / "f.txt").write_bytes(b"base")
+        wait_for(lambda: settled(a, "f.txt"), 20, "hashed on a")
+        wait_for(lambda: listed(b.mnt() / "f.txt") is not None, 10, "listed on b")
+        now(b)
+        wait_for(lambda: real_on(b, "f.txt", b"base"), 20, "realized on b")
+        b.stop()
+        (a.mnt() / "f.txt").write_bytes(b"a's edit")
+        wait_for(
+            lambda: settled(a, "f.txt") and (a.mnt() / "f.txt").stat().st_size == 8, 20, "a's edit hashed"
+        )
+        (b.root() / "f.txt").write_bytes(b"b's own edit")  # while b is down: found by its walk
+        hours_ago = time.time_ns() - 7200 * 10**9  # rested: hashed at once
+        os.utime(b.root() / "f.txt", ns=(hours_ago, hours_ago))
+        b.start()
+        wait_for(lambda: settled(b, "f.txt"), 20, "b's edit hashed")
+        for d in (a, b):
+            wait_for(lambda d=d: asked(d) == ["f.txt"], 20, "the conflict reported")  # type: ignore[misc]
+        assert (a.root() / "f.txt").read_bytes() == b"a's edit"
+        assert (b.root() / "f.txt").read_bytes() == b"b's own edit"
+
+
+def test_consensus_runs_by_itself_once_the_rest_period_passed(bases: list[Path]) -> None:
+    with household(bases, extra='\n[consensus]\nrest = "2s"\n') as pair:
+        a, b = pair.daemons
+        (a.mnt() / "later.txt").write_bytes(b"l" * 1000)
+        wait_for(lambda: real_on(b, "later.txt", b"l" * 1000), 30, "realized on b without asking")
