@@ -22,7 +22,9 @@ inode number and the kernel keeps one page cache and one set of attributes
 for them, as for one inode on the disk. A node the kernel does not reference
 (no pin keeps its object alive, so its identity may have been reused by a new
 object) is instead re-homed: its old names leave the tree, and those that
-still lead to it join it again when next looked up.
+still lead to it join it again when next looked up. A node the kernel
+references but whose object nothing holds (*alive* says no: past the pin
+budget) is left alone, and the name gets a node of its own, as before links.
 
 A node removed from the tree (its last name unlinked, replaced by a rename,
 or found to be stale) while the kernel still holds references or open handles
@@ -70,12 +72,14 @@ class InodeTable:
         first_free: int = ROOT_INODE + 1,
         keep_forgotten: int = KEEP_FORGOTTEN,
         on_drop: Callable[[int], None] = lambda ino: None,
+        alive: Callable[[int], bool] = lambda ino: True,
     ) -> None:
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(0, b"", 0, lookups=1)}
         # nodes in the tree that nothing references, least recently forgotten first
         self._forgotten: OrderedDict[int, None] = OrderedDict()
         self.keep_forgotten = keep_forgotten
         self._on_drop = on_drop  # told of every node dropped from the table
+        self._alive = alive  # whether a node's object is surely still its own (pinned or open)
         self._shrink = Shrink()
         self._children: dict[int, dict[bytes, int]] = {}  # parent -> name -> child
         self._by_ident: dict[Ident, int] = {}  # the node of each backing object but directories
@@ -126,12 +130,14 @@ class InodeTable:
         linked = self._by_ident.get(ident) if ident is not None else None
         if linked is not None and self._nodes[linked].kind == kind:  # another name of a known object
             node = self._nodes[linked]
-            if not node.lookups and not node.opens:
+            referenced = node.lookups or node.opens
+            if not referenced:
                 for old_parent, old_name in node.names():  # its identity may be reused: see the doc
                     self._pop(old_parent, old_name)
                 node.parent, node.links = 0, None
-            self._name(linked, parent, name)
-            return linked
+            if not referenced or self._alive(linked):
+                self._name(linked, parent, name)
+                return linked
         if number is not None and number not in self._nodes:
             ino = number
         else:

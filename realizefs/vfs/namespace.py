@@ -135,7 +135,9 @@ class Namespace:
         max_pins: int = MAX_PINS,
         tree: Callable[[ArenaConfig, Backing], Tree] = lambda config, backing: RealTree(backing),
     ) -> None:
-        self.inodes = InodeTable(on_drop=self._dropped)
+        self.inodes = InodeTable(
+            on_drop=self._dropped, alive=lambda ino: ino in self._pins or ino in self._open
+        )
         self.max_pins = max_pins
         self._tree = tree  # the tree an arena's mount shows, over its Real
         self._pins: dict[int, Pin] = {}  # inode -> pin of its object

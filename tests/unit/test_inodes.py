@@ -247,3 +247,13 @@ def test_every_name_leads_to_its_node_with_links(operations: list[tuple[str, byt
         for ino in range(ROOT_INODE, made + 2):  # every name a node claims is in the tree
             for parent, child_name in t.names(ino):
                 assert t.child(parent, child_name) == ino
+
+
+def test_a_referenced_node_whose_object_nothing_holds_gets_no_new_name() -> None:
+    """Past the pin budget a node's object may be gone and its identity reused by a new file:
+    that file must not take the node (and the kernel's pages of the old one)."""
+    t = InodeTable(alive=lambda ino: False)
+    f = t.add(ROOT_INODE, b"f", F, (1, 20))
+    t.looked_up(f)
+    g = t.add(ROOT_INODE, b"g", F, (1, 20))
+    assert g != f and t.names(f) == [(ROOT_INODE, b"f")] and t.names(g) == [(ROOT_INODE, b"g")]
