@@ -142,3 +142,85 @@ def test_a_regular_file_made_by_mknod(d: Daemon) -> None:
     os.mknod(d.mnt() / "empty", 0o640 | stat.S_IFREG)
     st = os.lstat(d.root() / "empty")
     assert stat.S_ISREG(st.st_mode) and st.st_size == 0 and stat.S_IMODE(st.st_mode) == 0o640
+
+
+KINDS = ("regular", "fifo", "block", "char", "socket")
+
+
+def make(kind: str, path: Path) -> None:
+    if kind == "regular":
+        path.touch(0o644)
+    elif kind == "fifo":
+        os.mkfifo(path, 0o644)
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+    else:
+        os.mknod(path, 0o644 | (stat.S_IFBLK if kind == "block" else stat.S_IFCHR), os.makedev(1, 3))
+
+
+def links_as_pjdfstest_does(top: Path) -> list[object]:
+    """The steps of pjdfstest's link/00.t (less the pauses for its one-second clocks): what each
+    call answered and what ``lstat`` showed, for every kind of object."""
+    trace: list[object] = []
+
+    def call(label: str, fn: object, *args: object) -> None:
+        try:
+            fn(*args)  # type: ignore[operator]
+            trace.append((label, 0))
+        except OSError as exc:
+            trace.append((label, exc.errno))
+
+    def look(*names: str) -> None:
+        for name in names:
+            try:
+                st = os.lstat(top / name)
+                trace.append(
+                    (
+                        name,
+                        stat.S_IFMT(st.st_mode),
+                        stat.S_IMODE(st.st_mode),
+                        st.st_nlink,
+                        st.st_uid,
+                        st.st_gid,
+                    )
+                )
+            except OSError as exc:
+                trace.append((name, exc.errno))
+
+    for kind in KINDS:
+        trace.append(kind)
+        make(kind, top / "n0")
+        look("n0")
+        call("link", os.link, top / "n0", top / "n1")
+        look("n0", "n1")
+        call("link", os.link, top / "n1", top / "n2")
+        look("n0", "n1", "n2")
+        call("chmod", os.chmod, top / "n1", 0o201)
+        call("chown", os.lchown, top / "n1", 65534, 65533)
+        look("n0", "n1", "n2")
+        for name in ("n0", "n2", "n1"):
+            call("unlink", os.unlink, top / name)
+            look("n0", "n1", "n2")
+        make(kind, top / "n0")
+        os.chmod(top / "n0", 0o600)
+        as_nobody = run_as(["ln", str(top / "n0"), str(top / "n1")], check=False)  # protected_hardlinks
+        trace.append(("link as nobody", as_nobody.returncode, "not permitted" in as_nobody.stderr))
+        os.lchown(top / "n0", 65534, -1)
+        as_nobody = run_as(["ln", str(top / "n0"), str(top / "ro" / "n1")], check=False)  # no write access
+        trace.append(("link as nobody", as_nobody.returncode, "Permission denied" in as_nobody.stderr))
+        as_nobody = run_as(["ln", str(top / "n0"), str(top / "n1")], check=False)  # the owner may
+        trace.append(("link as nobody", as_nobody.returncode))
+        look("n0", "n1", "ro/n1")
+        os.unlink(top / "n0")
+        os.unlink(top / "n1")
+    return trace
+
+
+def test_links_of_every_kind_answer_as_on_the_disk(d: Daemon, base: Path) -> None:
+    disk = base / "disk"
+    disk.mkdir()
+    for top in (disk, d.mnt()):
+        os.chmod(top, 0o777)
+        (top / "ro").mkdir(0o755)
+    assert links_as_pjdfstest_does(d.mnt()) == links_as_pjdfstest_does(disk)
