@@ -101,6 +101,26 @@ def test_each_name_is_a_path_of_its_own_in_the_index(d: Daemon) -> None:
     assert ("delete", "sub/y", 0) not in history(d)
 
 
+def test_a_change_under_one_name_reaches_names_the_mount_never_showed(base: Path) -> None:
+    """Links made before the daemon started, one name never looked up through the mount:
+    the indexer knows both names from its walk."""
+    d = Daemon(base, extra='\n[consensus]\nrest = "200ms"\n')
+    d.root().mkdir(parents=True, exist_ok=True)
+    (d.root() / "a").write_text("1")
+    (d.root() / "d").mkdir()
+    os.link(d.root() / "a", d.root() / "d" / "b")
+    d.start()
+    try:
+        settled(d, ("create", "a", 1), ("create", "d/b", 1))
+        (d.mnt() / "a").write_text("22")  # through the mount: only "a" is known there
+        settled(d, ("overwrite", "a", 2), ("overwrite", "d/b", 2))
+        (d.root() / "d" / "b").write_text("333")  # on the disk, under the other name
+        settled(d, ("overwrite", "a", 3), ("overwrite", "d/b", 3))
+        d.stop()
+    finally:
+        d.kill()
+
+
 def test_a_unix_socket_is_made_in_the_real_and_never_indexed(d: Daemon) -> None:
     mnt, root = d.mnt(), d.root()
     with socket.socket(socket.AF_UNIX) as server, socket.socket(socket.AF_UNIX) as client:
