@@ -70,7 +70,25 @@ def entry(attr: Attr) -> pyfuse3.EntryAttributes:
 
 def owner(ctx: pyfuse3.RequestContext) -> Owner:
     uid, gid, pid = ctx.uid, ctx.gid, ctx.pid
-    return Owner(uid, gid, lambda g: g == gid or g in pyfuse3.get_sup_groups(pid))
+    return Owner(uid, gid, lambda g: g == gid or g in pyfuse3.get_sup_groups(pid), lambda: may_mknod(pid))
+
+
+CAP_MKNOD = 27
+
+
+def may_mknod(pid: int) -> bool:
+    """Whether the process *pid* holds CAP_MKNOD, as the disk would ask of it to make a device.
+
+    From its effective capabilities (``CapEff`` in ``/proc/<pid>/status``); a process that
+    already exited, or whose status cannot be read, may not."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_MKNOD & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def reader(ctx: pyfuse3.RequestContext | None) -> Reader:
@@ -144,7 +162,7 @@ class Operations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
     ) -> pyfuse3.EntryAttributes:
-        return entry(self.ns.mknod(parent_inode, name, mode, owner(ctx)))
+        return entry(self.ns.mknod(parent_inode, name, mode, rdev, owner(ctx)))
 
     @handler
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -160,7 +178,7 @@ class Operations(pyfuse3.Operations):
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # hard links are not synced: see docs/design.md
+        return entry(self.ns.link(inode, new_parent_inode, new_name))
 
     @handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:

@@ -27,7 +27,7 @@ import trio
 from realizefs.real.backing import Backing
 from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Change, Watcher
-from realizefs.vfs.changes import Invalidation, backing_changed, everything, peers_changed
+from realizefs.vfs.changes import Invalidation, backing_changed, everything, peers_changed, with_links
 from realizefs.vfs.namespace import ATTR_TTL, WATCHED_TTL, Namespace
 
 log = logging.getLogger(__name__)
@@ -128,9 +128,10 @@ class KernelCacheSync:
             by_tree[change.tree].append(change)
         total = Invalidation()
         names = {arena.ino: arena.name for arena in self.namespace.arenas}
-        for tree, items in by_tree.items():
+        for tree, changed in by_tree.items():
             if not isinstance(tree, int) or tree not in names:
                 continue
+            items = with_links(self.namespace, tree, changed)
             try:
                 self.indexer.changed(names[tree], items)
             except Exception:  # no change may be lost: the indexer walks the trees again instead

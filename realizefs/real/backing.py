@@ -31,6 +31,7 @@ descriptor number (another directory).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import stat
 import threading
@@ -39,7 +40,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from realizefs.errors import Exists, NotFound, NotPermitted, NotSupported, from_oserror
+from realizefs.errors import Exists, FsError, NotFound, NotPermitted, NotSupported, from_oserror
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -151,6 +152,7 @@ class Owner:
     uid: int
     gid: int
     in_group: Callable[[int], bool]  # whether the user belongs to a group (supplementary too)
+    may_mknod: Callable[[], bool] = lambda: False  # whether the caller may make devices (CAP_MKNOD)
 
 
 class _RootFd:
@@ -373,17 +375,31 @@ class Backing:
             finally:
                 os.close(fd)
 
-    def mkfifo(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> os.stat_result:
-        if not stat.S_ISFIFO(mode):
-            raise NotPermitted("only FIFOs can be created here")
+    def mknod(self, parent: bytes, name: bytes, mode: int, rdev: int, owner: Owner) -> os.stat_result:
+        """A FIFO, a socket, an empty regular file, or a block or character device.
+
+        A device only when *owner* could make one on the disk (`Owner.may_mknod`, the
+        CAP_MKNOD capability): the daemon, as root, could make one for anybody."""
+        kind = stat.S_IFMT(mode)
+        if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK):
+            raise FsError("not a kind mknod makes", errno=errno.EINVAL)
+        if kind in (stat.S_IFCHR, stat.S_IFBLK) and not owner.may_mknod():
+            raise NotPermitted("making a device takes CAP_MKNOD")
         with self._parent(parent) as pfd:
             mode, gid = self._initial(pfd, mode, owner, is_dir=False)
-            os.mkfifo(name, 0o600, dir_fd=pfd)
-            fd = self._made(pfd, name, os.O_PATH, stat.S_IFIFO, 0o600)
+            os.mknod(name, kind | 0o600, rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0, dir_fd=pfd)
+            fd = self._made(pfd, name, os.O_PATH, kind, 0o600)
             try:
                 return self._give(fd, owner, gid, mode)
             finally:
                 os.close(fd)
+
+    def link(self, source: int, parent: bytes, name: bytes) -> os.stat_result:
+        """A hard link named *name* in *parent* to the object open as *source* (any descriptor,
+        ``O_PATH`` too): the very object, never whatever a name leads to by then."""
+        with self._parent(parent) as pfd:
+            os.link(proc_path(source), name, dst_dir_fd=pfd, follow_symlinks=True)
+            return os.fstat(source)
 
     def symlink(self, parent: bytes, name: bytes, target: bytes, owner: Owner) -> os.stat_result:
         with self._parent(parent) as pfd:

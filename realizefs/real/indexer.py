@@ -23,7 +23,9 @@ second, or the rest period if shorter), so a delete followed by a new write
 (some editors' save) is one edit, and peers hear of a delete at once. A file that
 changes while it is read is queued again; a file that cannot be read is
 reported (log and `unreadable`) and stays pending, never treated as deleted.
-FIFOs, sockets and devices are not indexed.
+FIFOs, sockets and devices are not indexed. Each name of a file with hard
+links is a path of its own: a change seen under one name is looked at under
+every other name seen of it (`realizefs.real.links`).
 
 An arena is indexed only while its root holds its marker
 (`realizefs.real.marker`), checked before every walk of the whole tree: a
@@ -64,6 +66,7 @@ from realizefs.errors import FsError, NotFound
 from realizefs.real import marker, staging
 from realizefs.real.backing import Backing, join
 from realizefs.real.hashing import ChangedWhileHashingError, Content, hash_fd
+from realizefs.real.links import Links
 from realizefs.real.watcher import Change
 from realizefs.shrink import Shrink
 from realizefs.store.history import Entry
@@ -185,6 +188,7 @@ class Indexer:
         # (replaced whole by each round, read by `counts` on the event loop)
         self._gone: dict[str, Counts] = {}
         self._gone_keys: set[Key] = set()  # the paths that were missing at their last look
+        self._links = Links()  # other names of files with hard links: a change of one is theirs too
         self._now = 0.0  # the clock and the wall clock at the start of the round in progress
         self._wall_ns = 0
         self._wake = trio.Event()
@@ -314,6 +318,7 @@ class Indexer:
                     self.index.delete(a.root, [*parts(rel), name])
                 for name, st in on_disk.items():
                     path = join(rel, name)
+                    self._links.saw((a.name, path), st)
                     outcome = self._record(a, path, st, indexed.get(name), force=force)
                     if outcome == "dir":
                         todo.append(path)
@@ -756,6 +761,7 @@ class Indexer:
             return None
         st = self._stat(a, rel)
         pending.quiet = pending.quiet or self._own(key, st)
+        linked = self._links.saw(key, st)
         if st is None:
             record = self.index.get(a.root, parts(rel))
             if pending.quiet:
@@ -775,6 +781,9 @@ class Indexer:
             return None
         pending.gone = False
         old = self.index.get(a.root, parts(rel))
+        if linked and (old is None or (old.size, old.mtime_ns) != (st.st_size, st.st_mtime_ns)):
+            for other in linked:  # the same content under its other names: each its own path
+                self._queue(*other, self._now)
         outcome = self._record(a, rel, st, old, quiet=pending.quiet, force=pending.force)
         if outcome != "hash":
             self._pending.pop(key, None)

@@ -84,6 +84,26 @@ def backing_changed(ns: Namespace, arena_ino: int, changes: Iterable[Change]) ->
     return out
 
 
+def with_links(ns: Namespace, arena_ino: int, changes: Iterable[Change]) -> list[Change]:
+    """*changes*, and the same change at every other name the namespace knows of a changed
+    object with hard links: inotify reports a change under the one name it was made
+    through (a write through the mount, under the name the node was first looked up by),
+    yet each name is a path of its own in the index, whose content changed too."""
+    out: list[Change] = []
+    for change in changes:
+        out.append(change)
+        dir_ino = _known(ns, arena_ino, change.directory)
+        child = ns.inodes.child(dir_ino, change.name) if dir_ino is not None and change.name else None
+        names = ns.inodes.names(child) if child is not None else []
+        for parent, name in names:
+            if (parent, name) == (dir_ino, change.name):
+                continue
+            directory = ns.arena_path(arena_ino, parent)
+            if directory is not None:
+                out.append(Change(change.tree, directory, name, change.mask))
+    return out
+
+
 def peers_changed(ns: Namespace, arena_ino: int, paths: Iterable[tuple[bytes, bytes]]) -> Invalidation:
     """The invalidations due after a peer's changes of (directory, name) paths in this peer's
     view of the arena *arena_ino*: as `backing_changed`, and an object still there has its

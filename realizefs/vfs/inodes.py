@@ -14,16 +14,29 @@ rename-replace or a delete and create in the backing tree, a kind change),
 the name gets a new node and number, so the kernel never caches one object's
 pages or attributes under another's inode.
 
-A node removed from the tree (unlinked, replaced by a rename, or found to be
-stale) while the kernel still holds references or open handles becomes an
-*orphan*: it keeps its number, answers through its open handles, and
-disappears once forgotten.
+A file with several hard links is one node with several names: its first
+name is `Node.parent` and `Node.name`, the others `Node.links`. A name
+looked up for an object that already has a node (its identity is in the
+table, and it is not a directory) joins that node, so both names show one
+inode number and the kernel keeps one page cache and one set of attributes
+for them, as for one inode on the disk. A node the kernel does not reference
+(no pin keeps its object alive, so its identity may have been reused by a new
+object) is instead re-homed: its old names leave the tree, and those that
+still lead to it join it again when next looked up. A node the kernel
+references but whose object nothing holds (*alive* says no: past the pin
+budget) is left alone, and the name gets a node of its own, as before links.
+
+A node removed from the tree (its last name unlinked, replaced by a rename,
+or found to be stale) while the kernel still holds references or open handles
+becomes an *orphan*: it keeps its number, answers through its open handles,
+and disappears once forgotten.
 
 Pure data structure: no I/O, no trio; called from the event loop thread only.
 """
 
 from __future__ import annotations
 
+import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +58,12 @@ class Node:
     ident: Ident | None = None  # the backing object; None for virtual nodes
     lookups: int = 0
     opens: int = 0
+    links: list[tuple[int, bytes]] | None = None  # its other names (parent, name): hard links
+
+    def names(self) -> list[tuple[int, bytes]]:
+        """Every (parent, name) the node has in the tree; none for an orphan."""
+        first = [(self.parent, self.name)] if self.parent else []
+        return first + (self.links or [])
 
 
 class InodeTable:
@@ -53,14 +72,17 @@ class InodeTable:
         first_free: int = ROOT_INODE + 1,
         keep_forgotten: int = KEEP_FORGOTTEN,
         on_drop: Callable[[int], None] = lambda ino: None,
+        alive: Callable[[int], bool] = lambda ino: True,
     ) -> None:
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(0, b"", 0, lookups=1)}
         # nodes in the tree that nothing references, least recently forgotten first
         self._forgotten: OrderedDict[int, None] = OrderedDict()
         self.keep_forgotten = keep_forgotten
         self._on_drop = on_drop  # told of every node dropped from the table
+        self._alive = alive  # whether a node's object is surely still its own (pinned or open)
         self._shrink = Shrink()
         self._children: dict[int, dict[bytes, int]] = {}  # parent -> name -> child
+        self._by_ident: dict[Ident, int] = {}  # the node of each backing object but directories
         self._next = first_free
 
     def __len__(self) -> int:
@@ -100,20 +122,68 @@ class InodeTable:
             same_object = node.ident == ident or node.ident is None or ident is None
             if same_kind and same_object:
                 node.kind = node.kind or kind
-                node.ident = node.ident or ident
+                if node.ident is None and ident is not None:
+                    node.ident = ident
+                    self._register(existing, node)
                 return existing
             self.detach(parent, name)
+        linked = self._by_ident.get(ident) if ident is not None else None
+        if linked is not None and self._nodes[linked].kind == kind:  # another name of a known object
+            node = self._nodes[linked]
+            referenced = node.lookups or node.opens
+            if not referenced:
+                for old_parent, old_name in node.names():  # its identity may be reused: see the doc
+                    self._pop(old_parent, old_name)
+                node.parent, node.links = 0, None
+            if not referenced or self._alive(linked):
+                self._name(linked, parent, name)
+                return linked
         if number is not None and number not in self._nodes:
             ino = number
         else:
             ino = self._next
             self._next += 1
         self._nodes[ino] = Node(parent, name, kind, ident)
+        self._register(ino, self._nodes[ino])
         self._children.setdefault(parent, {})[name] = ino
         self._shrink.due(len(self._nodes))  # notes the largest size
         if not keep:
             self._unused(ino)  # until the kernel takes a reference
         return ino
+
+    def _register(self, ino: int, node: Node) -> None:
+        if node.ident is not None and node.kind and node.kind != stat.S_IFDIR:
+            self._by_ident[node.ident] = ino
+
+    def _unregister(self, ino: int, node: Node) -> None:
+        if node.ident is not None and self._by_ident.get(node.ident) == ino:
+            del self._by_ident[node.ident]
+
+    def _name(self, ino: int, parent: int, name: bytes) -> None:
+        """Give *ino* the name (*parent*, *name*) besides those it has."""
+        node = self._nodes[ino]
+        if not node.parent:
+            node.parent, node.name = parent, name
+        else:
+            node.links = [*(node.links or []), (parent, name)]
+        self._children.setdefault(parent, {})[name] = ino
+
+    def _unname(self, node: Node, parent: int, name: bytes) -> None:
+        """Take the name (*parent*, *name*) from *node* (the tree's map is the caller's)."""
+        if (node.parent, node.name) == (parent, name):
+            if node.links:
+                node.parent, node.name = node.links.pop(0)
+            else:
+                node.parent = 0
+        elif node.links and (parent, name) in node.links:
+            node.links.remove((parent, name))
+        if not node.links:
+            node.links = None
+
+    def names(self, ino: int) -> list[tuple[int, bytes]]:
+        """Every (parent, name) of *ino* in the tree (several for a file with hard links)."""
+        node = self._nodes.get(ino)
+        return node.names() if node is not None else []
 
     def is_orphan(self, ino: int) -> bool:
         node = self._nodes.get(ino)
@@ -145,35 +215,47 @@ class InodeTable:
         return ino
 
     def detach(self, parent: int, name: bytes) -> int | None:
-        """Remove *name* from *parent*; its node becomes an orphan until forgotten."""
+        """Remove *name* from *parent*; a node left with no name becomes an orphan until forgotten."""
         ino = self._pop(parent, name)
         if ino is None:
             return None
         node = self._nodes[ino]
-        node.parent = 0
-        self._forgotten.pop(ino, None)
-        self._drop_if_unused(ino, node)
+        self._unname(node, parent, name)
+        if not node.parent:
+            self._forgotten.pop(ino, None)
+            self._drop_if_unused(ino, node)
         return ino
 
     def move(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes) -> None:
-        """Rename: the moved node keeps its number; a replaced target is detached."""
-        ino = self._pop(old_parent, old_name)
+        """Rename: the moved node keeps its number; a replaced target is detached.
+
+        Two names of one node: nothing happens, as ``rename(2)`` does nothing then."""
+        ino = self.child(old_parent, old_name)
+        if ino is not None and ino == self.child(new_parent, new_name):
+            return
+        self._pop(old_parent, old_name)
         self.detach(new_parent, new_name)
         if ino is None:
             return
         node = self._nodes[ino]
-        node.parent, node.name = new_parent, new_name
-        self._children.setdefault(new_parent, {})[new_name] = ino
+        self._unname(node, old_parent, old_name)
+        self._name(ino, new_parent, new_name)
 
     def exchange(self, parent_a: int, name_a: bytes, parent_b: int, name_b: bytes) -> None:
         a = self._pop(parent_a, name_a)
         b = self._pop(parent_b, name_b)
-        if a is not None:
-            self._nodes[a].parent, self._nodes[a].name = parent_b, name_b
+        if a is not None and a == b:  # two names of one object: nothing changes
+            self._children.setdefault(parent_a, {})[name_a] = a
             self._children.setdefault(parent_b, {})[name_b] = a
+            return
+        if a is not None:
+            self._unname(self._nodes[a], parent_a, name_a)
         if b is not None:
-            self._nodes[b].parent, self._nodes[b].name = parent_a, name_a
-            self._children.setdefault(parent_a, {})[name_a] = b
+            self._unname(self._nodes[b], parent_b, name_b)
+        if a is not None:
+            self._name(a, parent_b, name_b)
+        if b is not None:
+            self._name(b, parent_a, name_a)
 
     def looked_up(self, ino: int) -> None:
         self._nodes[ino].lookups += 1
@@ -201,6 +283,7 @@ class InodeTable:
             return
         if node.parent == 0:
             del self._nodes[ino]
+            self._unregister(ino, node)
             self._on_drop(ino)
             self._compact()
         else:
@@ -217,7 +300,9 @@ class InodeTable:
                 break
             del self._forgotten[oldest]
             node = self._nodes.pop(oldest)
-            self._pop(node.parent, node.name)
+            for parent, name in node.names():
+                self._pop(parent, name)
+            self._unregister(oldest, node)
             self._on_drop(oldest)
             self._compact()
 
@@ -226,4 +311,5 @@ class InodeTable:
         if self._shrink.due(len(self._nodes)):
             self._nodes = dict(self._nodes)
             self._children = dict(self._children)
+            self._by_ident = dict(self._by_ident)
             self._forgotten = OrderedDict(self._forgotten)

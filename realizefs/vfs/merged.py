@@ -60,7 +60,7 @@ from realizefs.real.backing import RENAME_EXCHANGE, RENAME_NOREPLACE, Owner, joi
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Index, Record
 from realizefs.types import Mode
 from realizefs.vfs.realtree import RealFile, RealPin, RealTree
-from realizefs.vfs.tree import Changes, Stat
+from realizefs.vfs.tree import Changes, Pin, Stat
 
 log = logging.getLogger(__name__)
 
@@ -502,10 +502,15 @@ class MergedTree:
         self._realize_dir(parent)
         return self.real.mkdir(parent, name, mode, owner)
 
-    def mkfifo(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> Stat:
+    def mknod(self, parent: bytes, name: bytes, mode: int, rdev: int, owner: Owner) -> Stat:
         self._refuse_over_unreal(join(parent, name))
         self._realize_dir(parent)
-        return self.real.mkfifo(parent, name, mode, owner)
+        return self.real.mknod(parent, name, mode, rdev, owner)
+
+    def link(self, source: Pin, parent: bytes, name: bytes) -> Stat:
+        self._refuse_over_unreal(join(parent, name))
+        self._realize_dir(parent)
+        return self.real.link(source, parent, name)  # an Unreal file is refused there
 
     def symlink(self, parent: bytes, name: bytes, target: bytes, owner: Owner) -> Stat:
         self._refuse_over_unreal(join(parent, name))

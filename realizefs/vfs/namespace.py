@@ -135,7 +135,9 @@ class Namespace:
         max_pins: int = MAX_PINS,
         tree: Callable[[ArenaConfig, Backing], Tree] = lambda config, backing: RealTree(backing),
     ) -> None:
-        self.inodes = InodeTable(on_drop=self._dropped)
+        self.inodes = InodeTable(
+            on_drop=self._dropped, alive=lambda ino: ino in self._pins or ino in self._open
+        )
         self.max_pins = max_pins
         self._tree = tree  # the tree an arena's mount shows, over its Real
         self._pins: dict[int, Pin] = {}  # inode -> pin of its object
@@ -520,8 +522,35 @@ class Namespace:
     def mkdir(self, parent: int, name: bytes, mode: int, owner: Owner) -> Attr:
         return self._make(parent, name, lambda tree, rel: tree.mkdir(rel, name, mode, owner))
 
-    def mknod(self, parent: int, name: bytes, mode: int, owner: Owner) -> Attr:
-        return self._make(parent, name, lambda tree, rel: tree.mkfifo(rel, name, mode, owner))
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, owner: Owner) -> Attr:
+        """A FIFO, socket, device or empty regular file (devices only for callers who may make them)."""
+        return self._make(parent, name, lambda tree, rel: tree.mknod(rel, name, mode, rdev, owner))
+
+    def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        """A hard link to the object *ino* named *new_name* in *new_parent*: one more name of its node.
+
+        The object linked is the node's own (through its pin, else its path, checked), so a
+        name renamed over meanwhile links the object the kernel asked about, never another."""
+        if self.is_virtual(ino):
+            raise NotPermitted("realizefs's own files cannot be linked")
+        arena, rel = self._arena_dir(new_parent, new_name)
+        source_arena, source_rel = self._locate(ino)
+        if source_arena is not arena:
+            raise FsError("across arenas", errno=errno.EXDEV)
+        pin = self._pins.get(ino)
+        taken: Pin | None = None
+        if pin is None:
+            taken = pin = arena.tree.pin(source_rel)[0]
+        try:
+            if taken is not None:
+                self._check(ino, pin.stat())
+            st = arena.tree.link(pin, rel, new_name)
+        finally:
+            if taken is not None:
+                taken.close()
+        linked = self._add(new_parent, new_name, st)
+        self._referenced(linked, None)
+        return self._attr(linked, st)
 
     def symlink(self, parent: int, name: bytes, target: bytes, owner: Owner) -> Attr:
         return self._make(parent, name, lambda tree, rel: tree.symlink(rel, name, target, owner))
@@ -795,6 +824,14 @@ class Namespace:
     def arena(self, ino: int) -> Arena | None:
         """The arena whose root is *ino*."""
         return self._arenas.get(ino)
+
+    def arena_path(self, arena_ino: int, ino: int) -> bytes | None:
+        """The path of the directory *ino* in the arena whose root is *arena_ino*; None elsewhere."""
+        try:
+            arena, rel = self._locate(ino)
+        except FsError:
+            return None
+        return rel if arena.ino == arena_ino else None
 
     def told(self, ino: int) -> int | None:
         """The ctime of what the kernel was last given for *ino*."""

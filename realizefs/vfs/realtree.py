@@ -18,11 +18,11 @@ import os
 
 import trio
 
-from realizefs.errors import from_oserror
+from realizefs.errors import NotPermitted, from_oserror
 from realizefs.real import xattrs
 from realizefs.real.backing import Backing, Owner, fallocate, proc_path, reopen
 from realizefs.types import Mode
-from realizefs.vfs.tree import Changes
+from realizefs.vfs.tree import Changes, Pin
 
 
 def _fstat(fd: int) -> os.stat_result:
@@ -158,8 +158,13 @@ class RealTree:
     def mkdir(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> os.stat_result:
         return self.backing.mkdir(parent, name, mode, owner)
 
-    def mkfifo(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> os.stat_result:
-        return self.backing.mkfifo(parent, name, mode, owner)
+    def mknod(self, parent: bytes, name: bytes, mode: int, rdev: int, owner: Owner) -> os.stat_result:
+        return self.backing.mknod(parent, name, mode, rdev, owner)
+
+    def link(self, source: Pin, parent: bytes, name: bytes) -> os.stat_result:
+        if not isinstance(source, RealPin):
+            raise NotPermitted("only a file of the Real can be linked")
+        return self.backing.link(source.fd, parent, name)
 
     def symlink(self, parent: bytes, name: bytes, target: bytes, owner: Owner) -> os.stat_result:
         return self.backing.symlink(parent, name, target, owner)

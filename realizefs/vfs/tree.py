@@ -146,7 +146,11 @@ class Tree(Protocol):
 
     def mkdir(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> Stat: ...
 
-    def mkfifo(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> Stat: ...
+    def mknod(self, parent: bytes, name: bytes, mode: int, rdev: int, owner: Owner) -> Stat:
+        """``mknod(2)``: a FIFO, a socket, an empty regular file, or a device if *owner* may make one."""
+
+    def link(self, source: Pin, parent: bytes, name: bytes) -> Stat:
+        """A hard link to the object *source* is, named *name* in *parent*; its attributes."""
 
     def symlink(self, parent: bytes, name: bytes, target: bytes, owner: Owner) -> Stat: ...
 

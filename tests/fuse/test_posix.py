@@ -186,19 +186,6 @@ def test_inode_numbers_are_stable_for_a_path(daemon: Daemon) -> None:
     assert os.stat(mnt / "x").st_ino != os.stat(mnt).st_ino
 
 
-def test_hard_links_and_device_nodes_are_refused_fifos_work(daemon: Daemon) -> None:
-    mnt, root = daemon.mnt(), daemon.root()
-    (mnt / "f").write_text("x")
-    with pytest.raises(OSError) as info:
-        os.link(mnt / "f", mnt / "g")
-    assert info.value.errno == errno.EPERM
-    with pytest.raises(OSError) as info:
-        os.mknod(mnt / "dev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
-    assert info.value.errno == errno.EPERM
-    os.mkfifo(mnt / "fifo", 0o600)
-    assert stat.S_ISFIFO(os.lstat(root / "fifo").st_mode)
-
-
 def test_errors_carry_the_backing_errno(daemon: Daemon) -> None:
     mnt = daemon.mnt()
     with pytest.raises(FileNotFoundError):

@@ -319,3 +319,33 @@ def test_running_out_of_descriptors_pins_fewer_and_fails_nothing(ns: Namespace, 
     assert len(set(inos)) == 60 and attr.ino not in inos
     assert ns.max_pins < 60  # it pins fewer from now on
     assert ns.getattr(inos[-1]).size == 1
+
+
+def test_a_device_is_made_only_for_a_caller_who_may_make_one(ns: Namespace, root: Path) -> None:
+    """The kernel asks the daemon, which runs as root, so the caller's CAP_MKNOD decides."""
+    a = arena(ns)
+    refused = Owner(0, 0, lambda gid: gid == 0, may_mknod=lambda: False)
+    with pytest.raises(NotPermitted):
+        ns.mknod(a, b"null", stat.S_IFCHR | 0o600, os.makedev(1, 3), refused)
+    assert not (root / "null").exists()
+    allowed = Owner(0, 0, lambda gid: gid == 0, may_mknod=lambda: True)
+    attr = ns.mknod(a, b"null", stat.S_IFCHR | 0o600, os.makedev(1, 3), allowed)
+    assert stat.S_ISCHR(attr.mode) and os.lstat(root / "null").st_rdev == os.makedev(1, 3)
+    sock = ns.mknod(a, b"sock", stat.S_IFSOCK | 0o644, 0, refused)  # anyone may make a socket
+    assert stat.S_ISSOCK(os.lstat(root / "sock").st_mode) and sock.mode == stat.S_IFSOCK | 0o644
+
+
+def test_a_link_is_another_name_of_the_node(ns: Namespace, root: Path) -> None:
+    a = arena(ns)
+    d = ns.mkdir(a, b"d", 0o755, ROOT).ino
+    fh, f = ns.create(a, b"f", 0o644, os.O_WRONLY, ROOT)
+    ns.release(fh)
+    linked = ns.link(f.ino, d, b"g")
+    assert linked.ino == f.ino and linked.nlink == 2
+    assert os.stat(root / "d" / "g").st_ino == os.stat(root / "f").st_ino
+    assert ns.lookup(d, b"g").ino == f.ino
+    ns.unlink(a, b"f")
+    assert ns.getattr(f.ino).nlink == 1 and not ns.inodes.is_orphan(f.ino)
+    with pytest.raises(FsError) as info:
+        ns.link(d, a, b"dir-link")  # the kernel refuses this first; the disk would too
+    assert info.value.errno == 1

@@ -19,7 +19,7 @@ from realizefs.vfs.attributes import MODE, STATUS
 from realizefs.vfs.inodes import ROOT_INODE
 from realizefs.vfs.namespace import Namespace, ident
 from realizefs.vfs.realtree import RealTree
-from realizefs.vfs.tree import Changes, Tree
+from realizefs.vfs.tree import Changes, Pin, Tree
 
 ROOT = Owner(0, 0, lambda gid: gid == 0)
 
@@ -230,7 +230,10 @@ class MemoryTree:
     def mkdir(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> MemoryStat:
         raise NotPermitted("read-only")
 
-    def mkfifo(self, parent: bytes, name: bytes, mode: int, owner: Owner) -> MemoryStat:
+    def mknod(self, parent: bytes, name: bytes, mode: int, rdev: int, owner: Owner) -> MemoryStat:
+        raise NotPermitted("read-only")
+
+    def link(self, source: Pin, parent: bytes, name: bytes) -> MemoryStat:
         raise NotPermitted("read-only")
 
     def symlink(self, parent: bytes, name: bytes, target: bytes, owner: Owner) -> MemoryStat:

@@ -79,7 +79,7 @@ def test_a_directory_swapped_in_after_mkdir_is_not_handed_over(
     assert (root / "d").stat().st_uid == 4321
 
 
-def test_a_file_swapped_in_after_mkfifo_is_not_handed_over(
+def test_a_file_swapped_in_after_mknod_is_not_handed_over(
     tree: tuple[Backing, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backing, root, victim = tree
@@ -88,9 +88,9 @@ def test_a_file_swapped_in_after_mkfifo_is_not_handed_over(
         os.unlink(root / "p")
         os.link(victim, root / "p")
 
-    swapping(monkeypatch, "mkfifo", swap)
+    swapping(monkeypatch, "mknod", swap)
     with pytest.raises(Exists):
-        backing.mkfifo(b"", b"p", stat.S_IFIFO | 0o644, USER)
+        backing.mknod(b"", b"p", stat.S_IFIFO | 0o644, 0, USER)
     assert untouched(victim)
 
 
@@ -129,7 +129,7 @@ def test_new_objects_belong_to_their_user(tree: tuple[Backing, Path, Path], kind
     elif kind == "dir":
         st = backing.mkdir(b"", b"x", 0o750, USER)
     elif kind == "fifo":
-        st = backing.mkfifo(b"", b"x", stat.S_IFIFO | 0o640, USER)
+        st = backing.mknod(b"", b"x", stat.S_IFIFO | 0o640, 0, USER)
     else:
         st = backing.symlink(b"", b"x", b"target", USER)
     on_disk = os.lstat(root / "x")

@@ -158,3 +158,102 @@ def test_shrink_says_when_a_mapping_emptied_to_a_quarter_of_its_largest() -> Non
     assert not s.due(2_000)  # measured from the new size
     small = Shrink()
     assert not small.due(4000) and not small.due(10)  # too small to be worth a copy
+
+
+def test_names_of_one_object_share_a_node() -> None:
+    """Hard links: a name looked up for an object that has a node joins it, not a new number."""
+    t = InodeTable()
+    d = t.add(ROOT_INODE, b"d", D, (1, 10))
+    f = t.add(ROOT_INODE, b"f", F, (1, 20))
+    t.looked_up(f)
+    assert t.add(d, b"g", F, (1, 20)) == f and t.child(d, b"g") == f
+    assert sorted(t.names(f)) == [(ROOT_INODE, b"f"), (d, b"g")]
+    assert t.add(ROOT_INODE, b"h", F, (1, 21)) != f  # another object
+    assert t.add(ROOT_INODE, b"e", D, (1, 10)) != d  # directories never share a node
+    assert t.detach(ROOT_INODE, b"f") == f
+    assert not t.is_orphan(f) and t.path(f) == [b"d", b"g"]  # one name left
+    t.move(d, b"g", ROOT_INODE, b"k")
+    assert t.names(f) == [(ROOT_INODE, b"k")] and t.child(d, b"g") is None
+    t.detach(ROOT_INODE, b"k")
+    assert t.is_orphan(f)  # no name left, still referenced
+    assert t.add(d, b"back", F, (1, 20)) == f and t.path(f) == [b"d", b"back"]  # found again by a name
+
+
+def test_a_rename_between_two_names_of_one_object_does_nothing() -> None:
+    t = InodeTable()
+    f = t.add(ROOT_INODE, b"f", F, (1, 20))
+    t.looked_up(f)
+    t.add(ROOT_INODE, b"g", F, (1, 20))
+    t.move(ROOT_INODE, b"f", ROOT_INODE, b"g")
+    assert sorted(t.names(f)) == [(ROOT_INODE, b"f"), (ROOT_INODE, b"g")]
+    t.exchange(ROOT_INODE, b"f", ROOT_INODE, b"g")
+    assert sorted(t.names(f)) == [(ROOT_INODE, b"f"), (ROOT_INODE, b"g")]
+    assert t.child(ROOT_INODE, b"f") == t.child(ROOT_INODE, b"g") == f
+
+
+def test_an_unreferenced_node_found_under_a_new_name_is_rehomed() -> None:
+    """Nothing pins an object the kernel forgot: its identity may now be another file's, so its
+    old names leave the tree (those still leading to it join it again when looked up)."""
+    dropped: list[int] = []
+    t = InodeTable(on_drop=dropped.append)
+    f = t.add(ROOT_INODE, b"f", F, (1, 20))  # never referenced
+    assert t.add(ROOT_INODE, b"g", F, (1, 20)) == f
+    assert t.names(f) == [(ROOT_INODE, b"g")] and t.child(ROOT_INODE, b"f") is None
+    t.looked_up(f)
+    assert t.add(ROOT_INODE, b"f", F, (1, 20)) == f and len(t.names(f)) == 2
+    t.forget(f, 1)
+    t.detach(ROOT_INODE, b"f")
+    t.detach(ROOT_INODE, b"g")
+    assert dropped == [f] and t.add(ROOT_INODE, b"h", F, (1, 20)) != f  # gone with its identity
+
+
+def test_a_forgotten_node_leaves_with_all_its_names() -> None:
+    dropped: list[int] = []
+    t = InodeTable(keep_forgotten=1, on_drop=dropped.append)
+    f = t.add(ROOT_INODE, b"f", F, (1, 20))
+    t.looked_up(f)
+    t.add(ROOT_INODE, b"g", F, (1, 20))
+    t.forget(f, 1)
+    t.add(ROOT_INODE, b"other", F, (1, 30))  # over the bound: f goes
+    assert dropped == [f] and t.child(ROOT_INODE, b"f") is None and t.child(ROOT_INODE, b"g") is None
+    assert t.add(ROOT_INODE, b"g", F, (1, 20)) != f
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["add", "link", "move", "detach", "ref"]), names, names), max_size=60)
+)
+def test_every_name_leads_to_its_node_with_links(operations: list[tuple[str, bytes, bytes]]) -> None:
+    t = InodeTable(keep_forgotten=4)
+    made = 0
+    for op, name, other in operations:
+        here = t.child(ROOT_INODE, name)
+        if op == "add":
+            made += 1
+            t.add(ROOT_INODE, name, F, (1, made))
+        elif op == "link" and here is not None:
+            node = t.node(here)
+            assert node is not None
+            t.add(ROOT_INODE, other, F, node.ident)
+        elif op == "move":
+            t.move(ROOT_INODE, name, ROOT_INODE, other)
+        elif op == "detach":
+            t.detach(ROOT_INODE, name)
+        elif op == "ref" and here is not None:
+            t.looked_up(here)
+        for child_name, child in t.children(ROOT_INODE):
+            assert (ROOT_INODE, child_name) in t.names(child)
+            assert t.path(child) == [t.names(child)[0][1]]
+        for ino in range(ROOT_INODE, made + 2):  # every name a node claims is in the tree
+            for parent, child_name in t.names(ino):
+                assert t.child(parent, child_name) == ino
+
+
+def test_a_referenced_node_whose_object_nothing_holds_gets_no_new_name() -> None:
+    """Past the pin budget a node's object may be gone and its identity reused by a new file:
+    that file must not take the node (and the kernel's pages of the old one)."""
+    t = InodeTable(alive=lambda ino: False)
+    f = t.add(ROOT_INODE, b"f", F, (1, 20))
+    t.looked_up(f)
+    g = t.add(ROOT_INODE, b"g", F, (1, 20))
+    assert g != f and t.names(f) == [(ROOT_INODE, b"f")] and t.names(g) == [(ROOT_INODE, b"g")]
