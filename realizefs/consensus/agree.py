@@ -15,7 +15,9 @@ the versions known for one path and returns the agreed one:
 - more than one unlike version is a *conflict*. Every peer picks the same
   winner from the same set: a live version over a tombstone (delete against
   edit keeps the edit), then the later mtime, then the greater origin key.
-  The others are the losers, each a version someone may want back.
+  The other live ones are the losers, each a version someone may want back;
+  a delete that lost to an edit leaves nothing to keep, so that alone is no
+  conflict: the edit wins, with a vector that dominates the delete.
 
 The result does not depend on the order the versions are given in, on
 duplicates, or on dominated versions being there or not (tested by property).
@@ -90,7 +92,8 @@ def choose(versions: Iterable[Version]) -> Choice:
         else:
             classes.append([v])
     heads = sorted((max(c, key=_total) for c in classes), key=_total, reverse=True)
-    winner, losers = heads[0], tuple(heads[1:])
+    winner = heads[0]
+    losers = tuple(h for h in heads[1:] if h.live)  # of a delete that lost, nothing is to keep
     return Choice(winner, merge(*(v.vv for v in given)), losers)
 
 

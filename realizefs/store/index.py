@@ -1203,9 +1203,9 @@ class Index:
 
     def survey(self, arena: str) -> list[Offered]:
         """Every path of this peer's view of *arena* that consensus may act on, parents before
-        children: each Real entry a peer's view holds another version of (newer, older or
-        concurrent: `realizefs.consensus.agree` weighs them), and each live Unreal entry (to
-        realize where the mode says so), with those versions. One read transaction."""
+        children: each Real entry or tombstone a peer's view holds another version of (newer,
+        older or concurrent: `realizefs.consensus.agree` weighs them), and each live Unreal
+        entry (to realize where the mode says so), with those versions. One read transaction."""
         with self._reading() as txn:
             root = self._root_of(txn, b"arena:" + arena.encode())
             if root is None:
@@ -1226,7 +1226,7 @@ class Index:
                         for peer, v in found
                         if v is not None and versions.normal(v[8]) != versions.normal(value[8])
                     )
-                    if (record.here and offers) or (record.live and not record.real):
+                    if ((record.here or not record.live) and offers) or (record.live and not record.real):
                         out.append(Offered(here, value[0], record, offers))
                     if value[1] == KIND_DIR:
                         stack.append((value[0], here, [(peer, v[0] if v else None) for peer, v in found]))
@@ -1246,11 +1246,13 @@ class Index:
         over: dict[bytes, int],
         version: Record,
         chunks: Sequence[tuple[int, int, bytes]] | None = None,
+        real: bool = True,
     ) -> bool:
         """The Real now holds *version* (a peer's, applied by consensus: a content placed, a
         directory made, a file deleted) at *path*, where the index held vector *over*: record
         it with its vector and origin, as Real (a tombstone: gone; *chunks*: its content's
-        manifest, if the index may not have it yet), numbered so peers learn it; no history
+        manifest, if the index may not have it yet; not *real*: taken on as an Unreal
+        entry, nothing on the disk), numbered so peers learn it; no history
         (not a change of this peer's). False, and nothing written, if the
         index no longer holds *over* there (the indexer saw a change meanwhile: the disk
         has the last word)."""
@@ -1262,7 +1264,9 @@ class Index:
             live = version.kind != KIND_DELETED
             if version.hash is not None and chunks is not None:  # its chunks' sources: this file now
                 chunk_index.write_manifest(txn, self._manifests, version.hash, chunks)
-            self._place(txn, root, path, replace(version, real=live, changed=False), dict(version.vv))
+            self._place(
+                txn, root, path, replace(version, real=live and real, changed=False), dict(version.vv)
+            )
             return True
 
 

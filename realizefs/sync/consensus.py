@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from realizefs.consensus.agree import Version, choose, resolves
+from realizefs.consensus.agree import Choice, Version, choose, resolves
 from realizefs.consensus.versions import Order, compare
 from realizefs.errors import FsError
 from realizefs.real import apply, staging, xattrs
@@ -84,6 +84,7 @@ class Kind(enum.Enum):
     CHMOD = "mode set"
     DELETE = "deleted"
     VECTOR = "merged"  # alike versions: only the vector taken on
+    LEARN = "taken on"  # an Unreal entry or tombstone replaced by the agreed version (index only)
 
 
 @dataclass(frozen=True)
@@ -239,14 +240,17 @@ class Consensus:
                 log.info("consensus: %s/%s: concurrent versions, kept as is", place.name, _show(item.path))
                 continue
             if not held.here:
-                unreal.append((item, held))
+                agreed = held
+                if not resolves(choice, weighed(held)) or compare(choice.vv, held.vv) is not Order.EQUAL:
+                    # a concurrent version won (an edit over a delete, or alike ones merged)
+                    agreed = _agreed(held, offered, choice)
+                unreal.append((item, agreed))
                 continue
             if resolves(choice, weighed(held)):
                 if compare(choice.vv, held.vv) is not Order.EQUAL and not held.pending:
                     steps.append(Step(Kind.VECTOR, item.path, replace(held, vv=choice.vv), held))
                 continue
-            # the agreed version (alike ones merged: with the vector dominating them all)
-            winner = replace(next(r for r in offered if weighed(r) == choice.winner), vv=choice.vv)
+            winner = _agreed(held, offered, choice)
             if held.pending:
                 report.waiting += 1  # being written here: the indexer records it, then it is weighed
                 continue
@@ -260,17 +264,21 @@ class Consensus:
                 steps.append(step)
             else:
                 report.waiting += 1
-        for item, held in unreal:
-            delete = deletes.pop(held.hash, None) if held.kind == KIND_FILE and held.hash else None
+        for item, agreed in unreal:
+            held = item.record
+            changed = agreed is not held
+            found = agreed.kind == KIND_FILE and agreed.hash is not None and agreed.live
+            delete = deletes.pop(agreed.hash, None) if found and agreed.hash else None
             if delete is not None:  # renamed by a peer: moved here, not fetched
                 steps.remove(delete)
-                steps.append(Step(Kind.MOVE, item.path, held, held, delete))
-            elif self._mode(place, item.path, modes) is Mode.REAL:
-                if not full:
-                    report.waiting += 1
-                    continue
-                kind = {KIND_FILE: Kind.FETCH, KIND_DIR: Kind.MKDIR, KIND_LINK: Kind.LINK}[held.kind]
-                steps.append(Step(kind, item.path, held, held))
+                steps.append(Step(Kind.MOVE, item.path, agreed, held, delete))
+            elif agreed.live and self._mode(place, item.path, modes) is Mode.REAL and full:
+                kind = {KIND_FILE: Kind.FETCH, KIND_DIR: Kind.MKDIR, KIND_LINK: Kind.LINK}[agreed.kind]
+                steps.append(Step(kind, item.path, agreed, held))
+            elif changed:
+                steps.append(Step(Kind.LEARN, item.path, agreed, held))
+            elif agreed.live and self._mode(place, item.path, modes) is Mode.REAL:
+                report.waiting += 1
         return steps
 
     @staticmethod
@@ -299,7 +307,7 @@ class Consensus:
     # ------------------------------------------------------------ applying
 
     async def _apply(self, place: Place, root: int, steps: list[Step], report: Report) -> None:
-        order = [Kind.VECTOR, Kind.MKDIR, Kind.CHMOD, Kind.MOVE, Kind.LINK, Kind.FETCH]
+        order = [Kind.VECTOR, Kind.LEARN, Kind.MKDIR, Kind.CHMOD, Kind.MOVE, Kind.LINK, Kind.FETCH]
         first = sorted(
             (s for s in steps if s.kind is not Kind.DELETE), key=lambda s: (order.index(s.kind), s.path)
         )
@@ -334,6 +342,8 @@ class Consensus:
         held, version = step.held, step.version
         if step.kind is Kind.VECTOR:
             return self.index.adopt(root, step.path, held.vv, version)
+        if step.kind is Kind.LEARN:
+            return self.index.adopt(root, step.path, held.vv, version, real=False)
         if step.kind is Kind.DELETE:
             if held.kind == KIND_FILE:
                 done = apply.remove_file(backing, rel, (held.size, held.mtime_ns), expect)
@@ -437,6 +447,14 @@ class Consensus:
             return placed is not None and self.index.adopt(root, step.path, held.vv, version, manifest)
 
         return version.size if await trio.to_thread.run_sync(place_it) else None
+
+
+def _agreed(held: Record, offered: list[Record], choice: Choice) -> Record:
+    """The agreed version as a record: the winner's (a peer's, or *held* if it is alike),
+    with the vector that dominates every version weighed (alike ones merged)."""
+    if resolves(choice, weighed(held)):
+        return replace(held, vv=choice.vv)
+    return replace(next(r for r in offered if weighed(r) == choice.winner), vv=choice.vv)
 
 
 def _owner(backing: Backing) -> Owner:

@@ -165,3 +165,29 @@ def test_consensus_runs_by_itself_once_the_rest_period_passed(bases: list[Path])
         a, b = pair.daemons
         (a.mnt() / "later.txt").write_bytes(b"l" * 1000)
         wait_for(lambda: real_on(b, "later.txt", b"l" * 1000), 30, "realized on b without asking")
+
+
+def test_an_edit_wins_over_a_concurrent_delete_everywhere(bases: list[Path]) -> None:
+    with household(bases) as pair:
+        a, b = pair.daemons
+        (a.mnt() / "kept.txt").write_bytes(b"base")
+        wait_for(lambda: settled(a, "kept.txt"), 20, "hashed on a")
+        wait_for(lambda: listed(b.mnt() / "kept.txt") is not None, 10, "listed on b")
+        now(b)
+        wait_for(lambda: real_on(b, "kept.txt", b"base"), 20, "realized on b")
+        b.stop()
+        os.remove(a.mnt() / "kept.txt")
+        wait_for(lambda: history(a)[-1]["op"] == "delete", 20, "a's delete recorded")
+        (b.root() / "kept.txt").write_bytes(b"b's edit, made while a deleted it")
+        hours_ago = time.time_ns() - 7200 * 10**9  # rested: hashed at once
+        os.utime(b.root() / "kept.txt", ns=(hours_ago, hours_ago))
+        b.start()
+        # the edit comes back to a's Real, and stays on b's; nobody reports a conflict
+        wait_for(
+            lambda: (asked(a), real_on(a, "kept.txt", b"b's edit, made while a deleted it"))[1],
+            30,
+            "a",
+        )
+        assert real_on(b, "kept.txt", b"b's edit, made while a deleted it")
+        for d in (a, b):
+            wait_for(lambda d=d: asked(d) == [], 20, "a pass without conflicts")  # type: ignore[misc]

@@ -34,8 +34,18 @@ GONE = "gone"
         ([v({A: 1}, "mine", mtime=5), v({B: 1}, "theirs", mtime=7, origin=B)], 1, [0]),
         # same mtime: the greater origin key
         ([v({A: 1}, "mine", mtime=5, origin=A), v({B: 1}, "theirs", mtime=5, origin=B)], 1, [0]),
-        # delete against edit keeps the edit, even an older one
-        ([v({A: 1}, "edit", mtime=1), v({B: 1}, GONE, mtime=9, origin=B, live=False)], 0, [1]),
+        # delete against edit keeps the edit, even an older one: no conflict, nothing to keep
+        ([v({A: 1}, "edit", mtime=1), v({B: 1}, GONE, mtime=9, origin=B, live=False)], 0, []),
+        # ... also beside a real conflict, which it does not join
+        (
+            [
+                v({A: 1}, "mine", mtime=5),
+                v({B: 1}, "theirs", mtime=7, origin=B),
+                v({C: 1}, GONE, mtime=9, origin=C, live=False),
+            ],
+            1,
+            [0],
+        ),
         # two deletes are alike
         ([v({A: 1}, GONE, live=False), v({B: 1}, "other", live=False, origin=B)], 1, []),
         # three-way, one dominated: the other two conflict
@@ -106,9 +116,11 @@ def test_a_dominated_version_never_wins_nor_loses(versions: list[Version]) -> No
         assert any(x is y for y in top)
     # adding what the frontier dominates changes nothing
     assert choose(top).winner == choice.winner
-    # every unlike frontier version is the winner's or a loser's: nothing is dropped
+    # every unlike live frontier version is the winner's or a loser's: nothing is dropped
     for x in top:
-        assert x.alike(choice.winner) or any(x.alike(y) for y in choice.losers)
+        assert x.alike(choice.winner) or any(x.alike(y) for y in choice.losers) or not x.live
+    assert all(x.live for x in choice.losers)
+    assert choice.winner.live or not any(x.live for x in top)  # an edit beats a delete
 
 
 @given(sets)
