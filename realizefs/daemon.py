@@ -112,6 +112,7 @@ class Daemon:
         self.control.namespace = self.namespace
         self.watcher = Watcher()
         self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
+        self.consensus.changed = self.cache_sync.peers_changed
         methods = Methods(*self.lists.served(), *self.content.served())
         self.household = Household(
             identity, self._hello(), config.network, config.peers, methods, chunks=self.content.lane_chunk

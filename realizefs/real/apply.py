@@ -24,7 +24,9 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+
+import blake3
 
 from realizefs.errors import FsError
 from realizefs.real import staging
@@ -164,6 +166,32 @@ def set_mode(backing: Backing, rel: bytes, mode: int, expect: Expect) -> bool:
     backing.chmod(rel, mode)
     expect(rel, lstat(backing, rel))
     return True
+
+
+def chunks_of(
+    backing: Backing, rel: bytes, known: Known, manifest: Sequence[tuple[int, int, bytes]], batch: int
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    """The chunks of the file *rel* (still *known*), each verified against *manifest*, in
+    lists of about *batch* bytes; raises FsError if the file is not that content any more."""
+    fd = backing.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not is_known(os.fstat(fd), known):
+            raise FsError("the file changed", errno=errno.EAGAIN)
+        out: list[tuple[bytes, bytes]] = []
+        size = 0
+        for offset, length, chunk in manifest:
+            data = os.pread(fd, length, offset)
+            if blake3.blake3(data).digest() != chunk:
+                raise FsError("the file changed", errno=errno.EAGAIN)
+            out.append((chunk, data))
+            size += length
+            if size >= batch:
+                yield out
+                out, size = [], 0
+        if out:
+            yield out
+    finally:
+        os.close(fd)
 
 
 def write_at(fd: int, data: bytes, offset: int) -> None:

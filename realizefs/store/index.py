@@ -183,6 +183,7 @@ class Offered:
     node: int
     record: Record
     offers: tuple[tuple[bytes, Record], ...]
+    holders: tuple[bytes, ...] = ()  # the peers whose Real holds this very version (a Real file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1204,8 +1205,9 @@ class Index:
     def survey(self, arena: str) -> list[Offered]:
         """Every path of this peer's view of *arena* that consensus may act on, parents before
         children: each Real entry or tombstone a peer's view holds another version of (newer,
-        older or concurrent: `realizefs.consensus.agree` weighs them), and each live Unreal
-        entry (to realize where the mode says so), with those versions. One read transaction."""
+        older or concurrent: `realizefs.consensus.agree` weighs them), each live Unreal
+        entry (to realize where the mode says so), with those versions, and each Real file
+        another peer holds in its Real too (to unrealize where the mode says so). One read transaction."""
         with self._reading() as txn:
             root = self._root_of(txn, b"arena:" + arena.encode())
             if root is None:
@@ -1226,8 +1228,22 @@ class Index:
                         for peer, v in found
                         if v is not None and versions.normal(v[8]) != versions.normal(value[8])
                     )
-                    if ((record.here or not record.live) and offers) or (record.live and not record.real):
-                        out.append(Offered(here, value[0], record, offers))
+                    holders = tuple(
+                        peer
+                        for peer, v in found
+                        if record.here
+                        and record.kind == KIND_FILE
+                        and v is not None
+                        and v[9]
+                        and v[5] == value[5]
+                        and versions.normal(v[8]) == versions.normal(value[8])
+                    )
+                    if (
+                        ((record.here or not record.live) and offers)
+                        or (record.live and not record.real)
+                        or holders
+                    ):
+                        out.append(Offered(here, value[0], record, offers, holders))
                     if value[1] == KIND_DIR:
                         stack.append((value[0], here, [(peer, v[0] if v else None) for peer, v in found]))
             out.sort(key=lambda o: o.path)

@@ -55,6 +55,7 @@ from realizefs.consensus.versions import Order, compare
 from realizefs.errors import FsError
 from realizefs.real import apply, staging, xattrs
 from realizefs.real.backing import Backing, Owner
+from realizefs.store.cache import CacheFull
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Index, Offered, Record
 from realizefs.sync.content import Content
 from realizefs.types import Mode
@@ -65,6 +66,7 @@ PROMPT_DELAY = 0.2  # seconds after news from a peer before a prompt pass
 FETCH_BLOCK = 8 << 20  # bytes asked of the content at a time while fetching a file
 FETCHES = 4  # files fetched at once
 FAILURES_KEPT = 50  # failures listed per pass
+CACHE_BATCH = 16 << 20  # bytes of an unrealized file's chunks put in the cache per transaction
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Kind(enum.Enum):
     DELETE = "deleted"
     VECTOR = "merged"  # alike versions: only the vector taken on
     LEARN = "taken on"  # an Unreal entry or tombstone replaced by the agreed version (index only)
+    UNREALIZE = "given back"  # a Real file marked unreal, held by another peer: into the cache
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class Consensus:
         expect: Callable[[str, bytes, os.stat_result | None], None],
         rest: float,
         interval: float,
+        changed: Callable[[str, list[tuple[bytes, ...]]], None] = lambda arena, paths: None,
     ) -> None:
         self.index = index
         self.content = content
@@ -146,6 +150,7 @@ class Consensus:
         self.expect = expect  # the indexer's: the daemon's own changes of the Real
         self.rest = rest
         self.interval = interval
+        self.changed = changed  # paths of an arena whose record changed: the kernel's caches drop them
         self.last: Report | None = None  # the last pass finished
         self.running: Report | None = None
         self.last_full: Report | None = None
@@ -249,6 +254,11 @@ class Consensus:
             if resolves(choice, weighed(held)):
                 if compare(choice.vv, held.vv) is not Order.EQUAL and not held.pending:
                     steps.append(Step(Kind.VECTOR, item.path, replace(held, vv=choice.vv), held))
+                elif item.holders and not held.pending and self._mode(place, item.path, modes) is Mode.UNREAL:
+                    if full:  # another peer holds this very version in its Real: space given back
+                        steps.append(Step(Kind.UNREALIZE, item.path, replace(held, real=False), held))
+                    else:
+                        report.waiting += 1
                 continue
             winner = _agreed(held, offered, choice)
             if held.pending:
@@ -307,7 +317,16 @@ class Consensus:
     # ------------------------------------------------------------ applying
 
     async def _apply(self, place: Place, root: int, steps: list[Step], report: Report) -> None:
-        order = [Kind.VECTOR, Kind.LEARN, Kind.MKDIR, Kind.CHMOD, Kind.MOVE, Kind.LINK, Kind.FETCH]
+        order = [
+            Kind.VECTOR,
+            Kind.LEARN,
+            Kind.MKDIR,
+            Kind.CHMOD,
+            Kind.MOVE,
+            Kind.LINK,
+            Kind.FETCH,
+            Kind.UNREALIZE,
+        ]
         first = sorted(
             (s for s in steps if s.kind is not Kind.DELETE), key=lambda s: (order.index(s.kind), s.path)
         )
@@ -330,6 +349,7 @@ class Consensus:
             return
         if done:
             report.count(step.kind)
+            self.changed(place.name, [step.path] if step.source is None else [step.path, step.source.path])
         elif step.kind is not Kind.VECTOR:
             log.info(
                 "consensus: %s/%s changed meanwhile: not %s", place.name, _show(step.path), step.kind.value
@@ -344,6 +364,8 @@ class Consensus:
             return self.index.adopt(root, step.path, held.vv, version)
         if step.kind is Kind.LEARN:
             return self.index.adopt(root, step.path, held.vv, version, real=False)
+        if step.kind is Kind.UNREALIZE:
+            return self._give_back(place, root, step)
         if step.kind is Kind.DELETE:
             if held.kind == KIND_FILE:
                 done = apply.remove_file(backing, rel, (held.size, held.mtime_ns), expect)
@@ -374,6 +396,27 @@ class Consensus:
             self.index.adopt(root, gone.path, old.vv, gone.version)
             done = True
         return done and self.index.adopt(root, step.path, held.vv, version)
+
+    def _give_back(self, place: Place, root: int, step: Step) -> bool:
+        """Unrealize a Real file (worker thread): its chunks into the cache (evictable: as
+        many as fit), the file removed if it is still that version, the index's record
+        Unreal with its vector unchanged (not a delete: peers' views do not change)."""
+        held = step.held
+        manifest = self.index.manifest(held.hash) if held.hash is not None else None
+        if manifest is None:
+            raise FsError("its chunks are not known", errno=errno.EIO)
+        rel, known = b"/".join(step.path), (held.size, held.mtime_ns)
+        try:
+            for batch in apply.chunks_of(place.backing, rel, known, manifest, CACHE_BATCH):
+                with contextlib.suppress(CacheFull):  # the cache is full of pinned chunks: not kept
+                    self.content.cache.put_many(batch)
+        except FsError as exc:
+            if exc.errno == errno.EAGAIN:
+                return False  # written meanwhile: the indexer records it, then it is weighed
+            raise
+        if not apply.remove_file(place.backing, rel, known, self._expecting(place)):
+            return False
+        return self.index.adopt(root, step.path, held.vv, step.version, real=False)
 
     def _expecting(self, place: Place) -> apply.Expect:
         """The indexer's `expect` for *place*, called from a worker thread."""
@@ -413,6 +456,7 @@ class Consensus:
             else:
                 report.count(Kind.FETCH)
                 report.fetched_bytes += size
+                self.changed(place.name, [step.path])
         finally:
             self._fetches.release()
 

@@ -55,6 +55,8 @@ def get(tree: Tree, rel: bytes, name: bytes, default: Mode, content_hash: Conten
         raise NoData()
     if name == MODE:
         return effective_mode(tree, rel, default).value.encode()
+    if name == STATUS:
+        return _status(tree, rel, default)
     if name in COMPUTED:
         value = _computed(tree, rel, name, content_hash)
         if value is None:
@@ -65,9 +67,19 @@ def get(tree: Tree, rel: bytes, name: bytes, default: Mode, content_hash: Conten
     return tree.getxattr(rel, name)
 
 
+def _status(tree: Tree, rel: bytes, default: Mode) -> bytes:
+    """The tree's status of *rel*; for a Real file marked unreal, why it is still Real."""
+    status = tree.status(rel)
+    if status != b"real" or effective_mode(tree, rel, default) is not Mode.UNREAL:
+        return status
+    if not stat.S_ISREG(tree.stat(rel).st_mode):
+        return status  # directories and symlinks take no space to give back
+    if tree.peers(rel):
+        return b"unreal pending: given back at the next consensus"
+    return b"unreal pending: no peer holds this version"
+
+
 def _computed(tree: Tree, rel: bytes, name: bytes, content_hash: ContentHash) -> bytes | None:
-    if name == STATUS:
-        return tree.status(rel)
     if name == PEERS:
         return tree.peers(rel)
     found = content_hash()

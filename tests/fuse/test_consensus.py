@@ -191,3 +191,36 @@ def test_an_edit_wins_over_a_concurrent_delete_everywhere(bases: list[Path]) -> 
         assert real_on(b, "kept.txt", b"b's edit, made while a deleted it")
         for d in (a, b):
             wait_for(lambda d=d: asked(d) == [], 20, "a pass without conflicts")  # type: ignore[misc]
+
+
+def test_unreal_gives_the_space_back_once_another_peer_holds_the_version(bases: list[Path]) -> None:
+    with household(bases) as pair:
+        a, b = pair.daemons
+        (a.mnt() / "docs").mkdir()
+        (a.mnt() / "docs" / "shared.bin").write_bytes(b"s" * 300_000)
+        wait_for(lambda: settled(a, "docs/shared.bin"), 20, "hashed on a")
+        wait_for(lambda: listed(b.mnt() / "docs" / "shared.bin") is not None, 10, "listed on b")
+        now(b)
+        wait_for(lambda: real_on(b, "docs/shared.bin", b"s" * 300_000), 20, "realized on b")
+        (b.mnt() / "docs" / "mine.txt").write_bytes(b"only b has this")
+        wait_for(lambda: settled(b, "docs/mine.txt"), 20, "hashed on b")
+        os.setxattr(b.mnt() / "docs", "user.realize.mode", b"unreal")
+        wait_for(lambda: held_by(b, "docs/shared.bin") == b"a", 10, "b knows a holds it")
+        assert os.getxattr(b.mnt() / "docs" / "shared.bin", "user.realize.status") == (
+            b"unreal pending: given back at the next consensus"
+        )
+        now(b)
+        wait_for(lambda: not (b.root() / "docs" / "shared.bin").exists(), 20, "given back on b")
+        # still listed, and read from the cache with a gone
+        assert os.getxattr(b.mnt() / "docs" / "shared.bin", "user.realize.status") == b"unreal 100% cached"
+        a.stop()
+        assert (b.mnt() / "docs" / "shared.bin").read_bytes() == b"s" * 300_000
+        # what no other peer holds stays Real, and says why
+        assert (b.root() / "docs" / "mine.txt").read_bytes() == b"only b has this"
+        assert os.getxattr(b.mnt() / "docs" / "mine.txt", "user.realize.status") == (
+            b"unreal pending: no peer holds this version"
+        )
+        a.start()
+        # unrealizing is not a delete: a's file is as it was
+        assert (a.root() / "docs" / "shared.bin").read_bytes() == b"s" * 300_000
+        assert history(b)[-1]["path"] == "docs/mine.txt"  # b's history: its own file only
