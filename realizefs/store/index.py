@@ -1271,11 +1271,12 @@ class Index:
         entry, nothing on the disk), numbered so peers learn it; no history
         (not a change of this peer's). False, and nothing written, if the
         index no longer holds *over* there (the indexer saw a change meanwhile: the disk
-        has the last word)."""
+        has the last word). Directories missing on the way are made (Unreal, empty vectors:
+        the indexer records them as it finds them)."""
         with self._writing() as txn:
-            _, key, value = self._chain(txn, root, path)
+            value = self._chain(txn, root, path)[2]
             held = versions.normal(value[8]) if value is not None else {}
-            if key is None or held != versions.normal(over):
+            if held != versions.normal(over):
                 return False
             live = version.kind != KIND_DELETED
             if version.hash is not None and chunks is not None:  # its chunks' sources: this file now

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 PROMPT_DELAY = 0.2  # seconds after news from a peer before a prompt pass
 FETCH_BLOCK = 8 << 20  # bytes asked of the content at a time while fetching a file
 FETCHES = 4  # files fetched at once
+CONFLICTS = b".realize-conflicts"  # in an arena's root: the losing versions of conflicts
 FAILURES_KEPT = 50  # failures listed per pass
 CACHE_BATCH = 16 << 20  # bytes of an unrealized file's chunks put in the cache per transaction
 
@@ -79,15 +80,21 @@ class Place:
 
 
 class Kind(enum.Enum):
-    FETCH = "fetched"  # a file's content placed (realized, or a newer version)
-    MOVE = "moved"  # a file renamed where a peer renamed it
-    MKDIR = "made directory"
-    LINK = "made symlink"
-    CHMOD = "mode set"
-    DELETE = "deleted"
+    """What a step does; declared in the order a pass applies them (deletes last, deepest first)."""
+
     VECTOR = "merged"  # alike versions: only the vector taken on
     LEARN = "taken on"  # an Unreal entry or tombstone replaced by the agreed version (index only)
+    MKDIR = "made directory"
+    CHMOD = "mode set"
+    MOVE = "moved"  # a file renamed where a peer renamed it
+    KEEP = "kept as a conflict copy"  # a losing version here moved aside, the winner taken
+    LINK = "made symlink"
+    FETCH = "fetched"  # a file's content placed (realized, or a newer version)
     UNREALIZE = "given back"  # a Real file marked unreal, held by another peer: into the cache
+    DELETE = "deleted"
+
+
+_ORDER = list(Kind)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class Step:
     version: Record  # the agreed version
     held: Record  # what the index holds at the path
     source: Step | None = None  # a move: the delete of the old path it replaces
+    real: bool = False  # a conflict copy kept: the winner is fetched to the path (mode real)
 
 
 @dataclass
@@ -242,7 +250,15 @@ class Consensus:
             choice = choose([weighed(held), *map(weighed, offered)])
             if choice.conflict:
                 report.conflicts.append((place.name, _show(item.path)))
-                log.info("consensus: %s/%s: concurrent versions, kept as is", place.name, _show(item.path))
+                loser = held.here and held.kind == KIND_FILE and not resolves(choice, weighed(held))
+                if loser and not held.pending and held.hash is not None and item.path[0] != CONFLICTS:
+                    # this peer holds a losing version: kept aside, where every peer can read it
+                    real = self._mode(place, item.path, modes) is Mode.REAL
+                    steps.append(Step(Kind.KEEP, item.path, _agreed(held, offered, choice), held, real=real))
+                else:  # the winner's holders wait for the losers' to keep theirs and take it
+                    log.info(
+                        "consensus: %s/%s: concurrent versions, kept as is", place.name, _show(item.path)
+                    )
                 continue
             if not held.here:
                 agreed = held
@@ -317,24 +333,14 @@ class Consensus:
     # ------------------------------------------------------------ applying
 
     async def _apply(self, place: Place, root: int, steps: list[Step], report: Report) -> None:
-        order = [
-            Kind.VECTOR,
-            Kind.LEARN,
-            Kind.MKDIR,
-            Kind.CHMOD,
-            Kind.MOVE,
-            Kind.LINK,
-            Kind.FETCH,
-            Kind.UNREALIZE,
-        ]
         first = sorted(
-            (s for s in steps if s.kind is not Kind.DELETE), key=lambda s: (order.index(s.kind), s.path)
+            (s for s in steps if s.kind is not Kind.DELETE), key=lambda s: (_ORDER.index(s.kind), s.path)
         )
         async with trio.open_nursery() as nursery:
             for step in first:
-                if step.kind is Kind.FETCH:
+                if step.kind in (Kind.KEEP, Kind.FETCH):
                     await self._fetches.acquire()
-                    nursery.start_soon(self._fetch, place, root, step, report)
+                    nursery.start_soon(self._limited, place, root, step, report)
                 else:
                     await self._step(place, root, step, report)
         deletes = sorted((s for s in steps if s.kind is Kind.DELETE), key=lambda s: s.path, reverse=True)
@@ -444,8 +450,60 @@ class Consensus:
             self.index.adopt(root, at, found[1].vv, found[1])
         return True
 
+    async def _limited(self, place: Place, root: int, step: Step, report: Report) -> None:
+        """A fetch or a kept conflict copy, holding one of `_fetches`."""
+        try:
+            await (self._keep if step.kind is Kind.KEEP else self._fetch)(place, root, step, report)
+        finally:
+            self._fetches.release()
+
+    async def _keep(self, place: Place, root: int, step: Step, report: Report) -> None:
+        """Move this peer's losing version of a file to its conflict copy's path, then take the
+        winner there: fetched where the mode is real, else as an Unreal entry (holds
+        `_fetches`)."""
+        try:
+            kept = await trio.to_thread.run_sync(self._keep_aside, place, root, step)
+            if not kept:
+                log.info("consensus: %s/%s changed meanwhile: not kept aside", place.name, _show(step.path))
+                return
+            report.count(Kind.KEEP)
+            copy = conflict_copy(step.path, step.held)
+            self.changed(place.name, [step.path, copy])
+            log.info("consensus: %s/%s: this version kept as %s", place.name, _show(step.path), _show(copy))
+            gone = replace(step.held, real=False)  # nothing at the path now
+            if step.real:
+                await self._fetch(place, root, Step(Kind.FETCH, step.path, step.version, gone), report)
+            elif await trio.to_thread.run_sync(
+                lambda: self.index.adopt(root, step.path, step.held.vv, step.version, real=False)
+            ):
+                report.count(Kind.LEARN)
+        except (OSError, FsError) as exc:
+            report.fail(place.name, step.path, f"keeping a conflict copy: {exc}")
+
+    def _keep_aside(self, place: Place, root: int, step: Step) -> bool:
+        """Move the losing version at *step.path* to its conflict copy (worker thread)."""
+        held, backing = step.held, place.backing
+        copy = conflict_copy(step.path, held)
+        for i in range(1, len(copy)):  # its directories: ordinary ones, recorded by the indexer
+            with contextlib.suppress(FileExistsError):
+                parent, name = b"/".join(copy[: i - 1]), copy[i - 1]
+                backing.mkdir(parent, name, 0o755, _owner(backing))
+        rel, dest, known = b"/".join(step.path), b"/".join(copy), (held.size, held.mtime_ns)
+        if apply.lstat(backing, dest) is not None:  # kept before (its name says its content)
+            if not apply.remove_file(backing, rel, known, self._expecting(place)):
+                return False
+        elif apply.move(backing, rel, dest, known, self._expecting(place)) is None:
+            return False
+        else:
+            self.index.adopt(root, copy, self._vv_at(root, copy), held)
+        return True
+
+    def _vv_at(self, root: int, path: tuple[bytes, ...]) -> dict[bytes, int]:
+        found = self.index.get(root, list(path), unreal=True, tombstones=True)
+        return found.vv if found is not None else {}
+
     async def _fetch(self, place: Place, root: int, step: Step, report: Report) -> None:
-        """Fetch a file's version, stage it, and place it (a worker holds `_fetches`)."""
+        """Fetch a file's version, stage it, and place it."""
         try:
             size = await self._fetch_one(place, root, step)
         except (OSError, FsError) as exc:
@@ -457,8 +515,6 @@ class Consensus:
                 report.count(Kind.FETCH)
                 report.fetched_bytes += size
                 self.changed(place.name, [step.path])
-        finally:
-            self._fetches.release()
 
     async def _fetch_one(self, place: Place, root: int, step: Step) -> int | None:
         version, held, backing = step.version, step.held, place.backing
@@ -499,6 +555,17 @@ def _agreed(held: Record, offered: list[Record], choice: Choice) -> Record:
     if resolves(choice, weighed(held)):
         return replace(held, vv=choice.vv)
     return replace(next(r for r in offered if weighed(r) == choice.winner), vv=choice.vv)
+
+
+def conflict_copy(path: tuple[bytes, ...], held: Record) -> tuple[bytes, ...]:
+    """Where a losing version of *path* is kept: ``.realize-conflicts/<path>/<origin>-<hash><ext>``
+    (the same name on every peer: made by several, they are one version)."""
+    name = path[-1]
+    dot = name.rfind(b".")
+    ext = name[dot:] if dot > 0 and len(name) - dot <= 16 else b""
+    origin = held.origin.hex()[:8] or "unknown"
+    assert held.hash is not None
+    return (CONFLICTS, *path, f"{origin}-{held.hash.hex()[:12]}".encode() + ext)
 
 
 def _owner(backing: Backing) -> Owner:

@@ -9,6 +9,7 @@ each where it was made, and reported.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -52,6 +53,11 @@ def asked(d: Daemon) -> list[str] | None:
 def history(d: Daemon) -> list[dict[str, Any]]:
     text = (d.mountpoint / ".realize" / "history.json").read_text()
     return json.loads(text)["arenas"]["a"]  # type: ignore[no-any-return]
+
+
+def short_id(key: str) -> str:
+    """How a conflict copy names the peer with *key* (``ed25519:<base64>``)."""
+    return base64.b64decode(key.split(":", 1)[1])[:4].hex()
 
 
 def held_by(d: Daemon, path: str) -> bytes:
@@ -136,7 +142,7 @@ def test_a_peers_edit_rename_and_delete_reach_the_real(bases: list[Path]) -> Non
         assert history(b) == []
 
 
-def test_a_local_edit_is_never_overwritten_by_a_concurrent_one(bases: list[Path]) -> None:
+def test_concurrent_edits_converge_and_the_losing_version_is_kept(bases: list[Path]) -> None:
     with household(bases) as pair:
         a, b = pair.daemons
         (a.mnt() / "f.txt").write_bytes(b"base")
@@ -150,14 +156,20 @@ def test_a_local_edit_is_never_overwritten_by_a_concurrent_one(bases: list[Path]
             lambda: settled(a, "f.txt") and (a.mnt() / "f.txt").stat().st_size == 8, 20, "a's edit hashed"
         )
         (b.root() / "f.txt").write_bytes(b"b's own edit")  # while b is down: found by its walk
-        hours_ago = time.time_ns() - 7200 * 10**9  # rested: hashed at once
+        hours_ago = time.time_ns() - 7200 * 10**9  # rested: hashed at once; older: it loses
         os.utime(b.root() / "f.txt", ns=(hours_ago, hours_ago))
         b.start()
         wait_for(lambda: settled(b, "f.txt"), 20, "b's edit hashed")
+        # both converge on the later edit, and b's is kept where both can read it
         for d in (a, b):
-            wait_for(lambda d=d: asked(d) == ["f.txt"], 20, "the conflict reported")  # type: ignore[misc]
-        assert (a.root() / "f.txt").read_bytes() == b"a's edit"
-        assert (b.root() / "f.txt").read_bytes() == b"b's own edit"
+            wait_for(lambda d=d: (asked(d), real_on(d, "f.txt", b"a's edit"))[1], 20, "the winner")  # type: ignore[misc]
+        for d in (a, b):
+            kept = d.mnt() / ".realize-conflicts" / "f.txt"
+            wait_for(lambda kept=kept: kept.is_dir() and len(os.listdir(kept)) == 1, 20, "the copy listed")  # type: ignore[misc]
+            (name,) = os.listdir(kept)
+            assert name.endswith(".txt") and name.startswith(short_id(pair.keys[1]) + "-"), name
+            assert (kept / name).read_bytes() == b"b's own edit"
+            wait_for(lambda d=d: asked(d) == [], 20, "no conflict left")  # type: ignore[misc]
 
 
 def test_consensus_runs_by_itself_once_the_rest_period_passed(bases: list[Path]) -> None:

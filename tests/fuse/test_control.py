@@ -149,8 +149,12 @@ def test_peers_lists_configured_peers_disconnected(base: Path) -> None:
 def test_consensus_accepts_now_and_refuses_anything_else(daemon: Daemon) -> None:
     path = daemon.mountpoint / ".realize" / "consensus"
     subprocess.run(["sh", "-c", f"echo now > {path}"], check=True)
-    assert "consensus is not built yet" in path.read_text()
+    assert "last request: " in path.read_text()
     assert json.loads(read(daemon, "consensus.json"))["last_request"] is not None
+    # a full pass runs (alone here: nothing to apply), and is reported
+    wait_for(lambda: "last full pass: full, started" in path.read_text(), 10, "the pass reported")
+    report = json.loads(read(daemon, "consensus.json"))["last_full"]
+    assert report["finished"] and report["applied"] == {} and report["failed"] == []
     for bad in (b"later\n", b"nownow", b"\x00", b"now\nx"):
         with pytest.raises(OSError) as info, open(path, "wb") as f:
             f.write(bad)
