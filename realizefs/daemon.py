@@ -155,6 +155,17 @@ class Daemon:
     def request_consensus(self) -> None:
         self.consensus.request()
 
+    def jobs(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        out = []
+        for job in self.consensus.jobs.values():
+            took = now - job.started if job.started is not None else 0.0
+            rate = job.done / took if took > 0 and job.done else None
+            eta = (job.total - job.done) / rate if rate else None
+            state = "running" if job.started is not None else "queued"
+            out.append({**asdict(job), "state": state, "rate": rate, "eta": eta})
+        return out
+
     def _hello(self) -> Hello:
         return Hello(self.config.node.name, self.store.store_id, tuple(a.name for a in self.config.arenas))
 

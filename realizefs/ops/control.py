@@ -60,6 +60,7 @@ class NodeView(Protocol):
     def cache_stats(self) -> CacheStats: ...
     def consensus_facts(self) -> dict[str, Any]: ...  # the passes: running, last, last full
     def request_consensus(self) -> None: ...  # a full pass at once
+    def jobs(self) -> list[dict[str, Any]]: ...  # consensus's transfers: kind, arena, path, total, done, rate
 
 
 class Control:
@@ -79,6 +80,7 @@ class Control:
             ("status", self.status),
             ("peers", self.peers),
             ("history", self.history),
+            ("jobs", self.jobs),
         ):
             files.append(VirtualFile(name.encode(), self._text(make)))
             files.append(VirtualFile(f"{name}.json".encode(), self._json(make)))
@@ -244,12 +246,37 @@ class Control:
             lines.extend(_entry_line(facts) for facts in arenas[arena.name])
         return {"arenas": arenas, "_text": "\n".join(lines) + "\n"}
 
+    # ------------------------------------------------------------ jobs
+
+    async def jobs(self, reader: Reader) -> dict[str, Any]:
+        """Consensus's running and queued transfers, those whose path the reader may see."""
+        arenas = {a.name: a for a in self.namespace.arenas} if self.namespace else {}
+        jobs = []
+        for job in self.node.jobs():
+            arena = arenas.get(job["arena"])
+            if arena is None or not Visibility(arena.backing, reader).may_see(job["path"]):
+                continue
+            jobs.append({**job, "path": job["path"].decode(errors="replace")})
+        running = [j for j in jobs if j["state"] == "running"]
+        lines = [f"jobs: {len(running)} running, {len(jobs) - len(running)} queued"]
+        for j in jobs:
+            share = j["done"] * 100 // j["total"] if j["total"] else 100
+            line = f"  {j['kind']:<24} {share:>3}%  {_size(j['done'])} of {_size(j['total'])}"
+            if j["state"] == "running" and j["rate"]:
+                line += f"  {_size(int(j['rate']))}/s"
+                if j["eta"] is not None:
+                    line += f"  ETA {j['eta']:.0f} s"
+            lines.append(
+                f"{line}  {j['arena']}/{j['path']}" + ("" if j["state"] == "running" else "  (queued)")
+            )
+        return {"jobs": jobs, "_text": "\n".join(lines) + "\n"}
+
     # ------------------------------------------------------------ consensus
 
     async def consensus(self, reader: Reader) -> dict[str, Any]:
         connected = sum(1 for p in self.node.peer_status() if p.state == "connected")
         requested = self.consensus_requested
-        facts = self.node.consensus_facts()
+        facts = {k: self._seen(r, reader) for k, r in self.node.consensus_facts().items()}
         lines = [f"connected peers: {connected}"]
         if requested is not None:
             lines.append(f"last request: {_when(requested)}")
@@ -264,6 +291,20 @@ class Control:
             "last_request": requested,
             "_text": "\n".join(lines) + "\n",
         }
+
+    def _seen(self, report: dict[str, Any] | None, reader: Reader) -> dict[str, Any] | None:
+        """A pass's report with only the failed and conflict paths the reader may see."""
+        if report is None:
+            return None
+        arenas = {a.name: a for a in self.namespace.arenas} if self.namespace else {}
+
+        def may_see(arena: str, path: str) -> bool:
+            known = arenas.get(arena)
+            return known is not None and Visibility(known.backing, reader).may_see(path.encode())
+
+        failed = [f for f in report["failed"] if may_see(f[0], f[1])]
+        conflicts = [c for c in report["conflicts"] if may_see(c[0], c[1])]
+        return {**report, "failed": failed, "conflicts": conflicts}
 
     def request_consensus(self, line: bytes) -> None:
         if line.strip() != b"now":

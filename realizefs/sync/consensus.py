@@ -108,6 +108,22 @@ class Step:
 
 
 @dataclass
+class Job:
+    """A step that moves bytes (a fetch, a conflict copy kept, a file given back), queued or
+    running: what `.realize/jobs` shows."""
+
+    kind: str
+    arena: str
+    path: bytes
+    total: int  # bytes
+    done: int = 0
+    started: float | None = None  # time.monotonic() when it began; None: queued
+
+
+JOB_KINDS = ("FETCH", "KEEP", "UNREALIZE")
+
+
+@dataclass
 class Report:
     """What one pass over the arenas did."""
 
@@ -167,6 +183,7 @@ class Consensus:
         self._prompt_at: float | None = None
         self._full_at: float | None = None
         self._fetches = trio.Semaphore(FETCHES)
+        self.jobs: dict[tuple[str, tuple[bytes, ...]], Job] = {}  # (arena, path): queued or running
 
     # ------------------------------------------------------------ when
 
@@ -333,6 +350,18 @@ class Consensus:
     # ------------------------------------------------------------ applying
 
     async def _apply(self, place: Place, root: int, steps: list[Step], report: Report) -> None:
+        for step in steps:
+            if step.kind.name in JOB_KINDS:
+                size = step.held.size if step.kind is Kind.UNREALIZE else step.version.size
+                rel = b"/".join(step.path)
+                self.jobs[place.name, step.path] = Job(step.kind.value, place.name, rel, size)
+        try:
+            await self._apply_steps(place, root, steps, report)
+        finally:  # (a pass that fails leaves no job listed)
+            for step in steps:
+                self.jobs.pop((place.name, step.path), None)
+
+    async def _apply_steps(self, place: Place, root: int, steps: list[Step], report: Report) -> None:
         first = sorted(
             (s for s in steps if s.kind is not Kind.DELETE), key=lambda s: (_ORDER.index(s.kind), s.path)
         )
@@ -348,11 +377,15 @@ class Consensus:
             await self._step(place, root, step, report)
 
     async def _step(self, place: Place, root: int, step: Step, report: Report) -> None:
+        job = self._start_job(place, step)
         try:
             done = await trio.to_thread.run_sync(self._disk_step, place, root, step)
         except (OSError, FsError) as exc:
             report.fail(place.name, step.path, f"{step.kind.value}: {exc}")
             return
+        finally:
+            if job is not None:
+                del self.jobs[place.name, step.path]
         if done:
             report.count(step.kind)
             self.changed(place.name, [step.path] if step.source is None else [step.path, step.source.path])
@@ -452,10 +485,18 @@ class Consensus:
 
     async def _limited(self, place: Place, root: int, step: Step, report: Report) -> None:
         """A fetch or a kept conflict copy, holding one of `_fetches`."""
+        self._start_job(place, step)
         try:
             await (self._keep if step.kind is Kind.KEEP else self._fetch)(place, root, step, report)
         finally:
             self._fetches.release()
+            self.jobs.pop((place.name, step.path), None)
+
+    def _start_job(self, place: Place, step: Step) -> Job | None:
+        job = self.jobs.get((place.name, step.path))
+        if job is not None:
+            job.started = time.monotonic()
+        return job
 
     async def _keep(self, place: Place, root: int, step: Step, report: Report) -> None:
         """Move this peer's losing version of a file to its conflict copy's path, then take the
@@ -534,6 +575,8 @@ class Consensus:
                     raise FsError("the content ended early", errno=errno.EIO)
                 await trio.to_thread.run_sync(apply.write_at, fd, data, offset)
                 offset += len(data)
+                if (job := self.jobs.get((place.name, step.path))) is not None:
+                    job.done = offset
             await trio.to_thread.run_sync(apply.seal, fd, version.mtime_ns)
         except BaseException:
             staging.discard(backing, staged)

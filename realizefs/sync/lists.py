@@ -73,7 +73,7 @@ class FileLists:
         self.arenas = arenas
         self.peer_id = peer_id
         self.on_change = on_change
-        self.on_news = on_news  # a peer told of a change this peer did not hold (for consensus)
+        self.on_news = on_news  # a peer connected, or told of a change this peer did not hold
         self._generation = 0
         self._grown = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -168,6 +168,8 @@ class FileLists:
         pid = self.peer_id(peer.key)
         after = await trio.to_thread.run_sync(self.index.following, arena, pid, peer.store_id)
         log.info("following %s's %s from %d", peer.name, arena, after)
+        if self.on_news is not None:
+            self.on_news()  # a peer back: what failed for want of it is tried again
         try:
             async with connection.stream("follow", {"arena": arena, "after": after}) as parts:
                 async for part in parts:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.fuse.test_unreal import household, listed
-from tests.support import Daemon, wait_for
+from tests.support import Daemon, run_as, wait_for
 
 
 def now(d: Daemon) -> None:
@@ -236,3 +237,34 @@ def test_unreal_gives_the_space_back_once_another_peer_holds_the_version(bases: 
         # unrealizing is not a delete: a's file is as it was
         assert (a.root() / "docs" / "shared.bin").read_bytes() == b"s" * 300_000
         assert history(b)[-1]["path"] == "docs/mine.txt"  # b's history: its own file only
+
+
+def jobs(d: Daemon) -> list[dict[str, Any]]:
+    return json.loads((d.mountpoint / ".realize" / "jobs.json").read_text())["jobs"]  # type: ignore[no-any-return]
+
+
+def test_a_transfer_is_listed_in_jobs_and_its_failure_reported(bases: list[Path]) -> None:
+    with household(bases) as pair:
+        a, b = pair.daemons
+        b.allowed_log += ["consensus: a/private/big.bin", "peer a"]
+        (b.mnt() / "private").mkdir(mode=0o700)  # b's: a path in it is root's to see
+        (a.mnt() / "private").mkdir(mode=0o700)
+        (a.mnt() / "private" / "big.bin").write_bytes(os.urandom(8 << 20))
+        wait_for(lambda: settled(a, "private/big.bin"), 20, "hashed on a")
+        wait_for(lambda: listed(b.mnt() / "private" / "big.bin") is not None, 10, "listed on b")
+        a.signal(signal.SIGSTOP)  # frozen: b's fetch waits until it gives the connection up
+        try:
+            now(b)
+            (job,) = wait_for(lambda: jobs(b), 10, "the job listed")
+            assert (job["kind"], job["path"], job["state"]) == ("fetched", "private/big.bin", "running")
+            assert job["total"] == 8 << 20
+            assert "fetched" in (b.mountpoint / ".realize" / "jobs").read_text()
+            assert "big.bin" not in run_as(["cat", str(b.mountpoint / ".realize" / "jobs.json")]).stdout
+            wait_for(lambda: (f := facts(b)["last_full"]) and f["failed"], 30, "the failure reported")
+            assert jobs(b) == []
+            text = (b.mountpoint / ".realize" / "consensus").read_text()
+            assert "failed: a/private/big.bin: fetch: " in text
+            assert "big.bin" not in run_as(["cat", str(b.mountpoint / ".realize" / "consensus")]).stdout
+            assert not (b.root() / "private" / "big.bin").exists()
+        finally:
+            a.signal(signal.SIGCONT)
