@@ -79,14 +79,15 @@ CLOSED_QUIET = 1.0  # seconds a file closed by its writer stays unchanged before
 # seconds a deleted file is held before its delete is recorded: an editor's save (delete,
 # then write anew) is an edit; not the rest period, so peers hear of deletes at once
 DELETE_GRACE = 1.0
-Signature = tuple[int, int, int, int]  # file type, size, mtime_ns, inode
+# file type and permissions (a chmod right after a realize is the user's), size, mtime_ns, inode
+Signature = tuple[int, int, int, int]
 
 
 _KINDS = {stat.S_IFDIR: KIND_DIR, stat.S_IFLNK: KIND_LINK, stat.S_IFREG: KIND_FILE}  # what is indexed
 
 
 def signature(st: os.stat_result | None) -> Signature | None:
-    return None if st is None else (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+    return None if st is None else (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass
@@ -383,9 +384,11 @@ class Indexer:
         """The daemon itself just left *rel* in state *st* (None: removed it).
 
         Realizing, unrealizing and applying a peer's change are not local edits:
-        when the watcher reports *rel* and it is still in exactly that state, the
-        index follows without a history entry. If the user changed it meanwhile,
-        that change is recorded as usual."""
+        when the watcher reports *rel* and it is still in exactly that state (its
+        type and permissions, size, mtime and inode), the index follows without a
+        history entry, and a file is hashed once quiet for `CLOSED_QUIET`. If the
+        user changed it meanwhile (a ``chmod`` right after a realize too), that
+        change is recorded as usual."""
         self._inbox.append(_Event(arena, rel, expected=signature(st), expect=True))
         self._wake.set()
 
@@ -536,6 +539,9 @@ class Indexer:
                     if event.expect:
                         self._expected[(event.arena, event.path)] = event.expected
                         self._queue(event.arena, event.path, now)
+                        # the daemon wrote and closed it (a realized file): hashed once quiet, as
+                        # a writer's file is, and told to peers then, not after a rest period
+                        self._look_soon((event.arena, event.path))
                     elif event.moved_from is None:
                         self._queue(event.arena, event.path, now)  # looked at now; hashed once rested
                         if event.closed:

@@ -31,8 +31,12 @@ overwritten); the indexer is told to expect it (the Real now holds that very
 version, no local change), then the write applies, as a local change.
 Opening with ``O_TRUNC``, or truncating to 0, skips the download: an empty
 Real file replaces the Unreal one (a local change). Reads before the first
-change read the Unreal version. Other changes of an Unreal file's attributes
-(``chmod``, ``utime`` without a write) are refused with ``EIO`` for now.
+change read the Unreal version. Any other change of an Unreal file's
+attributes (``chmod``, ``chown``, ``utime``, a truncate to another size)
+makes it Real the same way, then applies to the Real file (a local change);
+on an Unreal-only directory it makes the directory. The mount's inode of the
+Unreal object stays that object (`realizefs.vfs.namespace`). An Unreal
+symbolic link is not made Real: changing one is refused with ``EIO``.
 
 Concurrency: as `realizefs.vfs.tree` says; the index's reads take
 microseconds; its writes for an Unreal delete or rename are one short
@@ -149,8 +153,8 @@ class UnrealFile:
     def stat(self) -> UnrealStat:
         return self.st
 
-    def setattr(self, changes: Changes) -> Stat:
-        raise _unavailable(b"/".join(self.path), "changing")
+    async def setattr(self, changes: Changes) -> Stat:
+        raise _unavailable(b"/".join(self.path), "changing")  # an orphan opened for reading
 
     def pin(self) -> UnrealPin:
         return UnrealPin(self.tree, self.node, version_tag(self.record))
@@ -193,12 +197,10 @@ class RealizingFile:
     def stat(self) -> Stat:
         return self.real.stat() if self.real is not None else self.st
 
-    def setattr(self, changes: Changes) -> Stat:
-        if self.real is None:
-            if changes.size != 0 or self._realizing.locked():
-                raise _unavailable(b"/".join(self.path), "changing")
-            self.real = self.tree.realize_empty(self.path, self.record, self.flags)
-        return self.real.setattr(changes)
+    async def setattr(self, changes: Changes) -> Stat:
+        if self.real is None and changes.size == 0 and not self._realizing.locked():
+            self.real = self.tree.realize_empty(self.path, self.record, self.flags)  # nothing to fetch
+        return await (await self._made_real()).setattr(changes)
 
     def pin(self) -> RealPin | UnrealPin:
         return (
@@ -432,7 +434,7 @@ class MergedTree:
             raise
         os.close(fd)
         self.expect(self.arena, rel, st)
-        log.info("%s/%s: made Real to be written", self.arena, rel.decode(errors="replace"))
+        log.info("%s/%s: made Real to be changed", self.arena, rel.decode(errors="replace"))
         return self._place(path, staged, flags)
 
     def listdir(self, rel: bytes) -> list[tuple[bytes, Stat]]:
@@ -569,13 +571,21 @@ class MergedTree:
         if there is not None and there[1].kind == KIND_DIR and self.index.entries(self.root, rel.split(b"/")):
             raise NotEmpty()
 
-    def setattr(self, rel: bytes, changes: Changes) -> Stat:
-        if self._is_real(rel) or (found := self._unreal(rel)) is None:
-            return self.real.setattr(rel, changes)
-        if changes.size == 0 and found[1].kind == KIND_FILE:  # truncated: nothing to fetch
-            self.realize_empty(tuple(rel.split(b"/")), found[1], os.O_WRONLY).close()
-            return self.real.setattr(rel, changes)
-        raise _unavailable(rel, "changing")
+    async def setattr(self, rel: bytes, changes: Changes) -> Stat:
+        """Change the object at *rel*; an Unreal one is made Real first (a file: fetched and
+        placed as for a write; truncated to 0: an empty one; a directory: made), then changed."""
+        if not self._is_real(rel) and (found := self._unreal(rel)) is not None:
+            node, record = found
+            path = tuple(rel.split(b"/"))
+            if record.kind == KIND_DIR:
+                self._realize_dir(rel)
+            elif record.kind != KIND_FILE:
+                raise _unavailable(rel, "changing")  # a symbolic link: not made Real yet
+            elif changes.size == 0:  # truncated: nothing to fetch
+                self.realize_empty(path, record, os.O_RDONLY).close()
+            else:
+                (await self.realize(node, path, record, os.O_RDONLY)).close()
+        return await self.real.setattr(rel, changes)
 
     # ---- extended attributes
 
