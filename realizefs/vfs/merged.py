@@ -20,7 +20,8 @@ does the same to hold it. Deleting or renaming an Unreal entry is a change of
 this peer's view, recorded in its history and told to peers (the disk holds
 nothing of it); renaming one onto a Real path is refused with ``EXDEV`` (``mv``
 then copies). An Unreal file opened for reading reads the version it had when
-opened, through `UnrealContent` (the cache, or peers: `realizefs.sync.content`).
+opened, through `UnrealContent` (the cache, or peers: `realizefs.sync.content`);
+the chunks a handle has read stay in the cache while it is open.
 
 Writing to an Unreal file makes it Real first (`RealizingFile`): at its first
 change its content is completed locally (from the cache and peers), written
@@ -101,11 +102,25 @@ class UnrealStat:
         return self.st_mtime_ns
 
 
+class UnrealReader(Protocol):
+    """One open handle's reads of one version (`realizefs.sync.content.Reader`): what it has
+    read stays in the cache until it is closed."""
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """*size* bytes at *offset*; `FsError` (EIO) if unavailable."""
+
+    def close(self) -> None: ...
+
+
 class UnrealContent(Protocol):
     """Where an Unreal file's bytes come from (`realizefs.sync.content.Content`)."""
 
     async def read(self, arena: str, path: Sequence[bytes], record: Record, offset: int, size: int) -> bytes:
-        """*size* bytes at *offset* of *path*'s version *record*; `FsError` (EIO) if unavailable."""
+        """*size* bytes at *offset* of *path*'s version *record*; `FsError` (EIO) if unavailable.
+        Nothing is kept for the caller (a realize writes what it reads to the disk)."""
+
+    def reader(self, arena: str, path: Sequence[bytes], record: Record) -> UnrealReader:
+        """A reader of *path*'s version *record* for an open handle."""
 
     def cached(self, record: Record) -> int:
         """How many bytes of the content of *record* this peer holds without the network."""
@@ -127,19 +142,23 @@ def version_tag(record: Record) -> int:
 
 
 class UnrealFile:
-    """An Unreal file open for reading: the version it had when opened."""
+    """An Unreal file open for reading: the version it had when opened. The chunks it has
+    read stay in the cache until it is closed (its `UnrealReader`)."""
 
-    __slots__ = ("node", "path", "record", "st", "tree")
+    __slots__ = ("_reader", "node", "path", "record", "st", "tree")
 
     def __init__(self, tree: MergedTree, node: int, path: tuple[bytes, ...], record: Record) -> None:
         self.tree, self.node, self.path, self.record = tree, node, path, record
         self.st = tree.unreal_stat(node, record)
+        self._reader: UnrealReader | None = None  # made at the first read
 
     async def read(self, offset: int, size: int) -> bytes:
-        content = self.tree.content
-        if content is None:
-            raise _unavailable(b"/".join(self.path), "reading")
-        return await content.read(self.tree.arena, self.path, self.record, offset, size)
+        if self._reader is None:
+            content = self.tree.content
+            if content is None:
+                raise _unavailable(b"/".join(self.path), "reading")
+            self._reader = content.reader(self.tree.arena, self.path, self.record)
+        return await self._reader.read(offset, size)
 
     async def write(self, offset: int, data: bytes) -> int:
         raise FsError("opened for reading", errno=errno.EBADF)
@@ -160,7 +179,9 @@ class UnrealFile:
         return UnrealPin(self.tree, self.node, version_tag(self.record))
 
     def close(self) -> None:
-        pass
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 class RealizingFile:
@@ -170,7 +191,8 @@ class RealizingFile:
         self.tree, self.node, self.path, self.record = tree, node, path, record
         self.flags = flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
         self.real: RealFile | None = None
-        self.st = tree.unreal_stat(node, record)
+        self.unreal = UnrealFile(tree, node, path, record)  # reads before the first change
+        self.st = self.unreal.st
         self._realizing = trio.Lock()
 
     async def _made_real(self) -> RealFile:
@@ -182,7 +204,7 @@ class RealizingFile:
     async def read(self, offset: int, size: int) -> bytes:
         if self.real is not None:
             return await self.real.read(offset, size)
-        return await UnrealFile(self.tree, self.node, self.path, self.record).read(offset, size)
+        return await self.unreal.read(offset, size)
 
     async def write(self, offset: int, data: bytes) -> int:
         return await (await self._made_real()).write(offset, data)
@@ -210,6 +232,7 @@ class RealizingFile:
         )
 
     def close(self) -> None:
+        self.unreal.close()
         if self.real is not None:
             self.real.close()
 

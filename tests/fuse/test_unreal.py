@@ -451,3 +451,40 @@ def test_changing_an_unreal_directorys_attributes_makes_it_real(bases: list[Path
         wait_for(
             lambda: stat.S_IMODE((c.mnt() / "top" / "moded").stat().st_mode) == 0o700, 20, "the mode on c"
         )
+
+
+def test_the_chunks_of_an_open_file_stay_in_the_cache_until_it_is_closed(bases: list[Path]) -> None:
+    """Under a small quota, reading another file evicted the chunks of a file still open:
+    read again through the same handle once its only peer was gone, it failed with EIO.
+    The chunks a handle has read are now pinned until it is closed."""
+    with household(bases, extra=REST + '[cache]\nmax_size = "1M"\nmin_free = "0"\n') as pair:
+        a, b = pair.daemons
+        kept, other = random.Random(21).randbytes(400_000), random.Random(22).randbytes(8 << 20)
+        (a.mnt() / "kept").write_bytes(kept)
+        (a.mnt() / "other").write_bytes(other)
+        there = b.mnt() / "kept"
+        wait_for(lambda: listed(there) and listed(b.mnt() / "other"), 20, "listed on b")
+
+        def cache() -> dict[str, int]:
+            stats: dict[str, int] = json.loads((b.mountpoint / ".realize" / "status.json").read_text())[
+                "cache"
+            ]
+            return stats
+
+        fd = os.open(there, os.O_RDONLY)
+        try:
+            assert os.pread(fd, len(kept), 0) == kept
+            assert cache()["pinned"] > 0
+            for at in range(0, len(other), 1 << 19):  # 8 times the quota: evicts all it can
+                with open(b.mnt() / "other", "rb") as f:  # (a handle's own chunks stay while open)
+                    f.seek(at)
+                    assert f.read(1 << 19) == other[at : at + (1 << 19)]
+            wait_for(lambda: cache()["evictions"] > 0, 10, "evictions")
+            a.stop()
+            wait_for(lambda: not connected(b, "a"), 20, "b to see a gone")
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the kernel's pages: read from b again
+            assert os.pread(fd, len(kept), 0) == kept  # from b's cache alone
+        finally:
+            os.close(fd)
+        wait_for(lambda: cache()["pinned"] == 0, 10, "the pins released")
+        assert 0 < cache()["used"] <= 1 << 20
