@@ -35,8 +35,10 @@ Real file replaces the Unreal one (a local change). Reads before the first
 change read the Unreal version. Any other change of an Unreal file's
 attributes (``chmod``, ``chown``, ``utime``, a truncate to another size)
 makes it Real the same way, then applies to the Real file (a local change);
-on an Unreal-only directory it makes the directory. The mount's inode of the
-Unreal object stays that object (`realizefs.vfs.namespace`). An Unreal
+on an Unreal-only directory it makes the directory. After a change of
+attributes alone the mount's inode stays that object (the namespace gives it
+the Real identity); a file made Real by a write or a truncate is another
+object: an `UnrealPin` of it is stale once the Real holds its path. An Unreal
 symbolic link is not made Real: changing one is refused with ``EIO``.
 
 Concurrency: as `realizefs.vfs.tree` says; the index's reads take
@@ -237,12 +239,12 @@ class RealizingFile:
             self.real.close()
 
 
+def _show(rel: bytes) -> str:
+    return rel.decode(errors="replace")
+
+
 def _unavailable(rel: bytes, what: str) -> FsError:
-    log.info(
-        "%s: %s an Unreal file is not possible yet: its content is not fetched",
-        rel.decode(errors="replace"),
-        what,
-    )
+    log.info("%s: %s an Unreal file is not possible yet: its content is not fetched", _show(rel), what)
     return FsError("the Unreal's content is not fetched yet", errno=errno.EIO)
 
 
@@ -261,6 +263,8 @@ class UnrealPin:
             raise NotFound()
         if version_tag(found[1]) != self.tag:
             raise Stale()  # another version now: another object
+        if found[1].kind == KIND_FILE and self.tree._is_real(b"/".join(found[0])):
+            raise Stale()  # made Real (then written or truncated): another object
         return found
 
     def stat(self) -> UnrealStat:
@@ -603,7 +607,8 @@ class MergedTree:
             if record.kind == KIND_DIR:
                 self._realize_dir(rel)
             elif record.kind != KIND_FILE:
-                raise _unavailable(rel, "changing")  # a symbolic link: not made Real yet
+                log.info("%s: an Unreal symbolic link is not made Real to be changed", _show(rel))
+                raise FsError("an Unreal symbolic link cannot be changed yet", errno=errno.EIO)
             elif changes.size == 0:  # truncated: nothing to fetch
                 self.realize_empty(path, record, os.O_RDONLY).close()
             else:
