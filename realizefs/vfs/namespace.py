@@ -428,8 +428,8 @@ class Namespace:
         if self.is_virtual(ino):
             return self._virtual_attr(ino)
         files = self._open.get(ino)
-        if files:  # answers for open files that were unlinked or renamed away too
-            return self._attr(ino, files[0].stat())
+        if files and not self._read_as_unreal(ino, st := files[0].stat()):
+            return self._attr(ino, st)  # answers for open files that were unlinked or renamed away too
         pin = self._pins.get(ino)
         if pin is not None:
             return self._attr(ino, pin.stat())
@@ -471,6 +471,13 @@ class Namespace:
         if size is None:
             self._made_real(ino, st)
         return self._attr(ino, st)
+
+    def _read_as_unreal(self, ino: int, st: Stat) -> bool:
+        """Whether *st*, of a handle open on *ino*, is the Unreal version of what the node now
+        knows as Real (`_made_real` under a handle opened before): the Real file answers."""
+        node = self.inodes.node(ino)
+        known = node.ident if node is not None else None
+        return known is not None and not unreal_device(known[0]) and unreal_device(st.st_dev)
 
     def _made_real(self, ino: int, st: Stat) -> None:
         """After a change of attributes alone: an Unreal object it made Real in its place (its

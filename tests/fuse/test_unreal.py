@@ -427,6 +427,16 @@ def test_changing_an_unreal_files_attributes_makes_it_real_first(bases: list[Pat
         for n, fd in held.items():
             assert os.stat(b.mnt() / n).st_ino == inodes[n] == os.fstat(fd).st_ino, n
             os.close(fd)
+        # with a handle reading it as Unreal open meanwhile, the attributes are the Real file's
+        # (were the handle's Unreal ones, the old mode, once the kernel asked the daemon again)
+        (a.mnt() / "reading").write_bytes(data)
+        wait_for(lambda: listed(b.mnt() / "reading"), 20, "listed on b")
+        with open(b.mnt() / "reading", "rb") as reading:
+            assert reading.read(1000) == data[:1000]
+            os.chmod(b.mnt() / "reading", 0o600)
+            asked = ["stat", "--cached=never", "-c", "%a %u", str(b.mnt() / "reading")]  # the daemon asked
+            assert subprocess.run(asked, capture_output=True, text=True, check=True).stdout == "600 0\n"
+            assert reading.read() == data[1000:]
 
 
 def test_changing_an_unreal_directorys_attributes_makes_it_real(bases: list[Path]) -> None:
