@@ -194,7 +194,8 @@ class Control:
             f"{cache.hits} hits, {cache.misses} misses"
             + (f" ({hit_rate:.0%} hits)" if hit_rate is not None else "")
             + f", {cache.evictions} evicted"
-            + (f", {cache.damaged} found damaged" if cache.damaged else ""),
+            + (f", {cache.damaged} found damaged" if cache.damaged else "")
+            + (f", {_count(cache.pinned, 'chunk')} kept for open files" if cache.pinned else ""),
         ]
         return {
             "version": __version__,

@@ -140,7 +140,7 @@ class Operations(pyfuse3.Operations):
         ctx: Any,
     ) -> pyfuse3.EntryAttributes:
         return entry(
-            self.ns.setattr(
+            await self.ns.setattr(
                 inode,
                 fh,
                 size=attr.st_size if fields.update_size else None,

@@ -83,20 +83,21 @@ EXPECT_FOR = 10.0  # seconds an expected change of the daemon's may take to show
 # seconds a deleted file is held before its delete is recorded: an editor's save (delete,
 # then write anew) is an edit; not the rest period, so peers hear of deletes at once
 DELETE_GRACE = 1.0
-Signature = tuple[int, int, int, int]  # file type, size, mtime_ns, inode
+# file type and permissions (a chmod right after a realize is the user's), size, mtime_ns, inode
+Signature = tuple[int, int, int, int]
 
 
 _KINDS = {stat.S_IFDIR: KIND_DIR, stat.S_IFLNK: KIND_LINK, stat.S_IFREG: KIND_FILE}  # what is indexed
 
 
 def signature(st: os.stat_result | None) -> Signature | None:
-    """What tells the state the daemon left from a user's change: a directory's inode only (its
-    size and mtime move as entries come and go), a file's size, mtime and inode too."""
+    """What tells the state the daemon left from a user's change: type and permissions, and
+    inode; a file's size and mtime too (a directory's move as entries come and go)."""
     if st is None:
         return None
     if stat.S_ISDIR(st.st_mode):
-        return (stat.S_IFDIR, 0, 0, st.st_ino)
-    return (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+        return (st.st_mode, 0, 0, st.st_ino)
+    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass
@@ -395,11 +396,13 @@ class Indexer:
         """The daemon itself just left *rel* in state *st* (None: removed it).
 
         Realizing, unrealizing and applying a peer's change are not local edits:
-        when the watcher reports *rel* and it is still in exactly that state, the
-        index follows without a history entry. If the user changed it meanwhile,
-        that change is recorded as usual. Told before the change is made: a look
-        that finds the path as it was (nothing there yet, or still there) keeps
-        the expectation, for up to `EXPECT_FOR` seconds."""
+        when the watcher reports *rel* and it is still in exactly that state (its
+        type and permissions, inode, and a file's size and mtime), the index
+        follows without a history entry, and a file is hashed once quiet for
+        `CLOSED_QUIET`. If the user changed it meanwhile (a ``chmod`` right after
+        a realize too), that change is recorded as usual. Told before the change
+        is made: a look that finds the path as it was (nothing there yet, or
+        still there) keeps the expectation, for up to `EXPECT_FOR` seconds."""
         self._inbox.append(_Event(arena, rel, expected=signature(st), expect=True))
         self._wake.set()
 
@@ -557,7 +560,9 @@ class Indexer:
                         self._expected[(event.arena, event.path)] = (event.expected, now)
                     elif event.moved_from is None:
                         self._queue(event.arena, event.path, now)  # looked at now; hashed once rested
-                        if event.closed:
+                        if event.closed or (event.arena, event.path) in self._expected:
+                            # closed by its writer, or placed by the daemon (a realized file):
+                            # hashed once quiet, and told to peers then, not after a rest period
                             self._look_soon((event.arena, event.path))
                         self._seen_gone((event.arena, event.path))
                     elif (partner := self._exchanged(events, i - 1)) is not None:

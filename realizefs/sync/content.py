@@ -26,6 +26,12 @@ write transaction fsyncs: one per chunk would bound a sequential read by the
 disk's fsync rate); a chunk that does not fit (everything else pinned) is
 served without being kept.
 
+A handle's reads go through a `Reader`: every chunk it has read stays pinned
+in the cache until the handle is released, so reading it again never needs a
+peer (under a small quota such a chunk was evicted and fetched again, and with
+the peer gone the read failed). A reader of a file larger than the quota thus
+fills the cache with its pins, and the rest is served uncached while it is open.
+
 Chunks are fetched on the peer's bulk lane when it has one (`realizefs.peers.bulk`:
 its thread verifies them), else, or if the lane ends meanwhile, with a ``chunk``
 request on the control connection (still served, for peers without lanes).
@@ -58,7 +64,7 @@ from realizefs.peers.messages import Value
 from realizefs.peers.methods import Method, Served
 from realizefs.peers.schema import Bytes, Record
 from realizefs.real.backing import Backing
-from realizefs.store.cache import CacheFull
+from realizefs.store.cache import CacheFull, Pin
 from realizefs.store.index import Index, RealSource
 from realizefs.store.index import Record as Entry
 
@@ -99,6 +105,8 @@ class ChunkStore(Protocol):
 
     def cached_bytes(self, manifest: list[tuple[int, int, bytes]]) -> int: ...
 
+    def pin(self, keys: Iterable[bytes]) -> Pin: ...
+
 
 def verified(chunk: bytes, data: bytes) -> bool:
     return blake3.blake3(data).digest() == chunk
@@ -116,6 +124,43 @@ def read_real(backing: Backing, source: RealSource) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+class Reader:
+    """One open handle's reads of one version of an Unreal file: each chunk it reads is
+    pinned in the cache before it is looked up or fetched, and stays pinned until `close`
+    (the handle's release), so a read through the handle never needs a peer again.
+
+    Pins are in memory only: a daemon that stops has no handles open."""
+
+    __slots__ = ("_held", "_pins", "arena", "content", "path", "record")
+
+    def __init__(self, content: Content, arena: str, path: Sequence[bytes], record: Entry) -> None:
+        self.content, self.arena, self.path, self.record = content, arena, path, record
+        self._held: set[bytes] | None = set()  # the chunks pinned; None once closed
+        self._pins: list[Pin] = []
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return await self.content.read(self.arena, self.path, self.record, offset, size, self)
+
+    def hold(self, chunks: Iterable[bytes]) -> None:
+        """Pin those of *chunks* not pinned yet (nothing once closed: a read that ends after)."""
+        held = self._held
+        if held is None:
+            return
+        new = [chunk for chunk in dict.fromkeys(chunks) if chunk not in held]
+        if new:
+            # inline: `pin` waits only while a cache write is committing the eviction of one
+            # of these (rare: the least recently used), and the pin must come before the look
+            self._pins.append(self.content.cache.pin(new))
+            held.update(new)
+
+    def close(self) -> None:
+        """Unpin every chunk read; a second call does nothing."""
+        self._held = None
+        pins, self._pins = self._pins, []
+        for pin in pins:
+            pin.release()
 
 
 class Content:
@@ -237,8 +282,21 @@ class Content:
             length for _, length, _ in waiting
         )
 
-    async def read(self, arena: str, path: Sequence[bytes], record: Entry, offset: int, size: int) -> bytes:
-        """*size* bytes at *offset* of the Unreal file *path* at version *record*."""
+    def reader(self, arena: str, path: Sequence[bytes], record: Entry) -> Reader:
+        """A reader of the Unreal file *path* at version *record* for one open handle."""
+        return Reader(self, arena, path, record)
+
+    async def read(
+        self,
+        arena: str,
+        path: Sequence[bytes],
+        record: Entry,
+        offset: int,
+        size: int,
+        reader: Reader | None = None,
+    ) -> bytes:
+        """*size* bytes at *offset* of the Unreal file *path* at version *record*; the chunks
+        read are pinned for *reader*, if given."""
         if record.hash is None:
             raise FsError("the file's content is not known", errno=errno.EIO)
         end = min(offset + size, record.size)
@@ -248,6 +306,8 @@ class Content:
         first = max(0, bisect.bisect_right(starts, offset) - 1)
         last = bisect.bisect_left(starts, end)
         wanted = manifest[first:last]
+        if reader is not None:
+            reader.hold(chunk for _, _, chunk in wanted)
         holders = functools.cache(lambda: self._holders(arena, path, record))  # only if fetching
         # Sequential if it starts where the last read *began* to read ended: the kernel sends
         # a sequential reader's next read before this one is answered.

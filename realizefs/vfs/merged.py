@@ -20,7 +20,8 @@ does the same to hold it. Deleting or renaming an Unreal entry is a change of
 this peer's view, recorded in its history and told to peers (the disk holds
 nothing of it); renaming one onto a Real path is refused with ``EXDEV`` (``mv``
 then copies). An Unreal file opened for reading reads the version it had when
-opened, through `UnrealContent` (the cache, or peers: `realizefs.sync.content`).
+opened, through `UnrealContent` (the cache, or peers: `realizefs.sync.content`);
+the chunks a handle has read stay in the cache while it is open.
 
 Writing to an Unreal file makes it Real first (`RealizingFile`): at its first
 change its content is completed locally (from the cache and peers), written
@@ -31,8 +32,14 @@ overwritten); the indexer is told to expect it (the Real now holds that very
 version, no local change), then the write applies, as a local change.
 Opening with ``O_TRUNC``, or truncating to 0, skips the download: an empty
 Real file replaces the Unreal one (a local change). Reads before the first
-change read the Unreal version. Other changes of an Unreal file's attributes
-(``chmod``, ``utime`` without a write) are refused with ``EIO`` for now.
+change read the Unreal version. Any other change of an Unreal file's
+attributes (``chmod``, ``chown``, ``utime``, a truncate to another size)
+makes it Real the same way, then applies to the Real file (a local change);
+on an Unreal-only directory it makes the directory. After a change of
+attributes alone the mount's inode stays that object (the namespace gives it
+the Real identity); a file made Real by a write or a truncate is another
+object: an `UnrealPin` of it is stale once the Real holds its path. An Unreal
+symbolic link is not made Real: changing one is refused with ``EIO``.
 
 Concurrency: as `realizefs.vfs.tree` says; the index's reads take
 microseconds; its writes for an Unreal delete or rename are one short
@@ -97,11 +104,25 @@ class UnrealStat:
         return self.st_mtime_ns
 
 
+class UnrealReader(Protocol):
+    """One open handle's reads of one version (`realizefs.sync.content.Reader`): what it has
+    read stays in the cache until it is closed."""
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """*size* bytes at *offset*; `FsError` (EIO) if unavailable."""
+
+    def close(self) -> None: ...
+
+
 class UnrealContent(Protocol):
     """Where an Unreal file's bytes come from (`realizefs.sync.content.Content`)."""
 
     async def read(self, arena: str, path: Sequence[bytes], record: Record, offset: int, size: int) -> bytes:
-        """*size* bytes at *offset* of *path*'s version *record*; `FsError` (EIO) if unavailable."""
+        """*size* bytes at *offset* of *path*'s version *record*; `FsError` (EIO) if unavailable.
+        Nothing is kept for the caller (a realize writes what it reads to the disk)."""
+
+    def reader(self, arena: str, path: Sequence[bytes], record: Record) -> UnrealReader:
+        """A reader of *path*'s version *record* for an open handle."""
 
     def cached(self, record: Record) -> int:
         """How many bytes of the content of *record* this peer holds without the network."""
@@ -123,19 +144,23 @@ def version_tag(record: Record) -> int:
 
 
 class UnrealFile:
-    """An Unreal file open for reading: the version it had when opened."""
+    """An Unreal file open for reading: the version it had when opened. The chunks it has
+    read stay in the cache until it is closed (its `UnrealReader`)."""
 
-    __slots__ = ("node", "path", "record", "st", "tree")
+    __slots__ = ("_reader", "node", "path", "record", "st", "tree")
 
     def __init__(self, tree: MergedTree, node: int, path: tuple[bytes, ...], record: Record) -> None:
         self.tree, self.node, self.path, self.record = tree, node, path, record
         self.st = tree.unreal_stat(node, record)
+        self._reader: UnrealReader | None = None  # made at the first read
 
     async def read(self, offset: int, size: int) -> bytes:
-        content = self.tree.content
-        if content is None:
-            raise _unavailable(b"/".join(self.path), "reading")
-        return await content.read(self.tree.arena, self.path, self.record, offset, size)
+        if self._reader is None:
+            content = self.tree.content
+            if content is None:
+                raise _unavailable(b"/".join(self.path), "reading")
+            self._reader = content.reader(self.tree.arena, self.path, self.record)
+        return await self._reader.read(offset, size)
 
     async def write(self, offset: int, data: bytes) -> int:
         raise FsError("opened for reading", errno=errno.EBADF)
@@ -149,14 +174,16 @@ class UnrealFile:
     def stat(self) -> UnrealStat:
         return self.st
 
-    def setattr(self, changes: Changes) -> Stat:
-        raise _unavailable(b"/".join(self.path), "changing")
+    async def setattr(self, changes: Changes) -> Stat:
+        raise _unavailable(b"/".join(self.path), "changing")  # an orphan opened for reading
 
     def pin(self) -> UnrealPin:
         return UnrealPin(self.tree, self.node, version_tag(self.record))
 
     def close(self) -> None:
-        pass
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 class RealizingFile:
@@ -166,7 +193,8 @@ class RealizingFile:
         self.tree, self.node, self.path, self.record = tree, node, path, record
         self.flags = flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
         self.real: RealFile | None = None
-        self.st = tree.unreal_stat(node, record)
+        self.unreal = UnrealFile(tree, node, path, record)  # reads before the first change
+        self.st = self.unreal.st
         self._realizing = trio.Lock()
 
     async def _made_real(self) -> RealFile:
@@ -178,7 +206,7 @@ class RealizingFile:
     async def read(self, offset: int, size: int) -> bytes:
         if self.real is not None:
             return await self.real.read(offset, size)
-        return await UnrealFile(self.tree, self.node, self.path, self.record).read(offset, size)
+        return await self.unreal.read(offset, size)
 
     async def write(self, offset: int, data: bytes) -> int:
         return await (await self._made_real()).write(offset, data)
@@ -193,12 +221,10 @@ class RealizingFile:
     def stat(self) -> Stat:
         return self.real.stat() if self.real is not None else self.st
 
-    def setattr(self, changes: Changes) -> Stat:
-        if self.real is None:
-            if changes.size != 0 or self._realizing.locked():
-                raise _unavailable(b"/".join(self.path), "changing")
-            self.real = self.tree.realize_empty(self.path, self.record, self.flags)
-        return self.real.setattr(changes)
+    async def setattr(self, changes: Changes) -> Stat:
+        if self.real is None and changes.size == 0 and not self._realizing.locked():
+            self.real = self.tree.realize_empty(self.path, self.record, self.flags)  # nothing to fetch
+        return await (await self._made_real()).setattr(changes)
 
     def pin(self) -> RealPin | UnrealPin:
         return (
@@ -208,16 +234,17 @@ class RealizingFile:
         )
 
     def close(self) -> None:
+        self.unreal.close()
         if self.real is not None:
             self.real.close()
 
 
+def _show(rel: bytes) -> str:
+    return rel.decode(errors="replace")
+
+
 def _unavailable(rel: bytes, what: str) -> FsError:
-    log.info(
-        "%s: %s an Unreal file is not possible yet: its content is not fetched",
-        rel.decode(errors="replace"),
-        what,
-    )
+    log.info("%s: %s an Unreal file is not possible yet: its content is not fetched", _show(rel), what)
     return FsError("the Unreal's content is not fetched yet", errno=errno.EIO)
 
 
@@ -236,6 +263,8 @@ class UnrealPin:
             raise NotFound()
         if version_tag(found[1]) != self.tag:
             raise Stale()  # another version now: another object
+        if found[1].kind == KIND_FILE and self.tree._is_real(b"/".join(found[0])):
+            raise Stale()  # made Real (then written or truncated): another object
         return found
 
     def stat(self) -> UnrealStat:
@@ -432,7 +461,7 @@ class MergedTree:
             raise
         os.close(fd)
         self.expect(self.arena, rel, st)
-        log.info("%s/%s: made Real to be written", self.arena, rel.decode(errors="replace"))
+        log.info("%s/%s: made Real to be changed", self.arena, rel.decode(errors="replace"))
         return self._place(path, staged, flags)
 
     def listdir(self, rel: bytes) -> list[tuple[bytes, Stat]]:
@@ -574,13 +603,22 @@ class MergedTree:
         if there is not None and there[1].kind == KIND_DIR and self.index.entries(self.root, rel.split(b"/")):
             raise NotEmpty()
 
-    def setattr(self, rel: bytes, changes: Changes) -> Stat:
-        if self._is_real(rel) or (found := self._unreal(rel)) is None:
-            return self.real.setattr(rel, changes)
-        if changes.size == 0 and found[1].kind == KIND_FILE:  # truncated: nothing to fetch
-            self.realize_empty(tuple(rel.split(b"/")), found[1], os.O_WRONLY).close()
-            return self.real.setattr(rel, changes)
-        raise _unavailable(rel, "changing")
+    async def setattr(self, rel: bytes, changes: Changes) -> Stat:
+        """Change the object at *rel*; an Unreal one is made Real first (a file: fetched and
+        placed as for a write; truncated to 0: an empty one; a directory: made), then changed."""
+        if not self._is_real(rel) and (found := self._unreal(rel)) is not None:
+            node, record = found
+            path = tuple(rel.split(b"/"))
+            if record.kind == KIND_DIR:
+                self._realize_dir(rel)
+            elif record.kind != KIND_FILE:
+                log.info("%s: an Unreal symbolic link is not made Real to be changed", _show(rel))
+                raise FsError("an Unreal symbolic link cannot be changed yet", errno=errno.EIO)
+            elif changes.size == 0:  # truncated: nothing to fetch
+                self.realize_empty(path, record, os.O_RDONLY).close()
+            else:
+                (await self.realize(node, path, record, os.O_RDONLY)).close()
+        return await self.real.setattr(rel, changes)
 
     # ---- extended attributes
 

@@ -42,6 +42,7 @@ thread (see `realizefs.vfs.tree`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -429,8 +430,8 @@ class Namespace:
         if self.is_virtual(ino):
             return self._virtual_attr(ino)
         files = self._open.get(ino)
-        if files:  # answers for open files that were unlinked or renamed away too
-            return self._attr(ino, files[0].stat())
+        if files and not self._read_as_unreal(ino, st := files[0].stat()):
+            return self._attr(ino, st)  # answers for open files that were unlinked or renamed away too
         pin = self._pins.get(ino)
         if pin is not None:
             return self._attr(ino, pin.stat())
@@ -443,7 +444,7 @@ class Namespace:
 
     # ------------------------------------------------------------ changing attributes
 
-    def setattr(
+    async def setattr(
         self,
         ino: int,
         fh: int | None,
@@ -465,9 +466,38 @@ class Namespace:
         changes = Changes(size, mode, uid, gid, atime_ns, mtime_ns)
         file = self._file_for(ino, fh)
         if file is not None:
-            return self._attr(ino, file.setattr(changes))
-        arena, rel, _ = self._here(ino)
-        return self._attr(ino, arena.tree.setattr(rel, changes))
+            st = await file.setattr(changes)
+        else:
+            arena, rel, _ = self._here(ino)
+            st = await arena.tree.setattr(rel, changes)
+        if size is None:
+            self._made_real(ino, st)
+        return self._attr(ino, st)
+
+    def _read_as_unreal(self, ino: int, st: Stat) -> bool:
+        """Whether *st*, of a handle open on *ino*, is the Unreal version of what the node now
+        knows as Real (`_made_real` under a handle opened before): the Real file answers."""
+        node = self.inodes.node(ino)
+        known = node.ident if node is not None else None
+        return known is not None and not unreal_device(known[0]) and unreal_device(st.st_dev)
+
+    def _made_real(self, ino: int, st: Stat) -> None:
+        """After a change of attributes alone: an Unreal object it made Real in its place (its
+        very version placed, then changed) is the same object, as a file is after a ``chmod``:
+        the node takes the Real one's identity and pin. (A truncate makes another version:
+        another object, as a peer's is, so no page of it lands in a reader's of the old.)"""
+        node = self.inodes.node(ino)
+        if node is None or node.ident is None or not unreal_device(node.ident[0]) or unreal_device(st.st_dev):
+            return
+        node.ident = ident(st)
+        pin = self._pins.pop(ino, None)
+        if pin is None:
+            return
+        pin.close()
+        with contextlib.suppress(FsError):  # an orphan: its open files answer for it
+            real = self._pin_new(*self._locate(ino), st)
+            if real is not None:
+                self._pins[ino] = real
 
     def _file_for(self, ino: int, fh: int | None) -> File | None:
         handle = self._handles.get(fh) if fh is not None else None

@@ -72,7 +72,7 @@ class RealFile:
     def stat(self) -> os.stat_result:
         return _fstat(self.fd)
 
-    def setattr(self, changes: Changes) -> os.stat_result:
+    async def setattr(self, changes: Changes) -> os.stat_result:
         fd = self.fd
         try:
             if changes.size is not None:
@@ -178,7 +178,7 @@ class RealTree:
     def rename(self, old: bytes, new: bytes, flags: int) -> None:
         self.backing.rename(old, new, flags)
 
-    def setattr(self, rel: bytes, changes: Changes) -> os.stat_result:
+    async def setattr(self, rel: bytes, changes: Changes) -> os.stat_result:
         backing = self.backing
         if changes.size is not None:
             backing.truncate(rel, changes.size)

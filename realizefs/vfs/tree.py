@@ -18,8 +18,9 @@ has one (`realizefs.vfs.attributes`).
 
 Concurrency: everything runs on the event loop thread. Tree, `Pin` and the
 non-async `File` methods are short blocking calls. A file's ``read``,
-``write``, ``fsync`` and ``allocate`` are async, so a tree may wait on a
-worker thread or the network without stalling other requests: the Real reads,
+``write``, ``fsync``, ``allocate`` and ``setattr`` (and the tree's
+``setattr``) are async, so a tree may wait on a worker thread or the network
+without stalling other requests (changing an Unreal file fetches it): the Real reads,
 fsyncs and allocates in a worker thread (a slow disk) and writes inline (the
 write goes to the page cache; a thread hand-off costs more than the copy).
 """
@@ -98,7 +99,7 @@ class File(Handle, Protocol):
 
     def stat(self) -> Stat: ...
 
-    def setattr(self, changes: Changes) -> Stat: ...
+    async def setattr(self, changes: Changes) -> Stat: ...
 
     def pin(self) -> Pin:
         """A pin of the object open here."""
@@ -161,7 +162,8 @@ class Tree(Protocol):
     def rename(self, old: bytes, new: bytes, flags: int) -> None:
         """``renameat2(2)`` with its ``RENAME_NOREPLACE``/``RENAME_EXCHANGE`` *flags*."""
 
-    def setattr(self, rel: bytes, changes: Changes) -> Stat: ...
+    async def setattr(self, rel: bytes, changes: Changes) -> Stat:
+        """Change the attributes of the object at *rel* (an Unreal one is made Real first)."""
 
     # ---- extended attributes
     def stored_mode(self, rel: bytes) -> Mode | None:

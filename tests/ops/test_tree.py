@@ -41,7 +41,7 @@ def test_real_files_read_and_write_through_their_handle(real: RealTree, root: Pa
         assert trio.run(file.write, 0, b"hello world") == 11
         assert trio.run(file.read, 6, 100) == b"world"
         trio.run(file.fsync, True)
-        assert file.setattr(Changes(size=5)).st_size == 5
+        assert trio.run(file.setattr, Changes(size=5)).st_size == 5
         trio.run(file.allocate, 0x01, 3 << 30, 4096)  # FALLOC_FL_KEEP_SIZE, past 32 bits of offset
         assert file.stat().st_size == 5 and file.stat().st_blocks > 0
     finally:
@@ -80,7 +80,7 @@ def test_real_path_operations(real: RealTree, root: Path) -> None:
     real.symlink(b"d", b"ln", b"target", ROOT)
     assert real.readlink(b"d/ln") == b"target"
     real.create(b"d", b"f", os.O_WRONLY, 0o644, ROOT)[0].close()
-    st = real.setattr(b"d/f", Changes(mode=0o600, mtime_ns=10**18))
+    st = trio.run(real.setattr, b"d/f", Changes(mode=0o600, mtime_ns=10**18))
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_mtime_ns == 10**18
     real.rename(b"d/f", b"g", 0)
     real.unlink(b"d", b"ln")
@@ -152,7 +152,7 @@ class MemoryFile:
     def stat(self) -> MemoryStat:
         return self.node.st
 
-    def setattr(self, changes: Changes) -> MemoryStat:
+    async def setattr(self, changes: Changes) -> MemoryStat:
         raise NotPermitted("read-only")
 
     def pin(self) -> MemoryPin:
@@ -248,7 +248,7 @@ class MemoryTree:
     def rename(self, old: bytes, new: bytes, flags: int) -> None:
         raise NotPermitted("read-only")
 
-    def setattr(self, rel: bytes, changes: Changes) -> MemoryStat:
+    async def setattr(self, rel: bytes, changes: Changes) -> MemoryStat:
         raise NotPermitted("read-only")
 
     def stored_mode(self, rel: bytes) -> Mode | None:
