@@ -80,6 +80,8 @@ def _status(tree: Tree, rel: bytes, default: Mode) -> bytes:
 
 
 def _computed(tree: Tree, rel: bytes, name: bytes, content_hash: ContentHash) -> bytes | None:
+    if name == STATUS:  # (as the tree has it: what a copy carries in)
+        return tree.status(rel)
     if name == PEERS:
         return tree.peers(rel)
     found = content_hash()
