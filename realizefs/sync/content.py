@@ -49,7 +49,7 @@ import errno
 import functools
 import logging
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -77,6 +77,7 @@ RECENT = 2 * READ_AHEAD  # fetched chunks kept in memory for the reads that foll
 MANIFESTS = 64  # manifests of the contents read last, kept decoded
 MAX_CHUNK = 1 << 20  # bytes of a chunk accepted from a peer (FastCDC's are at most 256 KiB)
 MAX_MANIFEST = 1 << 20  # chunks of one manifest
+PIN_SHARE = 2  # an open handle pins at most this fraction (1/n) of the cache's quota
 MAX_UNWRITTEN = 32 << 20  # bytes of fetched chunks waiting for the cache's next write
 FLUSH_EVERY = 5.0  # seconds between writes of the cache's access order
 
@@ -107,6 +108,9 @@ class ChunkStore(Protocol):
 
     def pin(self, keys: Iterable[bytes]) -> Pin: ...
 
+    @property
+    def max_size(self) -> int: ...
+
 
 def verified(chunk: bytes, data: bytes) -> bool:
     return blake3.blake3(data).digest() == chunk
@@ -129,37 +133,50 @@ def read_real(backing: Backing, source: RealSource) -> bytes | None:
 class Reader:
     """One open handle's reads of one version of an Unreal file: each chunk it reads is
     pinned in the cache before it is looked up or fetched, and stays pinned until `close`
-    (the handle's release), so a read through the handle never needs a peer again.
+    (the handle's release), so a read through the handle never needs a peer again; but a
+    handle pins at most half the cache's quota (`PIN_SHARE`), its latest reads: a
+    file larger than that, read through, would otherwise fill the cache with pins and
+    leave nothing else cacheable while it is open.
 
     Pins are in memory only: a daemon that stops has no handles open."""
 
-    __slots__ = ("_held", "_pins", "arena", "content", "path", "record")
+    __slots__ = ("_bytes", "_held", "_pins", "arena", "content", "path", "record")
 
     def __init__(self, content: Content, arena: str, path: Sequence[bytes], record: Entry) -> None:
         self.content, self.arena, self.path, self.record = content, arena, path, record
         self._held: set[bytes] | None = set()  # the chunks pinned; None once closed
-        self._pins: list[Pin] = []
+        self._pins: deque[tuple[Pin, list[bytes], int]] = deque()  # oldest first, with their bytes
+        self._bytes = 0
 
     async def read(self, offset: int, size: int) -> bytes:
         return await self.content.read(self.arena, self.path, self.record, offset, size, self)
 
-    def hold(self, chunks: Iterable[bytes]) -> None:
-        """Pin those of *chunks* not pinned yet (nothing once closed: a read that ends after)."""
+    def hold(self, chunks: Iterable[tuple[bytes, int]]) -> None:
+        """Pin those of *chunks* (hash, length) not pinned yet, and let the oldest go beyond
+        `PIN_SHARE` of the quota (nothing once closed: a read that ends after)."""
         held = self._held
         if held is None:
             return
-        new = [chunk for chunk in dict.fromkeys(chunks) if chunk not in held]
+        new = dict(chunk for chunk in chunks if chunk[0] not in held)
         if new:
             # inline: `pin` waits only while a cache write is committing the eviction of one
             # of these (rare: the least recently used), and the pin must come before the look
-            self._pins.append(self.content.cache.pin(new))
+            size = sum(new.values())
+            self._pins.append((self.content.cache.pin(list(new)), list(new), size))
             held.update(new)
+            self._bytes += size
+            limit = self.content.cache.max_size // PIN_SHARE
+            while self._bytes > limit and len(self._pins) > 1:
+                pin, keys, size = self._pins.popleft()
+                pin.release()
+                held.difference_update(keys)
+                self._bytes -= size
 
     def close(self) -> None:
         """Unpin every chunk read; a second call does nothing."""
         self._held = None
-        pins, self._pins = self._pins, []
-        for pin in pins:
+        pins, self._pins = self._pins, deque()
+        for pin, _, _ in pins:
             pin.release()
 
 
@@ -307,7 +324,7 @@ class Content:
         last = bisect.bisect_left(starts, end)
         wanted = manifest[first:last]
         if reader is not None:
-            reader.hold(chunk for _, _, chunk in wanted)
+            reader.hold((chunk, length) for _, length, chunk in wanted)
         holders = functools.cache(lambda: self._holders(arena, path, record))  # only if fetching
         # Sequential if it starts where the last read *began* to read ended: the kernel sends
         # a sequential reader's next read before this one is answered.

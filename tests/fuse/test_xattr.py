@@ -99,7 +99,7 @@ def test_getfattr_dump_shows_what_is_set_and_by_name_what_is_in_effect(daemon: D
     assert getfattr(mnt / "d" / "f", MODE) == "unreal"  # in effect, inherited
     assert getfattr(mnt, MODE) == "real"
     f = mnt / "d" / "f"
-    assert getfattr(f, "user.realize.status") == "real"
+    assert getfattr(f, "user.realize.status") == "unreal pending: no peer holds this version"  # alone
     os.removexattr(f, "user.color")
     assert "user.color" not in os.listxattr(root / "d" / "f")
     with pytest.raises(OSError) as info:
