@@ -124,6 +124,18 @@ JOB_KINDS = ("FETCH", "KEEP", "UNREALIZE")
 
 
 @dataclass
+class _Plan:
+    """A pass's plan for one arena, as it is made."""
+
+    place: Place
+    full: bool
+    report: Report
+    steps: list[Step] = field(default_factory=list)
+    deletes: dict[bytes, Step] = field(default_factory=dict)  # a deleted Real file's hash: for moves
+    modes: dict[tuple[bytes, ...], Mode] = field(default_factory=dict)
+
+
+@dataclass
 class Report:
     """What one pass over the arenas did."""
 
@@ -257,72 +269,83 @@ class Consensus:
 
     def _plan(self, place: Place, items: list[Offered], full: bool, report: Report) -> list[Step]:
         """What to do in *place* (worker thread: reads modes from the disk)."""
-        modes: dict[tuple[bytes, ...], Mode] = {}
-        steps: list[Step] = []
-        deletes: dict[bytes, Step] = {}  # a deleted Real file's hash -> its delete, for moves
+        plan = _Plan(place, full, report)
         unreal: list[tuple[Offered, Record]] = []
         for item in items:
             held = item.record
             offered = [r for _, r in item.offers]
             choice = choose([weighed(held), *map(weighed, offered)])
             if choice.conflict:
-                report.conflicts.append((place.name, _show(item.path)))
-                loser = held.here and held.kind == KIND_FILE and not resolves(choice, weighed(held))
-                if loser and not held.pending and held.hash is not None and item.path[0] != CONFLICTS:
-                    # this peer holds a losing version: kept aside, where every peer can read it
-                    real = self._mode(place, item.path, modes) is Mode.REAL
-                    steps.append(Step(Kind.KEEP, item.path, _agreed(held, offered, choice), held, real=real))
-                else:  # the winner's holders wait for the losers' to keep theirs and take it
-                    log.info(
-                        "consensus: %s/%s: concurrent versions, kept as is", place.name, _show(item.path)
-                    )
-                continue
-            if not held.here:
+                self._plan_conflict(plan, item, offered, choice)
+            elif not held.here:
                 agreed = held
                 if not resolves(choice, weighed(held)) or compare(choice.vv, held.vv) is not Order.EQUAL:
                     # a concurrent version won (an edit over a delete, or alike ones merged)
                     agreed = _agreed(held, offered, choice)
                 unreal.append((item, agreed))
-                continue
-            if resolves(choice, weighed(held)):
-                if compare(choice.vv, held.vv) is not Order.EQUAL and not held.pending:
-                    steps.append(Step(Kind.VECTOR, item.path, replace(held, vv=choice.vv), held))
-                elif item.holders and not held.pending and self._mode(place, item.path, modes) is Mode.UNREAL:
-                    if full:  # another peer holds this very version in its Real: space given back
-                        steps.append(Step(Kind.UNREALIZE, item.path, replace(held, real=False), held))
-                    else:
-                        report.waiting += 1
-                continue
-            winner = _agreed(held, offered, choice)
-            if held.pending:
-                report.waiting += 1  # being written here: the indexer records it, then it is weighed
-                continue
-            step = self._change(item.path, held, winner)
-            if step is None:
-                report.fail(place.name, item.path, "a change of kind is not applied yet")
-            elif step.kind is Kind.DELETE and held.kind == KIND_FILE and held.hash is not None:
-                deletes.setdefault(held.hash, step)
-                steps.append(step)
-            elif full or step.kind in (Kind.DELETE, Kind.CHMOD):
-                steps.append(step)
             else:
-                report.waiting += 1
+                self._plan_real(plan, item, offered, choice)
         for item, agreed in unreal:
-            held = item.record
-            changed = agreed is not held
-            found = agreed.kind == KIND_FILE and agreed.hash is not None and agreed.live
-            delete = deletes.pop(agreed.hash, None) if found and agreed.hash else None
-            if delete is not None:  # renamed by a peer: moved here, not fetched
-                steps.remove(delete)
-                steps.append(Step(Kind.MOVE, item.path, agreed, held, delete))
-            elif agreed.live and self._mode(place, item.path, modes) is Mode.REAL and full:
+            self._plan_unreal(plan, item, agreed)
+        return plan.steps
+
+    def _plan_conflict(self, plan: _Plan, item: Offered, offered: list[Record], choice: Choice) -> None:
+        held, place = item.record, plan.place
+        plan.report.conflicts.append((place.name, _show(item.path)))
+        loser = held.here and held.kind == KIND_FILE and not resolves(choice, weighed(held))
+        if loser and not held.pending and held.hash is not None and item.path[0] != CONFLICTS:
+            # this peer holds a losing version: kept aside, where every peer can read it
+            real = self._mode(plan, item.path) is Mode.REAL
+            plan.steps.append(Step(Kind.KEEP, item.path, _agreed(held, offered, choice), held, real=real))
+        else:  # the winner's holders wait for the losers' to keep theirs and take it
+            log.info("consensus: %s/%s: concurrent versions, kept as is", place.name, _show(item.path))
+
+    def _plan_real(self, plan: _Plan, item: Offered, offered: list[Record], choice: Choice) -> None:
+        """A path this peer's Real holds, and no conflict."""
+        held, report = item.record, plan.report
+        if resolves(choice, weighed(held)):
+            if compare(choice.vv, held.vv) is not Order.EQUAL and not held.pending:
+                plan.steps.append(Step(Kind.VECTOR, item.path, replace(held, vv=choice.vv), held))
+            elif item.holders and not held.pending and self._mode(plan, item.path) is Mode.UNREAL:
+                if plan.full:  # another peer holds this very version in its Real: space given back
+                    plan.steps.append(Step(Kind.UNREALIZE, item.path, replace(held, real=False), held))
+                else:
+                    report.waiting += 1
+            return
+        if held.pending:
+            report.waiting += 1  # being written here: the indexer records it, then it is weighed
+            return
+        step = self._change(item.path, held, _agreed(held, offered, choice))
+        if step is None:
+            report.fail(plan.place.name, item.path, "a change of kind is not applied yet")
+        elif step.kind is Kind.DELETE and held.kind == KIND_FILE and held.hash is not None:
+            plan.deletes.setdefault(held.hash, step)
+            plan.steps.append(step)
+        elif plan.full or step.kind in (Kind.DELETE, Kind.CHMOD):
+            plan.steps.append(step)
+        else:
+            report.waiting += 1
+
+    def _plan_unreal(self, plan: _Plan, item: Offered, agreed: Record) -> None:
+        """A path this peer's Real does not hold (an Unreal entry or a tombstone here): moved here
+        if a peer renamed a file held Real here, realized where the mode says so, else the
+        agreed version taken on in the index."""
+        held = item.record
+        found = agreed.kind == KIND_FILE and agreed.live and agreed.hash is not None
+        delete = plan.deletes.pop(agreed.hash, None) if found and agreed.hash else None
+        if delete is not None:  # renamed by a peer: moved here, not fetched
+            plan.steps.remove(delete)
+            plan.steps.append(Step(Kind.MOVE, item.path, agreed, held, delete))
+        elif agreed.live and self._mode(plan, item.path) is Mode.REAL:
+            if plan.full:
                 kind = {KIND_FILE: Kind.FETCH, KIND_DIR: Kind.MKDIR, KIND_LINK: Kind.LINK}[agreed.kind]
-                steps.append(Step(kind, item.path, agreed, held))
-            elif changed:
-                steps.append(Step(Kind.LEARN, item.path, agreed, held))
-            elif agreed.live and self._mode(place, item.path, modes) is Mode.REAL:
-                report.waiting += 1
-        return steps
+                plan.steps.append(Step(kind, item.path, agreed, held))
+            elif agreed is not held:
+                plan.steps.append(Step(Kind.LEARN, item.path, agreed, held))
+            else:
+                plan.report.waiting += 1
+        elif agreed is not held:
+            plan.steps.append(Step(Kind.LEARN, item.path, agreed, held))
 
     @staticmethod
     def _change(path: tuple[bytes, ...], held: Record, winner: Record) -> Step | None:
@@ -336,15 +359,15 @@ class Consensus:
             return Step(Kind.CHMOD, path, winner, held)
         return Step(Kind.LINK, path, winner, held)
 
-    def _mode(self, place: Place, path: tuple[bytes, ...], modes: dict[tuple[bytes, ...], Mode]) -> Mode:
+    def _mode(self, plan: _Plan, path: tuple[bytes, ...]) -> Mode:
         """The effective mode of *path*: the nearest stored on it or an ancestor in the Real."""
-        if path in modes:
-            return modes[path]
+        if path in plan.modes:
+            return plan.modes[path]
         stored: Mode | None = None
         with contextlib.suppress(FsError, OSError):
-            stored = xattrs.stored_mode(place.backing, b"/".join(path))
-        mode = stored or (self._mode(place, path[:-1], modes) if path else place.default)
-        modes[path] = mode
+            stored = xattrs.stored_mode(plan.place.backing, b"/".join(path))
+        mode = stored or (self._mode(plan, path[:-1]) if path else plan.place.default)
+        plan.modes[path] = mode
         return mode
 
     # ------------------------------------------------------------ applying

@@ -15,10 +15,13 @@ import os
 import signal
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.fuse.test_unreal import household, listed
+from blake3 import blake3
+
+from tests.fuse.test_unreal import connect, household, listed
 from tests.support import Daemon, run_as, wait_for
 
 
@@ -59,6 +62,15 @@ def history(d: Daemon) -> list[dict[str, Any]]:
 def short_id(key: str) -> str:
     """How a conflict copy names the peer with *key* (``ed25519:<base64>``)."""
     return base64.b64decode(key.split(":", 1)[1])[:4].hex()
+
+
+def hashed(d: Daemon, path: str, data: bytes) -> bool:
+    """Whether *d* hashed *path* with content *data* (its peers are told of it)."""
+    try:
+        found = os.getxattr(d.mnt() / path, "user.realize.hash")
+    except OSError:
+        return False
+    return found == blake3(data).hexdigest().encode()
 
 
 def held_by(d: Daemon, path: str) -> bytes:
@@ -153,14 +165,12 @@ def test_concurrent_edits_converge_and_the_losing_version_is_kept(bases: list[Pa
         wait_for(lambda: real_on(b, "f.txt", b"base"), 20, "realized on b")
         b.stop()
         (a.mnt() / "f.txt").write_bytes(b"a's edit")
-        wait_for(
-            lambda: settled(a, "f.txt") and (a.mnt() / "f.txt").stat().st_size == 8, 20, "a's edit hashed"
-        )
+        wait_for(lambda: hashed(a, "f.txt", b"a's edit"), 20, "a's edit hashed")
         (b.root() / "f.txt").write_bytes(b"b's own edit")  # while b is down: found by its walk
         hours_ago = time.time_ns() - 7200 * 10**9  # rested: hashed at once; older: it loses
         os.utime(b.root() / "f.txt", ns=(hours_ago, hours_ago))
         b.start()
-        wait_for(lambda: settled(b, "f.txt"), 20, "b's edit hashed")
+        wait_for(lambda: hashed(b, "f.txt", b"b's own edit"), 20, "b's edit hashed")
         # both converge on the later edit, and b's is kept where both can read it
         for d in (a, b):
             wait_for(lambda d=d: (asked(d), real_on(d, "f.txt", b"a's edit"))[1], 20, "the winner")  # type: ignore[misc]
@@ -268,3 +278,69 @@ def test_a_transfer_is_listed_in_jobs_and_its_failure_reported(bases: list[Path]
             assert not (b.root() / "private" / "big.bin").exists()
         finally:
             a.signal(signal.SIGCONT)
+
+
+def tree_of(d: Daemon) -> dict[str, bytes]:
+    """The files of *d*'s Real (the daemon's own files left out), by path."""
+    out = {}
+    for path in d.root().rglob("*"):
+        rel = path.relative_to(d.root()).as_posix()
+        if path.is_file() and not rel.startswith((".realize-tmp", ".realize-arena")):
+            out[rel] = path.read_bytes()
+    return out
+
+
+def test_three_peers_heal_after_partitions_and_keep_every_version(bases: list[Path]) -> None:
+    with household(bases, 3) as pair:
+        a, b, c = pair.daemons
+        for name in ("f1", "f2", "f3"):
+            (a.mnt() / name).write_bytes(b"base " + name.encode())
+        wait_for(lambda: all(settled(a, n) for n in ("f1", "f2", "f3")), 20, "hashed on a")
+        for d in (b, c):
+            wait_for(lambda d=d: (now(d), tree_of(d) == tree_of(a))[1], 30, "the base everywhere")  # type: ignore[misc,func-returns-value]
+        written = {b"base f3"}  # (f1's and f2's bases are superseded by edits that knew them)
+
+        def alone(d: Daemon, writes: dict[str, bytes], change: Callable[[Path], object] = Path) -> None:
+            """Start *d* with the others stopped, write *writes* and make *change* through its
+            mount, and stop it once what it wrote is hashed (told to peers when they meet)."""
+            d.start()
+            for name, data in writes.items():
+                (d.mnt() / name).write_bytes(data)
+            change(d.mnt())
+            for name, data in writes.items():
+                wait_for(lambda name=name, data=data: hashed(d, name, data), 20, f"{name} hashed")  # type: ignore[misc]
+            d.stop()
+
+        for d in (a, b, c):
+            d.stop()
+
+        def on_a(mnt: Path) -> None:
+            os.remove(mnt / "f2")
+            os.rename(mnt / "f3", mnt / "g3")
+
+        alone(a, {"f1": b"a's f1"}, on_a)
+        alone(b, {"f1": b"b's f1, the later edit", "f2": b"b's f2, edited while a deleted it"})
+        alone(c, {"f3": b"c's f3, edited while a renamed it", "h": b"c's new file"})
+        written |= {b"a's f1", b"b's f1, the later edit", b"b's f2, edited while a deleted it"}
+        written |= {b"c's f3, edited while a renamed it", b"c's new file"}
+        for d in (a, b, c):
+            d.start()
+        connect(pair)
+
+        def healed() -> bool:
+            for d in (a, b, c):
+                now(d)
+            trees = [tree_of(d) for d in (a, b, c)]
+            return trees[0] == trees[1] == trees[2] and all(asked(d) == [] for d in (a, b, c))
+
+        wait_for(healed, 60, "the three peers agreeing")
+        tree = tree_of(a)
+        assert tree["f1"] == b"b's f1, the later edit"  # the later edit wins...
+        assert b"a's f1" in [
+            v for k, v in tree.items() if k.startswith(".realize-conflicts/f1/")
+        ]  # ...a's is kept
+        assert tree["f2"] == b"b's f2, edited while a deleted it"  # an edit wins over a delete
+        assert tree["g3"] == b"base f3"  # a's rename
+        assert tree["f3"] == b"c's f3, edited while a renamed it"  # c's edit is kept at its name
+        assert tree["h"] == b"c's new file"
+        assert written <= set(tree.values()), written - set(tree.values())  # nothing ever written is lost
