@@ -743,28 +743,37 @@ class Index:
             moved_below = self._vectors_below(txn, value[0])
             replaced_below: dict[tuple[bytes, ...], dict[bytes, int]] = {}
             raw_replaced = txn.get(new_key, db=self._nodes)
-            if raw_replaced is not None:  # an atomic save: the new version follows the replaced one
-                replaced = unpack(raw_replaced)
+            replaced = unpack(raw_replaced) if raw_replaced is not None else None
+            replaced_record = to_record(replaced) if replaced is not None else None
+            if replaced_record is not None and replaced_record.live:
+                base = replaced_record.hash  # its last hashed content, even if changed since
+                if not (replaced_record.kind == KIND_FILE and replaced_record.hash is None):
+                    before = replaced_record.version()  # else never hashed: not in the history
+            record = to_record(value)
+            going = False  # what it replaced leaves the history with entries of its own
+            if record.kind == KIND_FILE and record.hash is None and not base:
+                # a file not in the history yet (an editor's temporary file): no entry; but a
+                # directory or link it replaced in the index (one the look at *new* has not yet
+                # seen go: a rename reported after the look saw it) leaves with its own entries
+                going, logged = logged and before is not None, False
+            if replaced is not None and replaced_record is not None:
+                # an atomic save: the new version follows the replaced one
                 replaced_below = self._vectors_below(txn, replaced[0])
-                delta -= self._clear(txn, root, replaced[0], list(new), False, True)[0] + tally_value(
+                delta -= self._clear(txn, root, replaced[0], list(new), going, True)[0] + tally_value(
                     replaced
                 )
+                replaced_vv = dict(replaced[8])
+                if going:
+                    replaced_below = self._vectors_below(txn, replaced[0])  # with their deletes'
+                    replaced_vv = versions.increment(replaced_vv, self.me)
+                    op = "rmdir" if replaced_record.kind == KIND_DIR else "delete"
+                    self._log(txn, root, op, new, None, before, None, replaced_vv, None, replaced_record.kind)
                 self._forget_below(txn, root, replaced[0])
                 self._drop(txn, root, new_key, replaced)
                 self._hold(txn, chunk_index.held_value(replaced), None)
-                replaced_record = to_record(replaced)
-                if replaced_record.live and not (
-                    replaced_record.kind == KIND_FILE and replaced_record.hash is None
-                ):
-                    before = replaced_record.version()  # else never hashed: not in the history
-                if replaced_record.live:
-                    base = replaced_record.hash  # its last hashed content, even if changed since
-                vv = versions.merge(vv, replaced[8])
-            record = to_record(value)
+                vv = versions.merge(vv, replaced_vv)
             if current is not None and record.pending:
                 record = replace(record, size=current[0], mtime_ns=current[1])
-            if record.kind == KIND_FILE and record.hash is None and not base:
-                logged = False  # a file not in the history yet (an editor's temporary file)
             if logged:
                 vv = versions.increment(vv, self.me)
             if base and record.kind == KIND_FILE and not record.hash:

@@ -15,6 +15,7 @@ import errno
 import itertools
 import math
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from realizefs.real.indexer import CLOSED_QUIET, MAX_BACKOFF, Indexer, parts
 from realizefs.real.watcher import Change
 from realizefs.store.index import KIND_DELETED, KIND_DIR, KIND_FILE, KIND_LINK, Counts, Index, Record
 from realizefs.store.schema import Store
+from tests.index_model import Node, replay
 
 OLD = 1_000_000_000_000_000_000  # an mtime (2001) long rested
 WALL_START = 2_000_000_000_000_000_000  # the wall clock at mock time 0 (2033): files written now have rested
@@ -647,3 +649,51 @@ def test_deletes_leave_tombstones_that_a_file_made_again_continues_from(store: S
     again = indexer.index.get(root, parts(b"a.txt"))
     assert again is not None and again.vv == {me: 3}  # dominates the delete's {me: 2}
     assert indexer.history("a", 1)[0].vv == {me: 3} and indexer.history("a", 1)[0].origin == me
+
+
+def test_a_new_file_renamed_over_a_removed_directory_keeps_the_history_whole(
+    store: Store, tmp_path: Path
+) -> None:
+    """``rmdir d; mv new d`` seen in one round, *new* not hashed yet (not in the history):
+    the rename moves *new*'s record over *d*'s, which the look at *d* has not removed yet.
+    The directory's going must enter the history, or *d*'s create follows its mkdir with
+    nothing between (a peer replaying the history sees a file made over a directory)."""
+    root_dir = tmp_path / "real"
+    (root_dir / "d").mkdir(parents=True)
+    clocks = Clocks(autojump=False)
+    rest = 1.0
+    indexer = make(store, clocks, Backing(root_dir), rest=rest)
+    root = indexer.index.arena_root("a")
+
+    def pending(rel: bytes) -> bool:
+        record = indexer.index.get(root, parts(rel))
+        return record is not None and record.pending
+
+    async def scenario() -> None:
+        async with running(indexer):
+            await until(lambda: indexer.scanned("a") and history_ops(indexer) == [("mkdir", b"d")])
+            (root_dir / "new").write_bytes(b"new content")
+            os.utime(root_dir / "new", ns=(clocks.wall(), clocks.wall()))  # just written: not rested
+            indexer.changed("a", [Change(0, b"", b"new", 0x100)])
+            await until(lambda: pending(b"new"), "the new file indexed, not hashed")
+            os.rmdir(root_dir / "d")
+            os.rename(root_dir / "new", root_dir / "d")
+            indexer.changed(
+                "a",
+                [
+                    Change(0, b"", b"d", 0x200 | 0x40000000),  # IN_DELETE | IN_ISDIR
+                    Change(0, b"", b"new", 0x40),  # the move's two halves
+                    Change(0, b"", b"d", 0x80, moved_from=b"new"),
+                ],
+            )
+            await until(lambda: pending(b"d") and indexer.index.get(root, [b"new"]) is None, "the rename")
+            clocks.mock.jump(rest)
+            await until(lambda: indexer.hash_of("a", b"d") == blake3(b"new content").digest(), "d hashed")
+
+    clocks.run(scenario)
+    entries = indexer.history("a", 100)
+    replayed, problems = replay(entries)
+    assert not problems, problems
+    assert [(e.op, e.path) for e in entries] == [("mkdir", b"d"), ("rmdir", b"d"), ("create", b"d")]
+    mode = stat.S_IMODE(os.stat(root_dir / "d").st_mode)
+    assert replayed == {b"d": Node("file", 11, mode, blake3(b"new content").digest())}
