@@ -519,7 +519,9 @@ class Connection:
         try:
             await self.transport.send(request)
         except BaseException:  # Unencodable, cancelled waiting to send, or the connection lost
-            del self._calls[request.id]  # never sent whole: nothing to cancel at the peer
+            # never sent whole: nothing to cancel at the peer (and if the connection ended
+            # meanwhile, it forgot every call already)
+            self._calls.pop(request.id, None)
             raise
 
     async def _forget(self, call_id: int, call: _Call) -> None:
