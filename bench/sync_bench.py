@@ -80,6 +80,7 @@ BIG = "big.bin"
 MANY = "many"
 FOLDER = "bench"  # Syncthing's folder id
 T = TypeVar("T")
+POLL = 0.02  # seconds between asks of a daemon whether it is done (a stat of a file: 0.005)
 SKIP = (".realize-arena", ".realize-tmp")  # each realizefs peer's own
 
 
@@ -312,7 +313,7 @@ def full_pass(b: Daemon, profile: Path | None = None) -> tuple[float, dict[str, 
         report: dict[str, Any] | None = data["last_full"]
         return report if report and report["started"] >= asked - 0.01 and report["finished"] else None
 
-    report = wait_for_value(finished, 3600, "the full pass", every=0.01)
+    report = wait_for_value(finished, 3600, "the full pass", every=POLL)
     seconds = time.perf_counter() - start
     if spy is not None:
         spy.send_signal(signal.SIGINT)
@@ -615,9 +616,9 @@ def run_syncthing(src: Source, work: Path) -> dict[str, Any]:
         b.start()
         wait(lambda: a.connected(b) and b.connected(a), 120, "the Syncthing instances to connect", 0.1)
 
-        def resume_until(done: Callable[[], bool]) -> None:
+        def resume_until(done: Callable[[], bool], every: float = 0.005) -> None:
             b.pause(False)
-            wait(done, 3600, "Syncthing's transfer", 0.005)
+            wait(done, 3600, "Syncthing's transfer", every)
 
         # (a)
         b.pause(True)
@@ -648,7 +649,7 @@ def run_syncthing(src: Source, work: Path) -> dict[str, Any]:
                 return bool(s["localFiles"] == src.files + 1 and s["needTotalItems"] == 0)
 
             drop_caches()
-            out["b_s"], _ = timed(lambda: resume_until(all_there))
+            out["b_s"], _ = timed(lambda: resume_until(all_there, POLL))
         out["b_ok"] = same_tree(a_dir, b_dir, skip)
     finally:
         a.stop()
