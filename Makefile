@@ -12,10 +12,11 @@ DEMO := /tmp/realizefs-demo
 # gcc, python3-dev: to build pyfuse3; attr: setfattr/getfattr; systemd:
 # systemd-analyze for the unit test; rsync, b3sum: baselines in bench/;
 # strace: to see the daemon's fsyncs reach the backing files in a test;
-# stress-ng, fio: bench/stress.sh
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr systemd rsync b3sum strace stress-ng fio
+# stress-ng, fio: bench/stress.sh; syncthing, iproute2 (ip): bench/sync_bench.py
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr systemd rsync b3sum strace stress-ng fio \
+	syncthing iproute2
 
-.PHONY: setup system-packages run test demo lint bench clean install
+.PHONY: setup system-packages run test demo lint bench bench-sync clean install
 
 setup: system-packages $(STAMP)
 
@@ -54,6 +55,11 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/python bench/mount_bench.py
+
+# realizefs, rsync and Syncthing syncing the same work between two local peers:
+# one table. A quick run: make bench-sync SYNC_BENCH_ARGS='--size-mib 64 --files 1000'
+bench-sync: setup
+	$(VENV)/bin/python bench/sync_bench.py $(SYNC_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
