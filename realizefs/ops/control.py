@@ -439,8 +439,11 @@ def _pass_lines(label: str, report: dict[str, Any]) -> list[str]:
     applied = ", ".join(f"{n} {what}" for what, n in sorted(report["applied"].items())) or "nothing applied"
     end = f", finished {_when(report['finished'])}" if report["finished"] else ", under way"
     lines = [f"{label}: {kind}, started {_when(report['started'])}{end}: {applied}"]
-    if report["fetched_bytes"]:
-        lines.append(f"  fetched {_size(report['fetched_bytes'])}")
+    if report["placed_bytes"] or report["received_bytes"]:
+        lines.append(
+            f"  placed {_size(report['placed_bytes'])} of files; received {_size(report['received_bytes'])}"
+            " of chunks from peers meanwhile"
+        )
     if report["waiting"]:
         lines.append(f"  {report['waiting']} waiting for a full pass or for a local change to settle")
     lines.extend(f"  failed: {arena}/{path}: {why}" for arena, path, why in report["failed"])

@@ -143,7 +143,8 @@ class Report:
     started: float  # wall clock
     finished: float | None = None
     applied: dict[str, int] = field(default_factory=dict)  # Kind's value -> count
-    fetched_bytes: int = 0
+    placed_bytes: int = 0  # of the files fetched and placed (their size)
+    received_bytes: int = 0  # chunks received from peers meanwhile (user reads included)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # arena, path, why
     conflicts: list[tuple[str, str]] = field(default_factory=list)  # arena, path
     waiting: int = 0  # paths left for a full pass (a prompt pass only moves, deletes, merges)
@@ -245,6 +246,7 @@ class Consensus:
     async def run_pass(self, full: bool) -> Report:
         """One pass over every arena (*full*: everything; else deletes, moves and merges)."""
         report = self.running = Report(full, time.time())
+        received = self.content.received
         try:
             for place in self.places():
                 root = await trio.to_thread.run_sync(self.index.arena_root, place.name)
@@ -252,6 +254,7 @@ class Consensus:
                 steps = await trio.to_thread.run_sync(self._plan, place, items, full, report)
                 await self._apply(place, root, steps, report)
         finally:
+            report.received_bytes = self.content.received - received
             report.finished = time.time()
             self.running = None
             self.last = report
@@ -577,7 +580,7 @@ class Consensus:
                 log.info("consensus: %s/%s changed meanwhile: not fetched", place.name, _show(step.path))
             else:
                 report.count(Kind.FETCH)
-                report.fetched_bytes += size
+                report.placed_bytes += size
                 self.changed(place.name, [step.path])
 
     async def _fetch_one(self, place: Place, root: int, step: Step) -> int | None:

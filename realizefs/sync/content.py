@@ -197,6 +197,7 @@ class Content:
         self.cache = cache
         self.connected = connected  # peer id -> (who, connection), the peers connected now
         self.corrupt = corrupt  # a test hook: serve every chunk with its first byte flipped
+        self.received = 0  # bytes of chunks received from peers, since start
         self._fetching: dict[bytes, trio.Event] = {}
         self._limit = trio.Semaphore(MAX_IN_FLIGHT)
         self._ends: dict[bytes, int] = {}  # content hash -> where the last read of it ended
@@ -460,6 +461,7 @@ class Content:
         try:
             async with self._limit:
                 data = await self._fetch(chunk, holders())
+                self.received += len(data)
             self._recent[chunk] = data
             while len(self._recent) > RECENT:
                 self._recent.popitem(last=False)

@@ -344,3 +344,32 @@ def test_three_peers_heal_after_partitions_and_keep_every_version(bases: list[Pa
         assert tree["f3"] == b"c's f3, edited while a renamed it"  # c's edit is kept at its name
         assert tree["h"] == b"c's new file"
         assert written <= set(tree.values()), written - set(tree.values())  # nothing ever written is lost
+
+
+def test_an_edit_travels_as_the_chunks_the_receiver_lacks(bases: list[Path]) -> None:
+    with household(bases) as pair:
+        a, b = pair.daemons
+        data = bytearray(os.urandom(8 << 20))
+        (a.mnt() / "big.bin").write_bytes(data)
+        wait_for(lambda: hashed(a, "big.bin", bytes(data)), 20, "hashed on a")
+        wait_for(lambda: listed(b.mnt() / "big.bin") is not None, 10, "listed on b")
+        now(b)
+        wait_for(lambda: real_on(b, "big.bin", bytes(data)), 20, "realized on b")
+        data[4 << 20 : (4 << 20) + 4096] = os.urandom(4096)  # 4 KiB in the middle
+        with open(a.mnt() / "big.bin", "r+b") as f:
+            f.seek(4 << 20)
+            f.write(data[4 << 20 : (4 << 20) + 4096])
+        wait_for(lambda: hashed(a, "big.bin", bytes(data)), 20, "the edit hashed on a")
+        wait_for(lambda: held_by(b, "big.bin") == b"", 20, "b told of the edit")
+        first = wait_for(lambda: facts(b)["last_full"], 10, "the first pass's report")
+        now(b)
+        wait_for(lambda: real_on(b, "big.bin", bytes(data)), 20, "the edit applied on b")
+
+        def edit_pass() -> dict[str, Any]:
+            report: dict[str, Any] = facts(b)["last_full"] or {}
+            done = report and report["started"] != first["started"] and report["finished"]
+            return report if done and report["placed_bytes"] else {}
+
+        report = wait_for(edit_pass, 10, "the edit's pass reported")
+        assert report["placed_bytes"] == 8 << 20
+        assert 0 < report["received_bytes"] < 1 << 20, report  # a chunk or two, not the file
