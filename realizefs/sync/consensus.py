@@ -408,6 +408,7 @@ class Consensus:
 
     async def _fetch_one(self, place: Place, root: int, step: Step) -> int | None:
         version, held, backing = step.version, step.held, place.backing
+        apply.checked(b"/".join(step.path))  # nothing fetched for a path never placed
         if not await trio.to_thread.run_sync(self._parents, place, root, step.path[:-1]):
             raise FsError("its directory is not in the Real", errno=errno.ENOENT)
         manifest = await self.content.manifest(place.name, step.path, version)
