@@ -265,7 +265,7 @@ class Consensus:
             if delete is not None:  # renamed by a peer: moved here, not fetched
                 steps.remove(delete)
                 steps.append(Step(Kind.MOVE, item.path, held, held, delete))
-            elif self._mode(place, item.path, modes) is Mode.REAL:
+            elif effective_mode(place, item.path, modes) is Mode.REAL:
                 if not full:
                     report.waiting += 1
                     continue
@@ -284,17 +284,6 @@ class Consensus:
         if winner.kind == KIND_DIR:
             return Step(Kind.CHMOD, path, winner, held)
         return Step(Kind.LINK, path, winner, held)
-
-    def _mode(self, place: Place, path: tuple[bytes, ...], modes: dict[tuple[bytes, ...], Mode]) -> Mode:
-        """The effective mode of *path*: the nearest stored on it or an ancestor in the Real."""
-        if path in modes:
-            return modes[path]
-        stored: Mode | None = None
-        with contextlib.suppress(FsError, OSError):
-            stored = xattrs.stored_mode(place.backing, b"/".join(path))
-        mode = stored or (self._mode(place, path[:-1], modes) if path else place.default)
-        modes[path] = mode
-        return mode
 
     # ------------------------------------------------------------ applying
 
@@ -438,6 +427,29 @@ class Consensus:
             return placed is not None and self.index.adopt(root, step.path, held.vv, version, manifest)
 
         return version.size if await trio.to_thread.run_sync(place_it) else None
+
+
+def effective_mode(place: Place, path: tuple[bytes, ...], modes: dict[tuple[bytes, ...], Mode]) -> Mode:
+    """The effective mode of *path*: the nearest stored on it or an ancestor in the Real
+    (*modes*: those found so far, added to). A loop, not a recursion: a tree may be deeper
+    than Python's recursion limit (a pass then failed, every time)."""
+    above: list[tuple[bytes, ...]] = []  # paths whose mode is their nearest ancestor's
+    mode = place.default
+    for i in range(len(path), -1, -1):
+        at = path[:i]
+        if at in modes:
+            mode = modes[at]
+            break
+        stored: Mode | None = None
+        with contextlib.suppress(FsError, OSError):
+            stored = xattrs.stored_mode(place.backing, b"/".join(at))
+        if stored is not None:
+            mode = modes[at] = stored
+            break
+        above.append(at)
+    for at in above:
+        modes[at] = mode
+    return mode
 
 
 def _owner(backing: Backing) -> Owner:
