@@ -354,6 +354,11 @@ class Consensus:
             done = True
         return done and self.index.adopt(root, step.path, held.vv, version)
 
+    def _holds(self, root: int, path: tuple[bytes, ...], vv: dict[bytes, int]) -> bool:
+        """Whether the index holds version *vv* at *path* (in a batch: until it ends)."""
+        found = self.index.entry(root, path)
+        return found is not None and compare(found[1].vv, vv) is Order.EQUAL
+
     def _expecting(self, place: Place) -> apply.Expect:
         """The indexer's `expect` for *place*, called from a worker thread."""
 
@@ -422,11 +427,25 @@ class Consensus:
             os.close(fd)
 
         def place_it() -> bool:
+            rel = b"/".join(step.path)
             over = (held.size, held.mtime_ns) if held.here else None
-            placed = apply.place(backing, b"/".join(step.path), staged, over, self._expecting(place))
-            return placed is not None and self.index.adopt(root, step.path, held.vv, version, manifest)
+            try:  # told before the index's write lock is taken (the event loop may wait for it)
+                self._expecting(place)(rel, backing.stat(staged))
+            except BaseException:
+                staging.discard(backing, staged)
+                raise
+            with self.index.batch():  # no change of the index between its check and the rename
+                if not self._holds(root, step.path, held.vv):
+                    staging.discard(backing, staged)  # the user or a peer changed it meanwhile
+                    return False
+                placed = apply.place(backing, rel, staged, over, _told)
+                return placed is not None and self.index.adopt(root, step.path, held.vv, version, manifest)
 
         return version.size if await trio.to_thread.run_sync(place_it) else None
+
+
+def _told(path: bytes, st: os.stat_result | None) -> None:
+    """The indexer was told already (before the index's write lock was taken)."""
 
 
 def effective_mode(place: Place, path: tuple[bytes, ...], modes: dict[tuple[bytes, ...], Mode]) -> Mode:
