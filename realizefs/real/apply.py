@@ -18,6 +18,12 @@ staging directory) or that is not a relative path of valid names is refused
 consensus write there (peers' records are checked on receipt,
 `realizefs.sync.wire`; this holds for any record kept from before).
 
+A file open for writing (through the mount, or by anyone on the Real) is
+neither replaced nor removed: what its writer writes next would go to a file
+no longer at its path, and be lost. A read lease (``F_SETLEASE``), taken and
+given back at once, tells: the kernel refuses one while the file is open for
+writing. The file is left as it is; the next pass tries again.
+
 Before each change the indexer is told what state the daemon leaves behind
 (*expect*, `Indexer.expect`): it then follows without recording a change of
 this peer's. Blocking calls, for worker threads.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -70,6 +77,27 @@ def is_known(st: os.stat_result | None, known: Known) -> bool:
     return st is not None and stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == known
 
 
+def written(backing: Backing, rel: bytes) -> bool:
+    """Whether the file *rel* is open for writing now (by anyone)."""
+    try:
+        fd = backing.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, FsError):
+        return False  # gone, or not to be read: the checks of the caller tell
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return True
+        if exc.errno in (errno.EINVAL, errno.ENOLCK, errno.EACCES):
+            return False  # leases not available here: the size and mtime check only
+        raise
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
 def place(
     backing: Backing, rel: bytes, staged: bytes, over: Known | None, expect: Expect
 ) -> os.stat_result | None:
@@ -79,7 +107,7 @@ def place(
     try:
         checked(rel)
         st = backing.stat(staged)
-        if over is not None and not is_known(lstat(backing, rel), over):
+        if over is not None and (not is_known(lstat(backing, rel), over) or written(backing, rel)):
             staging.discard(backing, staged)
             return None
         expect(rel, st)
@@ -95,7 +123,7 @@ def place(
 def remove_file(backing: Backing, rel: bytes, known: Known, expect: Expect) -> bool:
     """Unlink the file *rel* if it is still *known*."""
     checked(rel)
-    if not is_known(lstat(backing, rel), known):
+    if not is_known(lstat(backing, rel), known) or written(backing, rel):
         return False
     expect(rel, None)
     parent, name = split(rel)

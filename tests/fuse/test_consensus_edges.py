@@ -9,9 +9,10 @@ planned over.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-from tests.fuse.test_consensus import facts, history, now, settled
+from tests.fuse.test_consensus import asked, facts, held_by, history, now, real_on, settled
 from tests.fuse.test_unreal import household, listed
 from tests.support import Daemon, wait_for
 
@@ -50,3 +51,61 @@ def test_a_file_deleted_on_b_while_b_realizes_it_stays_deleted(bases: list[Path]
         # and is a delete of b's, told to a like any other
         assert [e["op"] for e in history(b)] == ["delete"]
         wait_for(lambda: not (a.root() / "big.bin").exists(), 20, "the delete applied on a")
+
+
+def passed_since(d: Daemon, since: float) -> bool:
+    """Whether a full pass of *d* started after *since* (wall clock) and finished."""
+    report = facts(d)["last_full"]
+    return bool(report) and report["started"] >= since and bool(report["finished"])
+
+
+def test_a_file_open_for_writing_is_not_replaced_under_its_writer(bases: list[Path]) -> None:
+    with household(bases) as pair:
+        a, b = pair.daemons
+        (a.mnt() / "f.txt").write_bytes(b"1" * 1000)
+        wait_for(lambda: settled(a, "f.txt"), 20, "hashed on a")
+        wait_for(lambda: listed(b.mnt() / "f.txt") is not None, 10, "listed on b")
+        now(b)
+        wait_for(lambda: real_on(b, "f.txt", b"1" * 1000), 20, "realized on b")
+        with open(b.mnt() / "f.txt", "rb") as reader:  # a reader holds nothing up
+            (a.mnt() / "f.txt").write_bytes(b"2" * 1000)
+            wait_for(lambda: held_by(b, "f.txt") == b"", 20, "b told of a's edit")
+            now(b)
+            wait_for(lambda: real_on(b, "f.txt", b"2" * 1000), 20, "a's edit applied on b")
+            assert reader.read() == b"1" * 1000  # it goes on with what it opened
+        with open(b.mnt() / "f.txt", "ab") as log:  # the user's log, open on b
+            (a.mnt() / "f.txt").write_bytes(b"3" * 1000)
+            wait_for(lambda: held_by(b, "f.txt") == b"", 20, "b told of a's edit")
+            since = time.time()
+            now(b)
+            wait_for(lambda: passed_since(b, since), 20, "a pass of b")
+            assert (b.root() / "f.txt").read_bytes() == b"2" * 1000  # its writer still has it
+            log.write(b"the user's line\n")
+        # the user's write is b's edit, concurrent with a's: both kept, each where it was made
+        mine = b"2" * 1000 + b"the user's line\n"
+        for d in (a, b):
+            wait_for(lambda d=d: asked(d) == ["f.txt"], 20, "the conflict reported")  # type: ignore[misc]
+        assert (b.root() / "f.txt").read_bytes() == mine
+        assert (a.root() / "f.txt").read_bytes() == b"3" * 1000
+
+
+def test_a_file_open_for_writing_is_not_removed_under_its_writer(bases: list[Path]) -> None:
+    with household(bases) as pair:
+        a, b = pair.daemons
+        (a.mnt() / "g.txt").write_bytes(b"1" * 1000)
+        wait_for(lambda: settled(a, "g.txt"), 20, "hashed on a")
+        wait_for(lambda: listed(b.mnt() / "g.txt") is not None, 10, "listed on b")
+        now(b)
+        wait_for(lambda: real_on(b, "g.txt", b"1" * 1000), 20, "realized on b")
+        with open(b.mnt() / "g.txt", "ab") as log:
+            os.remove(a.mnt() / "g.txt")
+            wait_for(lambda: held_by(b, "g.txt") == b"", 20, "b told of a's delete")
+            since = time.time()
+            now(b)
+            wait_for(lambda: passed_since(b, since), 20, "a pass of b")
+            assert (b.root() / "g.txt").exists()
+            log.write(b"the user's line\n")
+        # an edit against a delete: the edit is kept (a, which deleted it, does not weigh a
+        # tombstone against a peer's concurrent edit yet: reported by the breaker)
+        wait_for(lambda: asked(b) == ["g.txt"], 20, "the conflict reported")
+        assert (b.root() / "g.txt").read_bytes() == b"1" * 1000 + b"the user's line\n"
