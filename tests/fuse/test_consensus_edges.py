@@ -109,3 +109,39 @@ def test_a_file_open_for_writing_is_not_removed_under_its_writer(bases: list[Pat
         # tombstone against a peer's concurrent edit yet: reported by the breaker)
         wait_for(lambda: asked(b) == ["g.txt"], 20, "the conflict reported")
         assert (b.root() / "g.txt").read_bytes() == b"1" * 1000 + b"the user's line\n"
+
+
+def held(d: Daemon) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in d.root().iterdir() if not p.name.startswith(".realize")}
+
+
+def test_renames_in_quick_succession_and_a_swap_end_as_on_the_peer(bases: list[Path]) -> None:
+    with household(bases) as pair:
+        a, b = pair.daemons
+        files = {"f": b"f" * 3000, "x": b"x" * 4000, "y": b"y" * 5000}
+        for name, data in files.items():
+            (a.mnt() / name).write_bytes(data)
+        wait_for(lambda: all(settled(a, n) for n in files), 20, "hashed on a")
+        wait_for(lambda: all(listed(b.mnt() / n) is not None for n in files), 10, "listed on b")
+        now(b)
+        wait_for(lambda: all(real_on(b, n, d) for n, d in files.items()), 20, "realized on b")
+        inode = (b.root() / "f").stat().st_ino
+        os.rename(a.mnt() / "f", a.mnt() / "g")
+        os.rename(a.mnt() / "g", a.mnt() / "h")
+        os.rename(a.mnt() / "x", a.mnt() / "t")  # x and y swapped
+        os.rename(a.mnt() / "y", a.mnt() / "x")
+        os.rename(a.mnt() / "t", a.mnt() / "y")
+        expected = {"h": files["f"], "x": files["y"], "y": files["x"]}
+
+        def same() -> bool:
+            if held(b) == expected:
+                return True
+            now(b)  # the swapped contents are newer versions: a full pass fetches them
+            return False
+
+        wait_for(same, 30, "b's Real as a's")
+        assert (b.root() / "h").stat().st_ino == inode  # moved, not fetched
+        assert history(b) == []  # none of it is a change of b's
+        assert {
+            p.name: p.read_bytes() for p in a.root().iterdir() if not p.name.startswith(".realize")
+        } == expected
