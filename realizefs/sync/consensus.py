@@ -345,14 +345,32 @@ class Consensus:
                 apply.remove_link(backing, rel, held.target or b"", expect)
             done = apply.make_link(backing, rel, version.target or b"", owner, expect)
         else:  # a move: the old path's delete, and the new path's version, in one go
-            gone = step.source
-            assert gone is not None
-            old = gone.held
-            if apply.move(backing, b"/".join(gone.path), rel, (old.size, old.mtime_ns), expect) is None:
+            return self._move(place, root, step)
+        return done and self.index.adopt(root, step.path, held.vv, version)
+
+    def _move(self, place: Place, root: int, step: Step) -> bool:
+        """Move a file where a peer renamed it: checked, moved and recorded under the index's
+        write lock, so neither path's record changes in between (a peer's next rename or delete
+        of the new path, taken meanwhile, left the file moved there and kept with that record's
+        vector: it never converged); the indexer told before the lock is taken."""
+        gone = step.source
+        assert gone is not None
+        old, backing = gone.held, place.backing
+        source, rel = b"/".join(gone.path), b"/".join(step.path)
+        known = (old.size, old.mtime_ns)
+        st = apply.lstat(backing, source)
+        if not apply.is_known(st, known):
+            return False
+        expect = self._expecting(place)
+        expect(source, None)
+        expect(rel, st)
+        with self.index.batch():
+            if not (self._holds(root, gone.path, old.vv) and self._holds(root, step.path, step.held.vv)):
+                return False
+            if apply.move(backing, source, rel, known, _told) is None:
                 return False
             self.index.adopt(root, gone.path, old.vv, gone.version)
-            done = True
-        return done and self.index.adopt(root, step.path, held.vv, version)
+            return self.index.adopt(root, step.path, step.held.vv, step.version)
 
     def _holds(self, root: int, path: tuple[bytes, ...], vv: dict[bytes, int]) -> bool:
         """Whether the index holds version *vv* at *path* (in a batch: until it ends)."""
