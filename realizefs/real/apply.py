@@ -12,6 +12,18 @@ usual and consensus weighs it against the peer's. The check and the change
 are two system calls: a write landing between them is the one window left
 (microseconds; the same as any syncing tool without a filesystem lock).
 
+A path that names what the daemon keeps in the arena's root (`MARKER`, the
+staging directory) or that is not a relative path of valid names is refused
+(`Refused`) whatever the index holds there: a peer's record must never make
+consensus write there (peers' records are checked on receipt,
+`realizefs.sync.wire`; this holds for any record kept from before).
+
+A file open for writing (through the mount, or by anyone on the Real) is
+neither replaced nor removed: what its writer writes next would go to a file
+no longer at its path, and be lost. A read lease (``F_SETLEASE``), taken and
+given back at once, tells: the kernel refuses one while the file is open for
+writing. The file is left as it is; the next pass tries again.
+
 Before each change the indexer is told what state the daemon leaves behind
 (*expect*, `Indexer.expect`): it then follows without recording a change of
 this peer's. Blocking calls, for worker threads.
@@ -21,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -31,11 +44,27 @@ import blake3
 from realizefs.errors import FsError
 from realizefs.real import staging
 from realizefs.real.backing import RENAME_NOREPLACE, Backing, Owner, split
+from realizefs.real.marker import MARKER
+from realizefs.store.index import valid_name
 
 log = logging.getLogger(__name__)
 
 Expect = Callable[[bytes, "os.stat_result | None"], None]  # (path, the state left; None: nothing)
 Known = tuple[int, int]  # (size, mtime_ns) of a file as the index holds it
+
+
+class Refused(FsError):
+    """A path consensus never changes (see the module doc)."""
+
+    errno = errno.EPERM
+
+
+def checked(rel: bytes) -> bytes:
+    """*rel*, if consensus may change it; else `Refused`."""
+    names = rel.split(b"/")
+    if names[0] in (MARKER, staging.STAGING) or not all(valid_name(n) for n in names):
+        raise Refused(f"{rel[:200]!r} is not a path a peer may give: refused")
+    return rel
 
 
 def lstat(backing: Backing, rel: bytes) -> os.stat_result | None:
@@ -50,6 +79,27 @@ def is_known(st: os.stat_result | None, known: Known) -> bool:
     return st is not None and stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == known
 
 
+def written(backing: Backing, rel: bytes) -> bool:
+    """Whether the file *rel* is open for writing now (by anyone)."""
+    try:
+        fd = backing.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, FsError):
+        return False  # gone, or not to be read: the checks of the caller tell
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return True
+        if exc.errno in (errno.EINVAL, errno.ENOLCK, errno.EACCES):
+            return False  # leases not available here: the size and mtime check only
+        raise
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
 def place(
     backing: Backing, rel: bytes, staged: bytes, over: Known | None, expect: Expect
 ) -> os.stat_result | None:
@@ -57,8 +107,9 @@ def place(
     None) only where nothing is. Its attributes once placed; None (the staged file
     discarded) if the disk moved on."""
     try:
+        checked(rel)
         st = backing.stat(staged)
-        if over is not None and not is_known(lstat(backing, rel), over):
+        if over is not None and (not is_known(lstat(backing, rel), over) or written(backing, rel)):
             staging.discard(backing, staged)
             return None
         expect(rel, st)
@@ -73,7 +124,8 @@ def place(
 
 def remove_file(backing: Backing, rel: bytes, known: Known, expect: Expect) -> bool:
     """Unlink the file *rel* if it is still *known*."""
-    if not is_known(lstat(backing, rel), known):
+    checked(rel)
+    if not is_known(lstat(backing, rel), known) or written(backing, rel):
         return False
     expect(rel, None)
     parent, name = split(rel)
@@ -84,6 +136,7 @@ def remove_file(backing: Backing, rel: bytes, known: Known, expect: Expect) -> b
 
 def remove_link(backing: Backing, rel: bytes, target: bytes, expect: Expect) -> bool:
     """Unlink the symlink *rel* if it still points to *target*."""
+    checked(rel)
     st = lstat(backing, rel)
     if st is None or not stat.S_ISLNK(st.st_mode) or backing.readlink(rel) != target:
         return False
@@ -96,6 +149,7 @@ def remove_link(backing: Backing, rel: bytes, target: bytes, expect: Expect) -> 
 
 def remove_dir(backing: Backing, rel: bytes, expect: Expect) -> bool:
     """Remove the directory *rel* if it is empty."""
+    checked(rel)
     st = lstat(backing, rel)
     if st is None or not stat.S_ISDIR(st.st_mode):
         return st is None
@@ -113,6 +167,8 @@ def remove_dir(backing: Backing, rel: bytes, expect: Expect) -> bool:
 
 def move(backing: Backing, old: bytes, new: bytes, known: Known, expect: Expect) -> os.stat_result | None:
     """Rename the file *old*, if it is still *known*, to *new* where nothing is; its attributes."""
+    checked(old)
+    checked(new)
     st = lstat(backing, old)
     if not is_known(st, known) or st is None:
         return None
@@ -131,12 +187,14 @@ def make_dir(backing: Backing, rel: bytes, mode: int, owner: Owner, expect: Expe
     """Make the directory *rel* (its parent must be there) where nothing is; True if a
     directory is there now. Made in the staging directory and renamed into place, so the
     indexer is told of it before it shows."""
+    checked(rel)
     staged, st = staging.stage_dir(backing, mode & 0o7777 or 0o755, owner)
     return _put(backing, staged, rel, st, expect) or _is_dir(lstat(backing, rel))
 
 
 def make_link(backing: Backing, rel: bytes, target: bytes, owner: Owner, expect: Expect) -> bool:
     """Make the symlink *rel* to *target* where nothing is (staged as `make_dir` is)."""
+    checked(rel)
     staged, st = staging.stage_link(backing, target, owner)
     return _put(backing, staged, rel, st, expect)
 
@@ -160,6 +218,7 @@ def _is_dir(st: os.stat_result | None) -> bool:
 
 def set_mode(backing: Backing, rel: bytes, mode: int, expect: Expect) -> bool:
     """Give the directory or file *rel* the permission bits *mode*."""
+    checked(rel)
     st = lstat(backing, rel)
     if st is None or stat.S_ISLNK(st.st_mode):
         return False

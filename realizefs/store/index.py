@@ -1293,7 +1293,27 @@ class Index:
             self._place(
                 txn, root, path, replace(version, real=live and real, changed=False), dict(version.vv)
             )
+            newer = None if live else self._newer_offered(txn, root, path, version.vv)
+            if newer is not None:  # noted while the path was Real: the path is that version now
+                self._place(txn, root, path, replace(newer, real=False, changed=False), dict(newer.vv))
             return True
+
+    def _newer_offered(
+        self, txn: Any, root: int, path: Sequence[bytes], vv: dict[bytes, int]
+    ) -> Record | None:
+        """The live version a peer's view holds at *path*, newer than *vv* and than what every
+        other view holds there (`accept` noted it and left it in the view while the path was
+        Real here: once consensus removed it, nothing else would apply it); None if none."""
+        arena = self._arena_of(txn, root)
+        found = []
+        for _, view in self._views(txn, arena) if arena is not None else []:
+            value = self._chain(txn, view, path)[2]
+            if value is not None and versions.compare(value[8], vv) is Order.DOMINATES:
+                found.append(to_record(value))
+        for r in found:
+            if r.live and all(versions.compare(r.vv, o.vv) in (Order.DOMINATES, Order.EQUAL) for o in found):
+                return r
+        return None
 
 
 def _shown(record: Record, unreal: bool, tombstones: bool) -> bool:

@@ -298,7 +298,7 @@ class Consensus:
         loser = held.here and held.kind == KIND_FILE and not resolves(choice, weighed(held))
         if loser and not held.pending and held.hash is not None and item.path[0] != CONFLICTS:
             # this peer holds a losing version: kept aside, where every peer can read it
-            real = self._mode(plan, item.path) is Mode.REAL
+            real = effective_mode(plan.place, item.path, plan.modes) is Mode.REAL
             plan.steps.append(Step(Kind.KEEP, item.path, _agreed(held, offered, choice), held, real=real))
         else:  # the winner's holders wait for the losers' to keep theirs and take it
             log.info("consensus: %s/%s: concurrent versions, kept as is", place.name, _show(item.path))
@@ -309,7 +309,11 @@ class Consensus:
         if resolves(choice, weighed(held)):
             if compare(choice.vv, held.vv) is not Order.EQUAL and not held.pending:
                 plan.steps.append(Step(Kind.VECTOR, item.path, replace(held, vv=choice.vv), held))
-            elif item.holders and not held.pending and self._mode(plan, item.path) is Mode.UNREAL:
+            elif (
+                item.holders
+                and not held.pending
+                and effective_mode(plan.place, item.path, plan.modes) is Mode.UNREAL
+            ):
                 if plan.full:  # another peer holds this very version in its Real: space given back
                     plan.steps.append(Step(Kind.UNREALIZE, item.path, replace(held, real=False), held))
                 else:
@@ -339,7 +343,7 @@ class Consensus:
         if delete is not None:  # renamed by a peer: moved here, not fetched
             plan.steps.remove(delete)
             plan.steps.append(Step(Kind.MOVE, item.path, agreed, held, delete))
-        elif agreed.live and self._mode(plan, item.path) is Mode.REAL:
+        elif agreed.live and effective_mode(plan.place, item.path, plan.modes) is Mode.REAL:
             if plan.full:
                 kind = {KIND_FILE: Kind.FETCH, KIND_DIR: Kind.MKDIR, KIND_LINK: Kind.LINK}[agreed.kind]
                 plan.steps.append(Step(kind, item.path, agreed, held))
@@ -361,17 +365,6 @@ class Consensus:
         if winner.kind == KIND_DIR:
             return Step(Kind.CHMOD, path, winner, held)
         return Step(Kind.LINK, path, winner, held)
-
-    def _mode(self, plan: _Plan, path: tuple[bytes, ...]) -> Mode:
-        """The effective mode of *path*: the nearest stored on it or an ancestor in the Real."""
-        if path in plan.modes:
-            return plan.modes[path]
-        stored: Mode | None = None
-        with contextlib.suppress(FsError, OSError):
-            stored = xattrs.stored_mode(plan.place.backing, b"/".join(path))
-        mode = stored or (self._mode(plan, path[:-1]) if path else plan.place.default)
-        plan.modes[path] = mode
-        return mode
 
     # ------------------------------------------------------------ applying
 
@@ -453,14 +446,37 @@ class Consensus:
                 apply.remove_link(backing, rel, held.target or b"", expect)
             done = apply.make_link(backing, rel, version.target or b"", owner, expect)
         else:  # a move: the old path's delete, and the new path's version, in one go
-            gone = step.source
-            assert gone is not None
-            old = gone.held
-            if apply.move(backing, b"/".join(gone.path), rel, (old.size, old.mtime_ns), expect) is None:
+            return self._move(place, root, step)
+        return done and self.index.adopt(root, step.path, held.vv, version)
+
+    def _move(self, place: Place, root: int, step: Step) -> bool:
+        """Move a file where a peer renamed it: checked, moved and recorded under the index's
+        write lock, so neither path's record changes in between (a peer's next rename or delete
+        of the new path, taken meanwhile, left the file moved there and kept with that record's
+        vector: it never converged); the indexer told before the lock is taken."""
+        gone = step.source
+        assert gone is not None
+        old, backing = gone.held, place.backing
+        source, rel = b"/".join(gone.path), b"/".join(step.path)
+        known = (old.size, old.mtime_ns)
+        st = apply.lstat(backing, source)
+        if not apply.is_known(st, known):
+            return False
+        expect = self._expecting(place)
+        expect(source, None)
+        expect(rel, st)
+        with self.index.batch():
+            if not (self._holds(root, gone.path, old.vv) and self._holds(root, step.path, step.held.vv)):
+                return False
+            if apply.move(backing, source, rel, known, _told) is None:
                 return False
             self.index.adopt(root, gone.path, old.vv, gone.version)
-            done = True
-        return done and self.index.adopt(root, step.path, held.vv, version)
+            return self.index.adopt(root, step.path, step.held.vv, step.version)
+
+    def _holds(self, root: int, path: tuple[bytes, ...], vv: dict[bytes, int]) -> bool:
+        """Whether the index holds version *vv* at *path* (in a batch: until it ends)."""
+        found = self.index.entry(root, path)
+        return found is not None and compare(found[1].vv, vv) is Order.EQUAL
 
     def _give_back(self, place: Place, root: int, step: Step) -> bool:
         """Unrealize a Real file (worker thread): its chunks into the cache (evictable: as
@@ -585,6 +601,7 @@ class Consensus:
 
     async def _fetch_one(self, place: Place, root: int, step: Step) -> int | None:
         version, held, backing = step.version, step.held, place.backing
+        apply.checked(b"/".join(step.path))  # nothing fetched for a path never placed
         if not await trio.to_thread.run_sync(self._parents, place, root, step.path[:-1]):
             raise FsError("its directory is not in the Real", errno=errno.ENOENT)
         manifest = await self.content.manifest(place.name, step.path, version)
@@ -611,9 +628,19 @@ class Consensus:
             os.close(fd)
 
         def place_it() -> bool:
+            rel = b"/".join(step.path)
             over = (held.size, held.mtime_ns) if held.here else None
-            placed = apply.place(backing, b"/".join(step.path), staged, over, self._expecting(place))
-            return placed is not None and self.index.adopt(root, step.path, held.vv, version, manifest)
+            try:  # told before the index's write lock is taken (the event loop may wait for it)
+                self._expecting(place)(rel, backing.stat(staged))
+            except BaseException:
+                staging.discard(backing, staged)
+                raise
+            with self.index.batch():  # no change of the index between its check and the rename
+                if not self._holds(root, step.path, held.vv):
+                    staging.discard(backing, staged)  # the user or a peer changed it meanwhile
+                    return False
+                placed = apply.place(backing, rel, staged, over, _told)
+                return placed is not None and self.index.adopt(root, step.path, held.vv, version, manifest)
 
         return version.size if await trio.to_thread.run_sync(place_it) else None
 
@@ -635,6 +662,33 @@ def conflict_copy(path: tuple[bytes, ...], held: Record) -> tuple[bytes, ...]:
     origin = held.origin.hex()[:8] or "unknown"
     assert held.hash is not None
     return (CONFLICTS, *path, f"{origin}-{held.hash.hex()[:12]}".encode() + ext)
+
+
+def _told(path: bytes, st: os.stat_result | None) -> None:
+    """The indexer was told already (before the index's write lock was taken)."""
+
+
+def effective_mode(place: Place, path: tuple[bytes, ...], modes: dict[tuple[bytes, ...], Mode]) -> Mode:
+    """The effective mode of *path*: the nearest stored on it or an ancestor in the Real
+    (*modes*: those found so far, added to). A loop, not a recursion: a tree may be deeper
+    than Python's recursion limit (a pass then failed, every time)."""
+    above: list[tuple[bytes, ...]] = []  # paths whose mode is their nearest ancestor's
+    mode = place.default
+    for i in range(len(path), -1, -1):
+        at = path[:i]
+        if at in modes:
+            mode = modes[at]
+            break
+        stored: Mode | None = None
+        with contextlib.suppress(FsError, OSError):
+            stored = xattrs.stored_mode(place.backing, b"/".join(at))
+        if stored is not None:
+            mode = modes[at] = stored
+            break
+        above.append(at)
+    for at in above:
+        modes[at] = mode
+    return mode
 
 
 def _owner(backing: Backing) -> Owner:

@@ -6,8 +6,9 @@ target, vv, real, origin]`` (see `realizefs.store.index` for what each
 means; *path* is the names joined by ``/``). `encode` packs records into
 parts of at most `MAX_PART` bytes; `decode` returns the records of one part
 or raises `BadBatch` saying which field of which record was wrong: a path
-that is not a relative path of valid names, a kind, a hash that is not 32
-bytes, sequence numbers that do not grow. A peer that sends one is broken or
+that is not a relative path of valid names (or that names what the daemon
+keeps in an arena's root: its marker and staging directory), a kind, a hash
+that is not 32 bytes, sequence numbers that do not grow. A peer that sends one is broken or
 hostile, and its connection is closed (`realizefs.sync.lists`).
 
 Pure: no trio, no sockets, no store.
@@ -22,6 +23,8 @@ import msgpack
 
 from realizefs.peers.connection import MAX_DATA
 from realizefs.peers.schema import MAX_INT, BadArguments, Bool, Bytes, Int, MapOf, Optional, Schema
+from realizefs.real.marker import MARKER
+from realizefs.real.staging import STAGING
 from realizefs.store.index import KIND_DELETED, KIND_FILE, Record, Told, valid_name
 
 MAX_PART = MAX_DATA
@@ -29,6 +32,7 @@ MAX_PATH = 256 << 10  # bytes of one path: far deeper than any tree, well within
 MAX_TARGET = 64 << 10
 MAX_VECTOR = 4096  # peers in one version vector
 PEER_ID = Bytes(32, low=1)
+OWN = (MARKER, STAGING)  # the daemon's in each arena's root, never a peer's
 
 _FIELDS: tuple[tuple[str, Schema[Any]], ...] = (
     ("seq", Int(1)),
@@ -108,6 +112,8 @@ def decode(part: bytes, after: int) -> list[Told]:
         names = values["path"].split(b"/")
         if not all(valid_name(n) for n in names):
             raise BadBatch(f"{where}.path: not a relative path of valid names: {values['path'][:200]!r}")
+        if names[0] in OWN:
+            raise BadBatch(f"{where}.path: a name the daemon keeps in an arena's root: {names[0]!r}")
         if values["kind"] == KIND_FILE and values["hash"] is None:
             raise BadBatch(f"{where}: a file without its content hash")
         if not values["vv"]:

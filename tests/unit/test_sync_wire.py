@@ -64,6 +64,13 @@ def item(**changes: Any) -> list[Any]:
         (msgpack.packb([item(path=b"a//b")]), "not a relative path"),
         (msgpack.packb([item(path=b"a/\0")]), "not a relative path"),
         (msgpack.packb([item(path=b"x" * 256)]), "not a relative path"),
+        (msgpack.packb([item(path=b".")]), "not a relative path"),
+        (msgpack.packb([item(path=b"a/./b")]), "not a relative path"),
+        (msgpack.packb([item(path=b"a/")]), "not a relative path"),
+        (msgpack.packb([item(path=b".realize-tmp")]), "a name the daemon keeps"),
+        (msgpack.packb([item(path=b".realize-tmp/0123456789abcdef")]), "a name the daemon keeps"),
+        (msgpack.packb([item(path=b".realize-arena")]), "a name the daemon keeps"),
+        (msgpack.packb([item(path=b".realize-arena/x")]), "a name the daemon keeps"),
         (msgpack.packb([item(kind=9)]), "record 0.kind"),
         (msgpack.packb([item(size=-1)]), "record 0.size"),
         (msgpack.packb([item(mode=0o10000)]), "record 0.mode"),
@@ -79,6 +86,11 @@ def item(**changes: Any) -> list[Any]:
 def test_a_malformed_part_is_refused_saying_why(part: bytes, why: str) -> None:
     with pytest.raises(wire.BadBatch, match=why):
         wire.decode(part, 0)
+
+
+def test_the_daemons_names_are_a_peers_below_the_root() -> None:
+    for path in (b"d/.realize-tmp", b"d/.realize-arena/x", b".realize", b".realize-tmpx"):
+        assert wire.decode(msgpack.packb([item(path=path)]), 0)[0].path == tuple(path.split(b"/"))
 
 
 def test_a_part_must_follow_what_was_taken() -> None:
