@@ -480,8 +480,8 @@ class Consensus:
 
     def _give_back(self, place: Place, root: int, step: Step) -> bool:
         """Unrealize a Real file (worker thread): its chunks into the cache (evictable: as
-        many as fit), the file removed if it is still that version, the index's record
-        Unreal with its vector unchanged (not a delete: peers' views do not change)."""
+        many as fit), the index's record Unreal with its vector unchanged (not a delete:
+        peers' views do not change), then the file removed if it is still that version."""
         held = step.held
         manifest = self.index.manifest(held.hash) if held.hash is not None else None
         if manifest is None:
@@ -495,9 +495,16 @@ class Consensus:
             if exc.errno == errno.EAGAIN:
                 return False  # written meanwhile: the indexer records it, then it is weighed
             raise
-        if not apply.remove_file(place.backing, rel, known, self._expecting(place)):
+        # recorded first, then removed: the mount shows the Real file until it goes, then the
+        # Unreal entry (removed first, a lookup in between found neither); a file written
+        # meanwhile stays, and the indexer records it as a change over the Unreal entry
+        still = apply.is_known(apply.lstat(place.backing, rel), known) and not apply.written(
+            place.backing, rel
+        )
+        if not (still and self.index.adopt(root, step.path, held.vv, step.version, real=False)):
             return False
-        return self.index.adopt(root, step.path, held.vv, step.version, real=False)
+        apply.remove_file(place.backing, rel, known, self._expecting(place))
+        return True
 
     def _expecting(self, place: Place) -> apply.Expect:
         """The indexer's `expect` for *place*, called from a worker thread."""
