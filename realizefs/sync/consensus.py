@@ -475,8 +475,7 @@ class Consensus:
 
     def _holds(self, root: int, path: tuple[bytes, ...], vv: dict[bytes, int]) -> bool:
         """Whether the index holds version *vv* at *path* (in a batch: until it ends)."""
-        found = self.index.entry(root, path)
-        return found is not None and compare(found[1].vv, vv) is Order.EQUAL
+        return compare(self._vv_at(root, path), vv) is Order.EQUAL
 
     def _give_back(self, place: Place, root: int, step: Step) -> bool:
         """Unrealize a Real file (worker thread): its chunks into the cache (evictable: as
@@ -589,6 +588,7 @@ class Consensus:
         return True
 
     def _vv_at(self, root: int, path: tuple[bytes, ...]) -> dict[bytes, int]:
+        """The vector the index holds at *path*, a tombstone's too ({}: nothing)."""
         found = self.index.get(root, list(path), unreal=True, tombstones=True)
         return found.vv if found is not None else {}
 
