@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 
 import xattr
 
 from realizefs.errors import NoData, NotPermitted, NotSupported, from_oserror
 from realizefs.real import acl
-from realizefs.real.backing import Backing
+from realizefs.real.backing import Backing, proc_path
 from realizefs.types import Mode
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,14 @@ def get(backing: Backing, rel: bytes, name: bytes) -> bytes:
             return bytes(xattr.get(path, name))
         except OSError as exc:
             raise from_oserror(exc) from None
+
+
+def get_at(fd: int, name: bytes) -> bytes:
+    """The attribute *name* of the object open as *fd* (any descriptor, ``O_PATH`` too)."""
+    try:
+        return os.getxattr(proc_path(fd), name)
+    except OSError as exc:
+        raise from_oserror(exc) from None
 
 
 def set(backing: Backing, rel: bytes, name: bytes, value: bytes) -> None:
