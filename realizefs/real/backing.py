@@ -10,8 +10,9 @@ Paths are ``bytes`` relative to the root, components joined by ``b"/"``, the
 root itself ``b""``. Names are arbitrary bytes (no ``/`` or NUL).
 
 Objects created on behalf of a user are created with exactly the requested
-mode (the process umask is 0), masked by the directory's default POSIX ACL if
-it has one (`realizefs.real.acl`), else by the caller's umask (`Owner.umask`),
+mode (the process umask is 0) or, for a request through the mount, masked by
+the directory's default POSIX ACL if it has one (`realizefs.real.acl`), else by
+the caller's umask (`Owner.umask`),
 and then given to the user (`Owner`), following the directory's setgid rule.
 The hand-over goes through a descriptor of the object actually created, never
 through its name: files are created with ``O_EXCL``; directories, FIFOs and
@@ -165,7 +166,10 @@ class Owner:
     gid: int
     in_group: Callable[[int], bool]  # whether the user belongs to a group (supplementary too)
     may_mknod: Callable[[], bool] = lambda: False  # whether the caller may make devices (CAP_MKNOD)
-    umask: int = 0  # the caller's, applied unless the directory has a default ACL
+    # For a request through the mount, the caller's umask: the new object's mode is masked by
+    # the directory's default ACL if it has one, else by this. None: exactly the mode given
+    # (the daemon's own objects, files from peers; the disk still gives them inherited ACLs).
+    umask: int | None = None
 
 
 class _RootFd:
@@ -309,17 +313,19 @@ class Backing:
     def _initial(self, pfd: int, mode: int, owner: Owner, is_dir: bool) -> tuple[int, int]:
         """(mode, gid) a new object gets in the directory *pfd*, as the kernel would give them.
 
-        The mode is masked by the directory's default ACL if it has one (`acl.inherited_mode`):
-        the backing filesystem gives the new object that ACL, and the mode set after the
-        hand-over must be the one it would have given too. Otherwise by the caller's umask
-        (the kernel leaves it to the daemon: `realizefs.ops.dontmask`)."""
+        For a request through the mount (`Owner.umask` set), the mode is masked by the
+        directory's default ACL if it has one (`acl.inherited_mode`): the backing filesystem
+        gives the new object that ACL, and the mode set after the hand-over must be the one it
+        would have given too. Otherwise by the caller's umask (the kernel leaves it to the
+        daemon: `realizefs.ops.dontmask`)."""
         pst = os.fstat(pfd)
         mode &= 0o7777
-        default_acl = _default_acl(pfd)
-        if default_acl is not None:
-            mode = acl.inherited_mode(default_acl, mode)
-        else:
-            mode &= ~(owner.umask & 0o777)
+        if owner.umask is not None:
+            default_acl = _default_acl(pfd)
+            if default_acl is not None:
+                mode = acl.inherited_mode(default_acl, mode)
+            else:
+                mode &= ~(owner.umask & 0o777)
         if pst.st_mode & stat.S_ISGID:
             gid = pst.st_gid
             if is_dir:

@@ -128,3 +128,15 @@ def test_a_default_acl_is_inherited_by_what_is_created_through_the_mount(daemon:
     assert try_as(OTHER, 'touch "$1/by-other"', shared / "d") == "ok"
     assert os.stat(backing / "d" / "by-other").st_uid == OTHER
     assert can_read(1234, shared / "f") == "denied"  # a third user: "other" has nothing
+
+
+def test_a_default_acl_that_takes_the_owners_write_away_still_lets_the_owner_create(daemon: Daemon) -> None:
+    """The daemon makes a directory or FIFO private first, then hands it over; a default ACL
+    may leave it fewer bits than that private mode, which is still the object it made."""
+    ro = nobodys_dir(daemon, "ro")
+    facl(NOBODY, "setfacl", "-m", "d:u::r-x,d:g::r-x,d:o::r-x", ro)
+    run_as(["sh", "-c", 'mkdir "$1/d" && mkfifo "$1/p" && touch "$1/f"', "sh", str(ro)])
+    backing = daemon.root() / "ro"
+    modes = {name: stat.S_IMODE(os.stat(backing / name).st_mode) for name in ("d", "p", "f")}
+    assert modes == {"d": 0o555, "p": 0o444, "f": 0o444}
+    assert {os.stat(backing / name).st_uid for name in modes} == {NOBODY}
