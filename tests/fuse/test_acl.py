@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fuse.test_unreal import household, listed
 from tests.support import NOBODY, Daemon, run_as, wait_for
 
 OTHER = 65533  # a second unprivileged user (and group), in no group of nobody's
@@ -140,3 +141,22 @@ def test_a_default_acl_that_takes_the_owners_write_away_still_lets_the_owner_cre
     modes = {name: stat.S_IMODE(os.stat(backing / name).st_mode) for name in ("d", "p", "f")}
     assert modes == {"d": 0o555, "p": 0o444, "f": 0o444}
     assert {os.stat(backing / name).st_uid for name in modes} == {NOBODY}
+
+
+def test_a_file_from_a_peer_keeps_its_versions_mode_under_a_default_acl(bases: list[Path]) -> None:
+    """Only what users create through the mount is masked by a default ACL: a file realized
+    from a peer has its version's mode (else the mode would change here, and that change
+    would go back to every peer as a chmod)."""
+    with household(bases) as pair:
+        a, b = pair.daemons
+        for where in (b.root(), b.root() / ".realize-tmp"):  # the staging directory, if made yet
+            if where.exists():
+                facl(0, "setfacl", "-m", "d:g::-,d:o::-", where)
+        (a.mnt() / "f").write_bytes(b"from a")
+        (a.mnt() / "f").chmod(0o644)
+        wait_for(lambda: listed(b.mnt() / "f") is not None, 20, "listed on b")
+        os.setxattr(b.mnt(), "user.realize.mode", b"real")
+        (b.mountpoint / ".realize" / "consensus").write_text("now\n")
+        wait_for(lambda: (b.root() / "f").exists() and (b.root() / "f").read_bytes() == b"from a", 20, "on b")
+        assert stat.S_IMODE(os.stat(b.root() / "f").st_mode) == 0o644
+        assert stat.S_IMODE(os.stat(b.mnt() / "f").st_mode) == 0o644
