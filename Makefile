@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed
 CONFIG ?= etc/realizefs.toml
 DEMO := /tmp/realizefs-demo
 # fuse3: fusermount3 and the kernel module's helpers; libfuse3-dev, pkg-config,
-# gcc, python3-dev: to build pyfuse3; attr: setfattr/getfattr; systemd:
+# gcc, python3-dev: to build pyfuse3; attr: setfattr/getfattr; acl:
+# setfacl/getfacl (the ACL tests); systemd:
 # systemd-analyze for the unit test; rsync, b3sum: baselines in bench/;
 # strace: to see the daemon's fsyncs reach the backing files in a test;
 # stress-ng, fio: bench/stress.sh; syncthing, iproute2 (ip): bench/sync_bench.py
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr systemd rsync b3sum strace stress-ng fio \
-	syncthing iproute2
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr acl systemd rsync b3sum strace stress-ng \
+	fio syncthing iproute2
 
 .PHONY: setup system-packages run test demo lint bench bench-sync clean install
 

@@ -30,7 +30,7 @@ from realizefs import __version__, memory, mounttable, systemd
 from realizefs import config as config_mod
 from realizefs.config import Config
 from realizefs.errors import ConfigError, IdentityError, StoreError
-from realizefs.ops import fallocate
+from realizefs.ops import dontmask, fallocate
 from realizefs.ops.control import Control
 from realizefs.ops.fs import Operations
 from realizefs.ops.invalidate import KernelCacheSync
@@ -356,6 +356,7 @@ async def _serve(daemon: Daemon) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         listeners = await _listen(daemon)
         pyfuse3.init(Operations(daemon.namespace), str(mountpoint), _mount_options())
+        dontmask.install()  # with ACLs, the umask is the daemon's to apply: see the module
         fallocate.install(daemon.namespace)  # pyfuse3 has no fallocate handler: see the module
         try:
             # The FUSE loop runs outside the services' nursery: the services (and the worker

@@ -19,7 +19,8 @@ before `pyfuse3.main` answers the first request:
    ``fallocate`` (index 40) is NULL.
 3. ``fuse_session_new`` copied that table into the session; no private layout
    is assumed: the copy is found by searching the session's heap block (bounded
-   by ``malloc_usable_size``) for the exact bytes of pyfuse3's table, which
+   by ``malloc_usable_size``) for the exact bytes of pyfuse3's table (but its
+   ``init``, which `realizefs.ops.dontmask` may have wrapped), which
    must occur exactly once, pointer-aligned, with the ``fallocate`` slot NULL.
 4. Only then is one pointer written: the session's ``fallocate`` slot gets a
    ctypes callback. Any failed check logs one INFO line and writes nothing:
@@ -190,6 +191,7 @@ class Slot:
     session: int
     table_offset: int  # of the op table inside the session
     library: ctypes.CDLL  # the pyfuse3 extension, resolving libfuse's symbols too
+    init: int  # pyfuse3's init handler, op 0 of its table
 
 
 def locate_slot(so_path: str | Path | None = None) -> Slot:
@@ -238,10 +240,12 @@ def locate_slot(so_path: str | Path | None = None) -> Slot:
 
     usable = _libc.malloc_usable_size(session)
     memory = ctypes.string_at(session, usable)
-    at = memory.find(ours)
-    if at < 0 or at % POINTER or memory.find(ours, at + 1) >= 0:
+    rest = ours[POINTER:]  # op 0 (init) may be wrapped already: realizefs.ops.dontmask
+    found = memory.find(rest)
+    at = found - POINTER
+    if found < 0 or at < 0 or at % POINTER or memory.find(rest, found + 1) >= 0:
         raise NotInstalled("pyfuse3's op table is not found once in the session")
-    return Slot(session + at + FALLOCATE_SLOT * POINTER, session, at, library)
+    return Slot(session + at + FALLOCATE_SLOT * POINTER, session, at, library, pointers[0])
 
 
 class Fallocate:

@@ -70,7 +70,9 @@ def entry(attr: Attr) -> pyfuse3.EntryAttributes:
 
 def owner(ctx: pyfuse3.RequestContext) -> Owner:
     uid, gid, pid = ctx.uid, ctx.gid, ctx.pid
-    return Owner(uid, gid, lambda g: g == gid or g in pyfuse3.get_sup_groups(pid), lambda: may_mknod(pid))
+    return Owner(
+        uid, gid, lambda g: g == gid or g in pyfuse3.get_sup_groups(pid), lambda: may_mknod(pid), ctx.umask
+    )
 
 
 CAP_MKNOD = 27
@@ -105,7 +107,7 @@ def reader(ctx: pyfuse3.RequestContext | None) -> Reader:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    enable_acl = True  # the kernel enforces POSIX ACLs (realizefs.real.acl)
 
     def __init__(self, namespace: Namespace) -> None:
         super().__init__()

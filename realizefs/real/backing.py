@@ -10,7 +10,9 @@ Paths are ``bytes`` relative to the root, components joined by ``b"/"``, the
 root itself ``b""``. Names are arbitrary bytes (no ``/`` or NUL).
 
 Objects created on behalf of a user are created with exactly the requested
-mode (the process umask is 0; the kernel already applied the caller's umask)
+mode (the process umask is 0) or, for a request through the mount, masked by
+the directory's default POSIX ACL if it has one (`realizefs.real.acl`), else by
+the caller's umask (`Owner.umask`),
 and then given to the user (`Owner`), following the directory's setgid rule.
 The hand-over goes through a descriptor of the object actually created, never
 through its name: files are created with ``O_EXCL``; directories, FIFOs and
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from realizefs.errors import Exists, FsError, NotFound, NotPermitted, NotSupported, from_oserror
+from realizefs.real import acl
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -90,6 +93,16 @@ def _openat2(dir_fd: int, path: bytes, flags: int, mode: int = 0) -> int:
 def check_kernel_support() -> None:
     """Raise OSError if this kernel lacks openat2 (Linux < 5.6)."""
     os.close(_openat2(os.open("/", _DIR), b".", _DIR))
+
+
+def _default_acl(dir_fd: int) -> bytes | None:
+    """The default ACL of the directory open as *dir_fd* (any descriptor), None if it has none."""
+    try:
+        return os.getxattr(proc_path(dir_fd), acl.DEFAULT)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+            return None
+        raise from_oserror(exc) from None
 
 
 def proc_path(fd: int) -> str:
@@ -153,6 +166,10 @@ class Owner:
     gid: int
     in_group: Callable[[int], bool]  # whether the user belongs to a group (supplementary too)
     may_mknod: Callable[[], bool] = lambda: False  # whether the caller may make devices (CAP_MKNOD)
+    # For a request through the mount, the caller's umask: the new object's mode is masked by
+    # the directory's default ACL if it has one, else by this. None: exactly the mode given
+    # (the daemon's own objects, files from peers; the disk still gives them inherited ACLs).
+    umask: int | None = None
 
 
 class _RootFd:
@@ -294,9 +311,21 @@ class Backing:
     # ------------------------------------------------------------ creating
 
     def _initial(self, pfd: int, mode: int, owner: Owner, is_dir: bool) -> tuple[int, int]:
-        """(mode, gid) a new object gets in the directory *pfd*, as the kernel would give them."""
+        """(mode, gid) a new object gets in the directory *pfd*, as the kernel would give them.
+
+        For a request through the mount (`Owner.umask` set), the mode is masked by the
+        directory's default ACL if it has one (`acl.inherited_mode`): the backing filesystem
+        gives the new object that ACL, and the mode set after the hand-over must be the one it
+        would have given too. Otherwise by the caller's umask (the kernel leaves it to the
+        daemon: `realizefs.ops.dontmask`)."""
         pst = os.fstat(pfd)
         mode &= 0o7777
+        if owner.umask is not None:
+            default_acl = _default_acl(pfd)
+            if default_acl is not None:
+                mode = acl.inherited_mode(default_acl, mode)
+            else:
+                mode &= ~(owner.umask & 0o777)
         if pst.st_mode & stat.S_ISGID:
             gid = pst.st_gid
             if is_dir:
@@ -335,7 +364,7 @@ class Backing:
         if (
             stat.S_IFMT(st.st_mode) != kind
             or st.st_uid != os.geteuid()
-            or stat.S_IMODE(st.st_mode) & 0o777 != made_mode
+            or stat.S_IMODE(st.st_mode) & 0o777 & ~made_mode  # (a default ACL may take some away)
             or st.st_nlink != (2 if kind == stat.S_IFDIR else 1)
         ):
             os.close(fd)

@@ -9,7 +9,9 @@ in `realizefs.vfs.attributes`, where ancestors may have no backing object.
 ``user.realize.*`` names are reserved: they are never read or written as
 ordinary user attributes (the mount answers them itself), and the only one
 listed is a mode stored on that very object; every other ``user.*`` name
-passes through to the backing object. Only the ``user`` namespace is exposed.
+passes through to the backing object, and so do the two POSIX ACL names
+(`realizefs.real.acl`), which the kernel reads and writes itself once the mount
+supports ACLs. No other namespace is exposed.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 
 import xattr
 
 from realizefs.errors import NoData, NotPermitted, NotSupported, from_oserror
-from realizefs.real.backing import Backing
+from realizefs.real import acl
+from realizefs.real.backing import Backing, proc_path
 from realizefs.types import Mode
 
 log = logging.getLogger(__name__)
@@ -36,12 +40,25 @@ def is_passthrough(name: bytes) -> bool:
     return name.startswith(USER_PREFIX) and not name.startswith(RESERVED_PREFIX)
 
 
+def is_acl(name: bytes) -> bool:
+    """Whether *name* is a POSIX ACL, stored on the backing object."""
+    return name in acl.NAMES
+
+
 def get(backing: Backing, rel: bytes, name: bytes) -> bytes:
     with backing.object_path(rel) as (path, _):
         try:
             return bytes(xattr.get(path, name))
         except OSError as exc:
             raise from_oserror(exc) from None
+
+
+def get_at(fd: int, name: bytes) -> bytes:
+    """The attribute *name* of the object open as *fd* (any descriptor, ``O_PATH`` too)."""
+    try:
+        return os.getxattr(proc_path(fd), name)
+    except OSError as exc:
+        raise from_oserror(exc) from None
 
 
 def set(backing: Backing, rel: bytes, name: bytes, value: bytes) -> None:
@@ -61,7 +78,7 @@ def remove(backing: Backing, rel: bytes, name: bytes) -> None:
 
 
 def names(backing: Backing, rel: bytes) -> list[bytes]:
-    """The object's pass-through user attribute names, and `MODE_NAME` if a valid mode is stored on it."""
+    """The object's pass-through user attribute names and ACLs, and `MODE_NAME` if a mode is stored on it."""
     with backing.object_path(rel) as (path, _):
         try:
             stored = xattr.list(path)
@@ -70,7 +87,7 @@ def names(backing: Backing, rel: bytes) -> list[bytes]:
                 return []
             raise from_oserror(exc) from None
     mode = [MODE_NAME] if MODE_NAME in stored and stored_mode(backing, rel) is not None else []
-    return mode + [n for n in stored if is_passthrough(n)]
+    return mode + [n for n in stored if is_passthrough(n) or is_acl(n)]
 
 
 def stored_mode(backing: Backing, rel: bytes) -> Mode | None:

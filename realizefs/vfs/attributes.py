@@ -10,10 +10,12 @@ never listed: `names` lists ``user.realize.mode`` only where it is set on that
 very path, so that copy tools (``cp -a``, ``mv``, ``rsync -X``) neither copy
 nor pin them. Writing a computed attribute is refused unless the value is the
 one it has (then nothing is stored). Other ``user.realize.*`` names are
-reserved; every other ``user.*`` name passes through to the tree.
-Names outside ``user.`` are answered without touching the disk (the kernel
-asks for ``security.capability`` on every write). The errno of each refusal
-and the reasons are in docs/design.md.
+reserved; every other ``user.*`` name passes through to the tree, and so do the
+POSIX ACLs (``system.posix_acl_access`` and ``_default``), which the kernel
+reads (once per inode: it caches them) and writes to enforce them. Other names
+outside ``user.`` are answered without touching the disk (the kernel asks for
+``security.capability`` on every write). The errno of each refusal and the
+reasons are in docs/design.md.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def effective_mode(tree: Tree, rel: bytes, default: Mode) -> Mode:
 
 
 def get(tree: Tree, rel: bytes, name: bytes, default: Mode, content_hash: ContentHash) -> bytes:
+    if xattrs.is_acl(name):
+        return tree.getxattr(rel, name)
     if not name.startswith(xattrs.USER_PREFIX):
         raise NoData()
     if name == MODE:
@@ -89,13 +93,17 @@ def _computed(tree: Tree, rel: bytes, name: bytes, content_hash: ContentHash) ->
 
 
 def names(tree: Tree, rel: bytes, kind: int) -> list[bytes]:
-    """What ``listxattr`` shows: a mode set on this very path and pass-through names, nothing computed."""
+    """What ``listxattr`` shows: a mode set on this very path and pass-through names (ACLs
+    among them), nothing computed."""
     if kind not in (stat.S_IFREG, stat.S_IFDIR):
-        return []  # the kernel refuses user.* attributes on anything else
+        return []  # the kernel refuses user.* attributes on anything else, and ACLs on symlinks
     return tree.xattr_names(rel)
 
 
 def put(tree: Tree, rel: bytes, name: bytes, value: bytes, where: str, content_hash: ContentHash) -> None:
+    if xattrs.is_acl(name):
+        tree.setxattr(rel, name, value)  # the backing filesystem sets the mode to match
+        return
     if not name.startswith(xattrs.USER_PREFIX):
         raise NotSupported()
     if name == MODE:
@@ -116,6 +124,9 @@ def put(tree: Tree, rel: bytes, name: bytes, value: bytes, where: str, content_h
 
 
 def remove(tree: Tree, rel: bytes, name: bytes, where: str) -> None:
+    if xattrs.is_acl(name):
+        tree.removexattr(rel, name)
+        return
     if not name.startswith(xattrs.USER_PREFIX):
         raise NoData()
     if name == MODE:

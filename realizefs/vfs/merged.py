@@ -274,6 +274,9 @@ class UnrealPin:
         path, record = self._found()
         return self.tree.open_unreal(self.node, path, record, flags)
 
+    def acl(self, name: bytes) -> bytes:
+        raise NoData()  # an Unreal entry holds no attributes: its mode bits hold
+
     def close(self) -> None:
         pass
 

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 
 from realizefs.config import ArenaConfig
 from realizefs.errors import AccessDenied, FsError, NoData, NotFound, NotPermitted, Stale
+from realizefs.real import xattrs
 from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join
 from realizefs.real.marker import MARKER
 from realizefs.real.staging import STAGING
@@ -825,6 +826,9 @@ class Namespace:
     def getxattr(self, ino: int, name: bytes) -> bytes:
         if self.is_virtual(ino):
             raise NoData()
+        pin = self._pins.get(ino) if xattrs.is_acl(name) else None
+        if pin is not None:  # the kernel asks for the ACL after each readdirplus: one syscall
+            return pin.acl(name)
         arena, rel, _ = self._here(ino)
         return attributes.get(arena.tree, rel, name, arena.config.mode, self._hash_of(arena, rel))
 

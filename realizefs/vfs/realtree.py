@@ -113,6 +113,9 @@ class RealPin:
     def open(self, flags: int) -> RealFile:
         return RealFile(reopen(self.fd, flags))
 
+    def acl(self, name: bytes) -> bytes:
+        return xattrs.get_at(self.fd, name)
+
     def close(self) -> None:
         os.close(self.fd)
 

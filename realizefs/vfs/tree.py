@@ -112,6 +112,9 @@ class Pin(Protocol):
 
     def open(self, flags: int) -> File: ...
 
+    def acl(self, name: bytes) -> bytes:
+        """The object's POSIX ACL *name* (``system.posix_acl_*``); `NoData` if it has none."""
+
     def close(self) -> None: ...
 
 

@@ -95,6 +95,9 @@ def test_a_peers_files_are_listed_with_their_size_and_mtime(bases: list[Path]) -
         assert os.getxattr(there, "user.realize.peers") == b"a"  # a holds it in its Real
         assert os.getxattr(report, "user.realize.peers") == b""  # nobody else does
         assert "user.realize.peers" not in os.listxattr(there)  # computed: not listed
+        with pytest.raises(OSError) as no_acl:  # an Unreal entry has no ACL: its mode bits hold
+            os.getxattr(there, "system.posix_acl_access")
+        assert no_acl.value.errno == errno.ENODATA
         assert sorted(os.listdir(b.mnt())) == ["barrier", "docs"]
         assert os.listdir(b.mnt() / "docs") == ["report.txt"]
         assert not (b.root() / "docs").exists()  # nothing of it on b's disk

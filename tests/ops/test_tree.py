@@ -172,6 +172,9 @@ class MemoryPin:
     def open(self, flags: int) -> MemoryFile:
         return MemoryFile(self.node)
 
+    def acl(self, name: bytes) -> bytes:
+        raise NoData()
+
     def close(self) -> None:
         pass
 
