@@ -127,10 +127,7 @@ def remove_file(backing: Backing, rel: bytes, known: Known, expect: Expect) -> b
     checked(rel)
     if not is_known(lstat(backing, rel), known) or written(backing, rel):
         return False
-    expect(rel, None)
-    parent, name = split(rel)
-    with contextlib.suppress(FileNotFoundError):
-        backing.unlink(parent, name)
+    _unlink(backing, rel, expect)
     return True
 
 
@@ -140,11 +137,15 @@ def remove_link(backing: Backing, rel: bytes, target: bytes, expect: Expect) -> 
     st = lstat(backing, rel)
     if st is None or not stat.S_ISLNK(st.st_mode) or backing.readlink(rel) != target:
         return False
+    _unlink(backing, rel, expect)
+    return True
+
+
+def _unlink(backing: Backing, rel: bytes, expect: Expect) -> None:
     expect(rel, None)
     parent, name = split(rel)
     with contextlib.suppress(FileNotFoundError):
         backing.unlink(parent, name)
-    return True
 
 
 def remove_dir(backing: Backing, rel: bytes, expect: Expect) -> bool:

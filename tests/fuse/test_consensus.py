@@ -21,6 +21,7 @@ from typing import Any
 
 from blake3 import blake3
 
+from tests.fuse.test_editors import settled
 from tests.fuse.test_unreal import connect, household, listed
 from tests.support import Daemon, run_as, wait_for
 
@@ -31,15 +32,6 @@ def now(d: Daemon) -> None:
 
 def facts(d: Daemon) -> dict[str, Any]:
     return json.loads((d.mountpoint / ".realize" / "consensus.json").read_text())  # type: ignore[no-any-return]
-
-
-def settled(d: Daemon, path: str) -> bool:
-    """Whether *path* is hashed on *d* (its content is what peers are told of)."""
-    try:
-        os.getxattr(d.mnt() / path, "user.realize.hash")
-    except OSError:
-        return False
-    return True
 
 
 def conflicts(d: Daemon) -> list[str] | None:
@@ -71,6 +63,15 @@ def hashed(d: Daemon, path: str, data: bytes) -> bool:
     except OSError:
         return False
     return found == blake3(data).hexdigest().encode()
+
+
+def shared(a: Daemon, b: Daemon, path: str, data: bytes) -> None:
+    """Write *data* at *path* on *a*, and have *b* realize it (its directories must exist)."""
+    (a.mnt() / path).write_bytes(data)
+    wait_for(lambda: settled(a, path), 20, "hashed on a")
+    wait_for(lambda: listed(b.mnt() / path) is not None, 10, "listed on b")
+    now(b)
+    wait_for(lambda: real_on(b, path, data), 20, "realized on b")
 
 
 def held_by(d: Daemon, path: str) -> bytes:
@@ -129,11 +130,7 @@ def test_a_peers_edit_rename_and_delete_reach_the_real(bases: list[Path]) -> Non
     with household(bases) as pair:
         a, b = pair.daemons
         (a.mnt() / "d").mkdir()
-        (a.mnt() / "d" / "f.txt").write_bytes(b"1" * 50_000)
-        wait_for(lambda: settled(a, "d/f.txt"), 20, "hashed on a")
-        wait_for(lambda: listed(b.mnt() / "d" / "f.txt") is not None, 10, "listed on b")
-        now(b)
-        wait_for(lambda: real_on(b, "d/f.txt", b"1" * 50_000), 20, "realized on b")
+        shared(a, b, "d/f.txt", b"1" * 50_000)
         # an edit: fetched and placed over the Real file at the next consensus
         (a.mnt() / "d" / "f.txt").write_bytes(b"2" * 50_000 + b"more")
         wait_for(lambda: held_by(b, "d/f.txt") == b"", 20, "b told of the edit (a holds another version)")
@@ -158,11 +155,7 @@ def test_a_peers_edit_rename_and_delete_reach_the_real(bases: list[Path]) -> Non
 def test_concurrent_edits_converge_and_the_losing_version_is_kept(bases: list[Path]) -> None:
     with household(bases) as pair:
         a, b = pair.daemons
-        (a.mnt() / "f.txt").write_bytes(b"base")
-        wait_for(lambda: settled(a, "f.txt"), 20, "hashed on a")
-        wait_for(lambda: listed(b.mnt() / "f.txt") is not None, 10, "listed on b")
-        now(b)
-        wait_for(lambda: real_on(b, "f.txt", b"base"), 20, "realized on b")
+        shared(a, b, "f.txt", b"base")
         b.stop()
         (a.mnt() / "f.txt").write_bytes(b"a's edit")
         wait_for(lambda: hashed(a, "f.txt", b"a's edit"), 20, "a's edit hashed")
@@ -193,11 +186,7 @@ def test_consensus_runs_by_itself_once_the_rest_period_passed(bases: list[Path])
 def test_an_edit_wins_over_a_concurrent_delete_everywhere(bases: list[Path]) -> None:
     with household(bases) as pair:
         a, b = pair.daemons
-        (a.mnt() / "kept.txt").write_bytes(b"base")
-        wait_for(lambda: settled(a, "kept.txt"), 20, "hashed on a")
-        wait_for(lambda: listed(b.mnt() / "kept.txt") is not None, 10, "listed on b")
-        now(b)
-        wait_for(lambda: real_on(b, "kept.txt", b"base"), 20, "realized on b")
+        shared(a, b, "kept.txt", b"base")
         b.stop()
         os.remove(a.mnt() / "kept.txt")
         wait_for(lambda: history(a)[-1]["op"] == "delete", 20, "a's delete recorded")
@@ -220,11 +209,7 @@ def test_unreal_gives_the_space_back_once_another_peer_holds_the_version(bases: 
     with household(bases) as pair:
         a, b = pair.daemons
         (a.mnt() / "docs").mkdir()
-        (a.mnt() / "docs" / "shared.bin").write_bytes(b"s" * 300_000)
-        wait_for(lambda: settled(a, "docs/shared.bin"), 20, "hashed on a")
-        wait_for(lambda: listed(b.mnt() / "docs" / "shared.bin") is not None, 10, "listed on b")
-        now(b)
-        wait_for(lambda: real_on(b, "docs/shared.bin", b"s" * 300_000), 20, "realized on b")
+        shared(a, b, "docs/shared.bin", b"s" * 300_000)
         (b.mnt() / "docs" / "mine.txt").write_bytes(b"only b has this")
         wait_for(lambda: settled(b, "docs/mine.txt"), 20, "hashed on b")
         os.setxattr(b.mnt() / "docs", "user.realize.mode", b"unreal")

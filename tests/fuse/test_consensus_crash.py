@@ -38,7 +38,8 @@ from realizefs.peers.identity import load_or_create
 from realizefs.store.index import KIND_DIR, KIND_FILE, Index
 from realizefs.store.schema import Store
 from tests import support
-from tests.fuse.test_consensus import facts, held_by, now, settled
+from tests.fuse.test_consensus import facts, held_by, now
+from tests.fuse.test_editors import settled
 from tests.fuse.test_peers import connected
 from tests.fuse.test_unreal import household
 from tests.support import Daemon, wait_for

@@ -14,7 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from tests.fuse.test_consensus import asked, facts, held_by, history, now, real_on, settled
+from tests.fuse.test_consensus import asked, facts, held_by, history, now, real_on, shared
+from tests.fuse.test_editors import settled
 from tests.fuse.test_unreal import household, listed
 from tests.support import Daemon, wait_for
 
@@ -64,11 +65,7 @@ def passed_since(d: Daemon, since: float) -> bool:
 def test_a_file_open_for_writing_is_not_replaced_under_its_writer(bases: list[Path]) -> None:
     with household(bases) as pair:
         a, b = pair.daemons
-        (a.mnt() / "f.txt").write_bytes(b"1" * 1000)
-        wait_for(lambda: settled(a, "f.txt"), 20, "hashed on a")
-        wait_for(lambda: listed(b.mnt() / "f.txt") is not None, 10, "listed on b")
-        now(b)
-        wait_for(lambda: real_on(b, "f.txt", b"1" * 1000), 20, "realized on b")
+        shared(a, b, "f.txt", b"1" * 1000)
         with open(b.mnt() / "f.txt", "rb") as reader:  # a reader holds nothing up
             (a.mnt() / "f.txt").write_bytes(b"2" * 1000)
             wait_for(lambda: held_by(b, "f.txt") == b"", 20, "b told of a's edit")
@@ -100,11 +97,7 @@ def test_a_file_open_for_writing_is_not_replaced_under_its_writer(bases: list[Pa
 def test_a_file_open_for_writing_is_not_removed_under_its_writer(bases: list[Path]) -> None:
     with household(bases) as pair:
         a, b = pair.daemons
-        (a.mnt() / "g.txt").write_bytes(b"1" * 1000)
-        wait_for(lambda: settled(a, "g.txt"), 20, "hashed on a")
-        wait_for(lambda: listed(b.mnt() / "g.txt") is not None, 10, "listed on b")
-        now(b)
-        wait_for(lambda: real_on(b, "g.txt", b"1" * 1000), 20, "realized on b")
+        shared(a, b, "g.txt", b"1" * 1000)
         with open(b.mnt() / "g.txt", "ab") as log:
             os.remove(a.mnt() / "g.txt")
             wait_for(lambda: held_by(b, "g.txt") == b"", 20, "b told of a's delete")
