@@ -406,6 +406,15 @@ class Indexer:
         self._inbox.append(_Event(arena, rel, expected=signature(st), expect=True))
         self._wake.set()
 
+    def _expect(self, key: Key, wanted: Signature | None, now: float) -> None:
+        """Note an expectation, and forget those older than `EXPECT_FOR` (the oldest come first:
+        each is put at the end; not a scan of them all per expectation, which a pass placing
+        thousands of files made quadratic)."""
+        self._expected.pop(key, None)
+        self._expected[key] = (wanted, now)
+        while (oldest := next(iter(self._expected))) != key and now - self._expected[oldest][1] >= EXPECT_FOR:
+            del self._expected[oldest]
+
     def _own(self, key: Key, st: os.stat_result | None) -> bool:
         """Whether the state of *key* is the one the daemon left (the expectation is used up)."""
         if key not in self._expected:
@@ -556,8 +565,7 @@ class Indexer:
                     continue  # not indexed (the marker: its change has the tree walked again)
                 try:
                     if event.expect:  # (the watcher's event of the change is what looks at it)
-                        self._expected = {k: v for k, v in self._expected.items() if now - v[1] < EXPECT_FOR}
-                        self._expected[(event.arena, event.path)] = (event.expected, now)
+                        self._expect((event.arena, event.path), event.expected, now)
                     elif event.moved_from is None:
                         self._queue(event.arena, event.path, now)  # looked at now; hashed once rested
                         if event.closed or (event.arena, event.path) in self._expected:
