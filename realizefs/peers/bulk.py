@@ -42,7 +42,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import queue
+import select
 import ssl
 import threading
 from collections import deque
@@ -127,6 +129,19 @@ class Reader:
         """The next messages, at least one: all that have arrived."""
         if not self._frames:
             self._fill()
+        frames, self._frames = self._frames, deque()
+        return [decode(frame) for frame in frames]
+
+    def ready(self) -> list[Message]:
+        """The messages that have arrived whole, without waiting: maybe none (then wait for the
+        socket and `BlockingTls.pull`); `ConnectionLost` once the peer has closed."""
+        self._frames.extend(self._decoder.feed(b""))  # an error found after earlier frames
+        data = self.stream.received()
+        if data:
+            self._frames.extend(self._decoder.feed(data))
+        elif data == b"" and not self._frames:
+            how = "in the middle of a frame" if self._decoder.pending else "by the peer"
+            raise ConnectionLost(f"closed {how}")
         frames, self._frames = self._frames, deque()
         return [decode(frame) for frame in frames]
 
@@ -226,7 +241,11 @@ class _End:
 
 
 class Fetcher(_End):
-    """The asking end of a lane: `fetch` a chunk by its hash, verified in the lane's thread."""
+    """The asking end of a lane: `fetch` a chunk by its hash, verified in the lane's thread.
+
+    Its thread waits for the socket and for new requests at once (an eventfd the trio side
+    writes with each): a request queued while answers are awaited goes out at once, not
+    after the next answer, so `DEPTH` requests stay unanswered while there are that many."""
 
     kind = "bulk lane (fetching)"
 
@@ -234,6 +253,7 @@ class Fetcher(_End):
         super().__init__(reader, name, on_end)
         self._ids = itertools.count(1)
         self._queue: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._wakeup: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # closed once ended
         self._waiting: dict[int, _Wait] = {}  # trio thread only
         self._dropped: set[int] = set()  # ids no longer waited for (the thread skips those unsent)
 
@@ -245,6 +265,8 @@ class Fetcher(_End):
         call_id = next(self._ids)
         wait = self._waiting[call_id] = _Wait()
         self._queue.put((call_id, chunk))
+        # once for all the requests queued by the tasks that run before the trio loop turns
+        self._token.run_sync_soon(self._wake, idempotent=True)
         try:
             await wait.done.wait()
         finally:
@@ -257,7 +279,13 @@ class Fetcher(_End):
 
     def close(self) -> None:
         self._queue.put(None)
+        self._wake()
         super().close()
+
+    def _wake(self) -> None:
+        """Tell the thread something is queued (trio thread: the eventfd is open until `_ended`)."""
+        if self._wakeup is not None:
+            os.eventfd_write(self._wakeup, 1)
 
     def _deliver(self, answers: list[tuple[int, bytes | None, BaseException | None]]) -> None:
         for call_id, data, error in answers:
@@ -268,18 +296,25 @@ class Fetcher(_End):
                 wait.done.set()
 
     def _ended(self, reason: str) -> None:
+        if self._wakeup is not None:
+            os.close(self._wakeup)
+            self._wakeup = None
         lost = ConnectionLost(f"the lane ended: {reason}")
         self._deliver([(call_id, None, lost) for call_id in list(self._waiting)])
         super()._ended(reason)
 
     def _run(self) -> None:
-        stream = self.stream
+        stream, wakeup = self.stream, self._wakeup
+        assert wakeup is not None
+        waiting = select.poll()
+        waiting.register(stream.sock, select.POLLIN)
+        waiting.register(wakeup, select.POLLIN)
         asked: dict[int, bytes] = {}  # unanswered: id -> hash
         while True:
             out: list[bytes] = []
             while len(asked) < DEPTH:
                 try:
-                    item = self._queue.get(block=not asked and not out)
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
@@ -292,13 +327,19 @@ class Fetcher(_End):
                 out.append(encode_frame(encode(Request(call_id, CHUNK, {"hash": chunk}))))
             if out:
                 stream.send(b"".join(out))
-            if not asked:
+            if messages := self.reader.ready():
+                answers = [self._answer(asked, message) for message in messages]
+                try:
+                    self._token.run_sync_soon(self._deliver, answers)
+                except trio.RunFinishedError:
+                    return
                 continue
-            answers = [self._answer(asked, message) for message in self.reader.all()]
-            try:
-                self._token.run_sync_soon(self._deliver, answers)
-            except trio.RunFinishedError:
-                return
+            for fd, _ in waiting.poll():
+                if fd == wakeup:
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(wakeup)
+                else:
+                    stream.pull()
 
     def _answer(
         self, asked: dict[int, bytes], message: Message

@@ -303,24 +303,32 @@ class BlockingTls:
 
     def receive(self) -> bytes:
         """The plaintext that has arrived (waiting for some); b"" once the peer has closed."""
-        while True:
-            parts: list[bytes] = []
-            try:
-                while len(parts) < 64 and (part := self.ssl_object.read(RECEIVE_SIZE)):
-                    parts.append(part)
-                if not parts:
-                    return b""  # the peer's close_notify (no data yet raises SSLWantReadError)
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLZeroReturnError:
-                return b"".join(parts)
-            except ssl.SSLError as exc:
-                raise ConnectionLost(f"TLS failed while receiving ({exc.reason or exc})") from None
-            if parts:
-                return b"".join(parts)
-            if self._incoming.eof:
-                return b""
+        while (data := self.received()) is None:
             self._fill()
+        return data
+
+    def received(self) -> bytes | None:
+        """The plaintext of what has arrived, without waiting: None if no whole TLS record
+        is here yet, b"" once the peer has closed."""
+        parts: list[bytes] = []
+        try:
+            while len(parts) < 64 and (part := self.ssl_object.read(RECEIVE_SIZE)):
+                parts.append(part)
+            if not parts:
+                return b""  # the peer's close_notify (no data yet raises SSLWantReadError)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            return b"".join(parts)
+        except ssl.SSLError as exc:
+            raise ConnectionLost(f"TLS failed while receiving ({exc.reason or exc})") from None
+        if parts:
+            return b"".join(parts)
+        return b"" if self._incoming.eof else None
+
+    def pull(self) -> None:
+        """Take what the socket holds into the TLS layer (waits only if it holds nothing)."""
+        self._fill()
 
     def shutdown(self) -> None:
         """End the connection both ways now (any thread): a blocked send or receive ends."""

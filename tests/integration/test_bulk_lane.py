@@ -106,13 +106,18 @@ def test_chunks_travel_both_ways_pipelined() -> None:
             got[chunk] = await lane.fetch(chunk)
 
         async with trio.open_nursery() as fetches:
-            for chunk in HASHES[:40]:
+            fetches.start_soon(fetch, b_lane, HASHES[0])
+            await eventually(lambda: len(asked) == 1, what="the first request at a")
+            # a's thread holds the first answer while b's thread waits for it: requests queued
+            # meanwhile still go out at once, DEPTH unanswered at most
+            for chunk in HASHES[1:40]:
                 fetches.start_soon(fetch, b_lane, chunk)
-            # a's thread holds the first answer: b's thread keeps at most DEPTH requests
-            # unanswered (how many it sent before it waited depends on how fast the 40 were
-            # queued: a fetcher waiting for an answer does not send what is queued after)
-            await eventually(lambda: len(b_lane._waiting) == 40 and len(asked) == 1, what="requests sent")
-            assert b_lane._queue.qsize() >= 40 - bulk.DEPTH
+            await eventually(
+                lambda: len(b_lane._waiting) == 40 and b_lane._queue.qsize() == 40 - bulk.DEPTH,
+                what="DEPTH requests sent",
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            assert b_lane._queue.qsize() == 40 - bulk.DEPTH and len(b_lane._waiting) == 40
             assert len(asked) == 1
             gate.set()
             for chunk in HASHES[40:]:
@@ -160,16 +165,20 @@ def test_a_cancelled_fetch_does_not_wedge_the_lane() -> None:
             async with trio.open_nursery() as inner:
                 inner.start_soon(b_lane.fetch, HASHES[0])
                 await eventually(entered.is_set, what="the request at a")
-                for chunk in HASHES[1:40]:  # queued behind it, beyond what is sent
+                for chunk in HASHES[1:40]:  # DEPTH sent, the rest queued behind them
                     inner.start_soon(b_lane.fetch, chunk)
-                await trio.testing.wait_all_tasks_blocked()
+                await eventually(
+                    lambda: len(b_lane._waiting) == 40 and b_lane._queue.qsize() == 40 - bulk.DEPTH,
+                    what="DEPTH sent",
+                )
                 scope.cancel()
         gate.set()
         assert await b_lane.fetch(HASHES[1]) == CHUNKS[HASHES[1]]
         assert control(b, "a").lane is b_lane
         assert not b_lane._waiting
-        # The first was sent (and its answer dropped); those queued behind it were never sent.
-        assert asked == [HASHES[0], HASHES[1]]
+        # Those sent were answered (the answers dropped); those still queued were never sent.
+        assert asked[0] == HASHES[0] and asked[-1] == HASHES[1] and len(asked) == bulk.DEPTH + 1
+        assert set(asked[1:-1]) < set(HASHES[1:40])  # (trio runs the fetches in any order)
 
     run_trio(test)
 
