@@ -65,7 +65,7 @@ from realizefs.peers.methods import Method, Served
 from realizefs.peers.schema import Bytes, Record
 from realizefs.real.backing import Backing
 from realizefs.store.cache import CacheFull, Pin
-from realizefs.store.index import Index, RealSource
+from realizefs.store.index import ChunkSource, Index, RealSource
 from realizefs.store.index import Record as Entry
 
 log = logging.getLogger(__name__)
@@ -271,10 +271,13 @@ class Content:
         data = self._unwritten.get(chunk) or self._recent.get(chunk) or self.cache.get(chunk)
         if data is not None:
             return data
-        return await trio.to_thread.run_sync(self._from_real, chunk)
+        sources = self.index.chunk_sources(chunk)  # one short read: no thread for a chunk held nowhere
+        if not sources:
+            return None
+        return await trio.to_thread.run_sync(self._from_real, chunk, sources)
 
-    def _from_real(self, chunk: bytes) -> bytes | None:
-        for source in self.index.chunk_sources(chunk):
+    def _from_real(self, chunk: bytes, sources: list[ChunkSource] | None = None) -> bytes | None:
+        for source in self.index.chunk_sources(chunk) if sources is None else sources:
             if not isinstance(source, RealSource):
                 continue
             backing = self.backing_of(source.root)
