@@ -36,7 +36,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -68,11 +68,14 @@ ChunkSource = RealSource  # the chunk cache's source joins this union (issue 10)
 
 def read_manifest(txn: Any, manifests: Any, content_hash: bytes) -> Manifest | None:
     """The stored manifest of *content_hash*: (offset, length, chunk hash) triples."""
+    flat = read_flat(txn, manifests, content_hash)
+    return None if flat is None else list(zip(flat[0::3], flat[1::3], flat[2::3], strict=True))
+
+
+def read_flat(txn: Any, manifests: Any, content_hash: bytes) -> list[Any] | None:
+    """The stored manifest of *content_hash* as stored: offset, length, chunk hash, flattened."""
     raw = txn.get(content_hash, db=manifests)
-    if raw is None:
-        return None
-    flat = msgpack.unpackb(raw)
-    return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+    return None if raw is None else cast(list[Any], msgpack.unpackb(raw))
 
 
 def write_manifest(

@@ -463,6 +463,11 @@ class Index:
         with self._reading() as txn:
             return chunk_index.read_manifest(txn, self._manifests, content_hash)
 
+    def manifest_flat(self, content_hash: bytes) -> list[Any] | None:
+        """The manifest of *content_hash* as stored: offset, length, chunk hash, flattened."""
+        with self._reading() as txn:
+            return chunk_index.read_flat(txn, self._manifests, content_hash)
+
     def keep_manifest(self, content_hash: bytes, chunks: Sequence[tuple[int, int, bytes]]) -> None:
         """Keep the manifest of a content known from a peer (to read it, and to reuse its chunks).
 

@@ -47,6 +47,7 @@ import bisect
 import contextlib
 import errno
 import functools
+import itertools
 import logging
 import os
 from collections import OrderedDict, deque
@@ -246,10 +247,10 @@ class Content:
     # ------------------------------------------------------------ serving
 
     async def _serve_manifest(self, peer: PeerInfo, args: ByHash, reply: Reply) -> Value:
-        manifest = self.index.manifest(args.hash)
-        if manifest is None:
+        flat = self.index.manifest_flat(args.hash)
+        if flat is None:
             raise RemoteError("not-found", "no such content here")
-        return [x for chunk in manifest for x in chunk]
+        return flat
 
     async def _serve_chunk(self, peer: PeerInfo, args: ByHash, reply: Reply) -> Value:
         data = await self._local(args.hash)
@@ -512,24 +513,23 @@ class Content:
 
 
 def check_manifest(flat: object, size: int) -> Manifest:
-    """A peer's manifest, checked: contiguous chunks from 0 covering exactly *size* bytes."""
+    """A peer's manifest, checked: contiguous chunks from 0 covering exactly *size* bytes.
+
+    Checked a column at a time, in C (the manifest of a 1 GiB file has about 16,000 chunks, and
+    the first byte of a read waits for it)."""
     if type(flat) is not list or len(flat) % 3 or len(flat) > 3 * MAX_MANIFEST:
         raise ValueError("not a manifest")
-    out: Manifest = []
-    at = 0
-    for i in range(0, len(flat), 3):
-        offset, length, chunk = flat[i : i + 3]
-        if (
-            type(offset) is not int
-            or type(length) is not int
-            or type(chunk) is not bytes
-            or offset != at
-            or not 0 < length <= MAX_CHUNK
-            or len(chunk) != 32
-        ):
-            raise ValueError(f"chunk {i // 3} of the manifest is malformed")
-        out.append((offset, length, chunk))
-        at += length
-    if at != size:
-        raise ValueError(f"the manifest covers {at} bytes, the file has {size}")
-    return out
+    offsets, lengths, chunks = flat[0::3], flat[1::3], flat[2::3]
+    numbers = set(map(type, offsets)) | set(map(type, lengths))
+    if not numbers <= {int} or not set(map(type, chunks)) <= {bytes}:
+        raise ValueError("the manifest holds a value of the wrong type")
+    if lengths and not (min(lengths) > 0 and max(lengths) <= MAX_CHUNK):
+        raise ValueError("the manifest holds a chunk of a bad length")
+    if not set(map(len, chunks)) <= {32}:
+        raise ValueError("the manifest holds a malformed chunk hash")
+    ends = list(itertools.accumulate(lengths))
+    if offsets[:1] not in ([], [0]) or offsets[1:] != ends[:-1]:
+        raise ValueError("the manifest's chunks are not contiguous from 0")
+    if (ends[-1] if ends else 0) != size:
+        raise ValueError(f"the manifest covers {ends[-1] if ends else 0} bytes, the file has {size}")
+    return list(zip(offsets, lengths, chunks, strict=True))
