@@ -207,6 +207,7 @@ class Content:
         self._manifests: OrderedDict[bytes, tuple[Manifest, list[int]]] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self._unwritten: dict[bytes, bytes] = {}  # fetched, verified, not in the cache yet
+        self._unwritten_bytes = 0  # their total length
         self._to_write = trio.Event()
         self._written = trio.Event()
 
@@ -227,7 +228,8 @@ class Content:
                     await trio.to_thread.run_sync(self._write, batch)
                 finally:
                     for chunk, _ in batch:
-                        self._unwritten.pop(chunk, None)
+                        if (data := self._unwritten.pop(chunk, None)) is not None:
+                            self._unwritten_bytes -= len(data)
                     self._written.set()
                     self._written = trio.Event()
 
@@ -469,9 +471,11 @@ class Content:
             self._recent[chunk] = data
             while len(self._recent) > RECENT:
                 self._recent.popitem(last=False)
-            while sum(len(d) for d in self._unwritten.values()) > MAX_UNWRITTEN:
+            while self._unwritten_bytes > MAX_UNWRITTEN:
                 await self._written.wait()  # the cache's writes fall behind: fetch no faster
-            self._unwritten[chunk] = data
+            if chunk not in self._unwritten:
+                self._unwritten[chunk] = data
+                self._unwritten_bytes += len(data)
             self._to_write.set()
             return data
         finally:
