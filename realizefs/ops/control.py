@@ -447,6 +447,9 @@ def _pass_lines(label: str, report: dict[str, Any]) -> list[str]:
     if report["waiting"]:
         lines.append(f"  {report['waiting']} waiting for a full pass or for a local change to settle")
     lines.extend(f"  failed: {arena}/{path}: {why}" for arena, path, why in report["failed"])
+    if report.get("retry_in") is not None:
+        retry_at = (report["finished"] or report["started"]) + report["retry_in"]
+        lines.append(f"  what failed is tried again at {_when(retry_at)}")
     lines.extend(f"  conflict (kept as it is here): {arena}/{path}" for arena, path in report["conflicts"])
     return lines
 

@@ -29,7 +29,9 @@ of this peer's):
 When: a *prompt* pass (deletes, moves, vectors, directory modes) shortly
 after news from a peer, so a delete or a rename reaches the Real within
 seconds; a *full* pass once no news came for `rest` seconds, every
-`interval`, and when ``now`` is written to ``.realize/consensus``. A pass
+`interval`, when ``now`` is written to ``.realize/consensus``, and to try
+again what a full pass failed (after `RETRY_FIRST` seconds, doubling while
+passes keep failing, at most `interval`). A pass
 acts on the peers' versions this peer holds (their views): an offline peer
 holds up nothing.
 
@@ -67,6 +69,7 @@ FETCH_BLOCK = 8 << 20  # bytes asked of the content at a time while fetching a f
 FETCHES = 4  # files fetched at once
 CONFLICTS = b".realize-conflicts"  # in an arena's root: the losing versions of conflicts
 FAILURES_KEPT = 50  # failures listed per pass
+RETRY_FIRST = 10.0  # seconds after a full pass with failures before the next; doubled each time in a row
 CACHE_BATCH = 16 << 20  # bytes of an unrealized file's chunks put in the cache per transaction
 
 
@@ -148,6 +151,7 @@ class Report:
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # arena, path, why
     conflicts: list[tuple[str, str]] = field(default_factory=list)  # arena, path
     waiting: int = 0  # paths left for a full pass (a prompt pass only moves, deletes, merges)
+    retry_in: float | None = None  # seconds until a full pass tries again what failed
 
     def count(self, kind: Kind) -> None:
         self.applied[kind.value] = self.applied.get(kind.value, 0) + 1
@@ -195,6 +199,8 @@ class Consensus:
         self._now_requested = False
         self._prompt_at: float | None = None
         self._full_at: float | None = None
+        self.retry_at: float | None = None  # trio time of a full pass retrying what failed
+        self.retries = 0  # full passes in a row that failed something
         self._fetches = trio.Semaphore(FETCHES)
         self.jobs: dict[tuple[str, tuple[bytes, ...]], Job] = {}  # (arena, path): queued or running
 
@@ -219,7 +225,7 @@ class Consensus:
         next_interval = trio.current_time() + self.interval
         while True:
             now = trio.current_time()
-            due = [t for t in (self._prompt_at, self._full_at, next_interval) if t is not None]
+            due = [t for t in (self._prompt_at, self._full_at, self.retry_at, next_interval) if t is not None]
             if not self._now_requested and min(due) > now:
                 with trio.move_on_at(min(due)):
                     await self._wake.wait()
@@ -228,18 +234,32 @@ class Consensus:
             now = trio.current_time()
             full = (
                 self._now_requested
-                or (self._full_at is not None and self._full_at <= now)
+                or any(t is not None and t <= now for t in (self._full_at, self.retry_at))
                 or next_interval <= now
             )
             self._now_requested = False
             self._prompt_at = None
             if full:
-                self._full_at = None
+                self._full_at = self.retry_at = None
                 next_interval = now + self.interval
             try:
-                await self.run_pass(full)
+                report = await self.run_pass(full)
             except Exception:  # a pass that fails is logged and tried again at the next turn
                 log.exception("consensus: a pass failed")
+                continue
+            if full:
+                self._retry(report)
+
+    def _retry(self, report: Report) -> None:
+        """After a full pass: what failed is tried again by a full pass after `RETRY_FIRST`
+        seconds, twice as long after each pass in a row that failed again, at most `interval`."""
+        if not report.failed:
+            self.retries = 0
+            return
+        self.retries += 1
+        delay = min(RETRY_FIRST * 2 ** min(self.retries - 1, 30), self.interval)
+        self.retry_at = trio.current_time() + delay
+        report.retry_in = delay
 
     # ------------------------------------------------------------ a pass
 
