@@ -106,7 +106,13 @@ class Daemon:
             self.indexer.hash_of,
             max_pins=_descriptor_budget(),
             tree=lambda arena, backing: MergedTree(
-                RealTree(backing), self.index, arena.name, self.content, self._peer_name, self.indexer.expect
+                RealTree(backing),
+                self.index,
+                arena.name,
+                self.content,
+                self._peer_name,
+                self.indexer.expect,
+                self.consensus.progress,
             ),
         )
         self.control.namespace = self.namespace

@@ -214,6 +214,11 @@ class Consensus:
         self._full_at = now + self.rest
         self._wake.set()
 
+    def progress(self, arena: str, path: tuple[bytes, ...]) -> tuple[int, int] | None:
+        """(bytes done, total) of a fetch to *path* queued or under way, or None."""
+        job = self.jobs.get((arena, path))
+        return (job.done, job.total) if job is not None and job.kind == Kind.FETCH.value else None
+
     def request(self) -> None:
         """``now`` was written to ``.realize/consensus``: a full pass at once."""
         self._now_requested = True

@@ -77,6 +77,8 @@ BLOCK = 4096
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 REALIZE_BLOCK = 4 << 20  # bytes asked of the content at a time while realizing
 Expect = Callable[[str, bytes, "os.stat_result | None"], None]  # the indexer's `expect`
+# (arena, path) -> (bytes done, total) of consensus fetching a version to that path now, or None
+Progress = Callable[[str, tuple[bytes, ...]], "tuple[int, int] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +294,7 @@ class MergedTree:
         content: UnrealContent | None = None,
         peer_name: Callable[[bytes], str] = lambda peer: peer.hex(),
         expect: Expect = lambda arena, rel, st: None,
+        progress: Progress = lambda arena, path: None,
     ) -> None:
         self.real = real
         self.index = index
@@ -302,6 +305,7 @@ class MergedTree:
         self._owner_ids, self._owner_read = (0, 0), -2.0
         self._realizing: dict[int, trio.Lock] = {}  # node -> held while it is being made Real
         self.expect = expect  # tells the indexer a change of the Real is the daemon's own
+        self.progress = progress
 
     # ------------------------------------------------------------ the Unreal
 
@@ -494,11 +498,16 @@ class MergedTree:
         return self.real.statvfs()
 
     def status(self, rel: bytes) -> bytes:
+        fetching = self.progress(self.arena, tuple(rel.split(b"/"))) if rel else None
+        share = fetching[0] * 100 // fetching[1] if fetching and fetching[1] else 0
         if self._is_real(rel):
-            return self.real.status(rel)
+            status = self.real.status(rel)
+            return status if fetching is None else f"real, a newer version {share}% fetched".encode()
         found = self._unreal(rel)
         if found is None:
             raise NotFound()
+        if fetching is not None:
+            return f"realizing {share}%".encode()
         record = found[1]
         if record.kind != KIND_FILE or self.content is None:
             return b"unreal"

@@ -255,14 +255,20 @@ def test_a_transfer_is_listed_in_jobs_and_its_failure_reported(bases: list[Path]
             assert job["total"] == 8 << 20
             assert "fetched" in (b.mountpoint / ".realize" / "jobs").read_text()
             assert "big.bin" not in run_as(["cat", str(b.mountpoint / ".realize" / "jobs.json")]).stdout
+            status = b.mnt() / "private" / "big.bin"
+            wait_for(lambda: os.getxattr(status, "user.realize.status") == b"realizing 0%", 30, "realizing")
             wait_for(lambda: (f := facts(b)["last_full"]) and f["failed"], 30, "the failure reported")
             assert jobs(b) == []
             text = (b.mountpoint / ".realize" / "consensus").read_text()
             assert "failed: a/private/big.bin: fetch: " in text
+            assert "what failed is tried again at " in text
             assert "big.bin" not in run_as(["cat", str(b.mountpoint / ".realize" / "consensus")]).stdout
             assert not (b.root() / "private" / "big.bin").exists()
         finally:
             a.signal(signal.SIGCONT)
+        # tried again after a while, with nothing asked and nothing new from a: realized
+        wait_for(lambda: (b.root() / "private" / "big.bin").exists(), 60, "the failed fetch retried")
+        assert os.getxattr(b.mnt() / "private" / "big.bin", "user.realize.status") == b"real"
 
 
 def tree_of(d: Daemon) -> dict[str, bytes]:
