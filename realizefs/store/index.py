@@ -1301,7 +1301,32 @@ class Index:
             newer = None if live else self._newer_offered(txn, root, path, version.vv)
             if newer is not None:  # noted while the path was Real: the path is that version now
                 self._place(txn, root, path, replace(newer, real=False, changed=False), dict(newer.vv))
+            if version.kind == KIND_DIR:
+                self._take_noted_below(txn, root, path)
             return True
+
+    def _take_noted_below(self, txn: Any, root: int, path: Sequence[bytes]) -> None:
+        """*path* is a directory here now: what peers' views hold below it and this peer's view
+        lacks or holds older (`accept` noted it, and left it in the views, while a file was
+        Real at *path* here) taken on as Unreal entries, numbered; concurrent versions are
+        left to consensus, which sees them offered there."""
+        arena = self._arena_of(txn, root)
+        for _, view in self._views(txn, arena) if arena is not None else []:
+            top = self._chain(txn, view, path)[2]
+            stack = [(top[0], list(path))] if top is not None and top[1] == KIND_DIR else []
+            while stack:
+                node, at = stack.pop()
+                for name, value in self._child_items(txn, node):
+                    here = [*at, name]
+                    own = self._chain(txn, root, here)[2]
+                    if (own is None and value[1] != KIND_DELETED) or (
+                        own is not None and versions.compare(value[8], own[8]) is Order.DOMINATES
+                    ):
+                        record = replace(to_record(value), real=False, changed=False)
+                        self._place(txn, root, here, record, dict(value[8]))
+                        own = value
+                    if value[1] == KIND_DIR and own is not None and own[1] == KIND_DIR:
+                        stack.append((value[0], here))
 
     def _newer_offered(
         self, txn: Any, root: int, path: Sequence[bytes], vv: dict[bytes, int]

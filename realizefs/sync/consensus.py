@@ -14,6 +14,8 @@ of this peer's):
   directory mode is applied; a newer symlink replaces the old one;
 - a peer's delete of a Real path removes it (files first, then directories,
   deepest first; a directory holding files the peer did not know of stays);
+  a peer's change of kind there removes it likewise and takes the new kind
+  on as Unreal, realized by the full pass that follows where the mode says so;
 - a peer's rename of a Real file moves it: the new path's content is the
   file about to be deleted at the old one (same hash), so it is renamed, not
   fetched;
@@ -95,6 +97,7 @@ class Kind(enum.Enum):
     FETCH = "fetched"  # a file's content placed (realized, or a newer version)
     UNREALIZE = "given back"  # a Real file marked unreal, held by another peer: into the cache
     DELETE = "deleted"
+    REPLACE = "replaced by another kind"  # removed as a delete, the new kind taken on as Unreal
 
 
 _ORDER = list(Kind)
@@ -123,7 +126,7 @@ class Job:
     started: float | None = None  # time.monotonic() when it began; None: queued
 
 
-JOB_KINDS = ("FETCH", "KEEP", "UNREALIZE")
+JOB_KINDS = frozenset({Kind.FETCH, Kind.KEEP, Kind.UNREALIZE})  # the steps that move bytes
 
 
 @dataclass
@@ -254,6 +257,8 @@ class Consensus:
                 continue
             if full:
                 self._retry(report)
+            if Kind.REPLACE.value in report.applied:  # the new kinds realized (where real) at once
+                self._full_at = trio.current_time()
 
     def _retry(self, report: Report) -> None:
         """After a full pass: what failed is tried again by a full pass after `RETRY_FIRST`
@@ -348,12 +353,10 @@ class Consensus:
             report.waiting += 1  # being written here: the indexer records it, then it is weighed
             return
         step = self._change(item.path, held, _agreed(held, offered, choice))
-        if step is None:
-            report.fail(plan.place.name, item.path, "a change of kind is not applied yet")
-        elif step.kind is Kind.DELETE and held.kind == KIND_FILE and held.hash is not None:
+        if step.kind is Kind.DELETE and held.kind == KIND_FILE and held.hash is not None:
             plan.deletes.setdefault(held.hash, step)
             plan.steps.append(step)
-        elif plan.full or step.kind in (Kind.DELETE, Kind.CHMOD):
+        elif plan.full or step.kind in (Kind.DELETE, Kind.REPLACE, Kind.CHMOD):
             plan.steps.append(step)
         else:
             report.waiting += 1
@@ -380,11 +383,11 @@ class Consensus:
             plan.steps.append(Step(Kind.LEARN, item.path, agreed, held))
 
     @staticmethod
-    def _change(path: tuple[bytes, ...], held: Record, winner: Record) -> Step | None:
+    def _change(path: tuple[bytes, ...], held: Record, winner: Record) -> Step:
         if not winner.live:
             return Step(Kind.DELETE, path, winner, held)
         if winner.kind != held.kind:
-            return None
+            return Step(Kind.REPLACE, path, winner, held)
         if winner.kind == KIND_FILE:
             return Step(Kind.FETCH, path, winner, held)
         if winner.kind == KIND_DIR:
@@ -395,7 +398,7 @@ class Consensus:
 
     async def _apply(self, place: Place, root: int, steps: list[Step], report: Report) -> None:
         for step in steps:
-            if step.kind.name in JOB_KINDS:
+            if step.kind in JOB_KINDS:
                 size = step.held.size if step.kind is Kind.UNREALIZE else step.version.size
                 rel = b"/".join(step.path)
                 self.jobs[place.name, step.path] = Job(step.kind.value, place.name, rel, size)
@@ -406,9 +409,8 @@ class Consensus:
                 self.jobs.pop((place.name, step.path), None)
 
     async def _apply_steps(self, place: Place, root: int, steps: list[Step], report: Report) -> None:
-        first = sorted(
-            (s for s in steps if s.kind is not Kind.DELETE), key=lambda s: (_ORDER.index(s.kind), s.path)
-        )
+        last = (Kind.DELETE, Kind.REPLACE)  # deepest first: a directory replaced once emptied
+        first = sorted((s for s in steps if s.kind not in last), key=lambda s: (_ORDER.index(s.kind), s.path))
         async with trio.open_nursery() as nursery:
             for step in first:
                 if step.kind in (Kind.KEEP, Kind.FETCH):
@@ -416,7 +418,7 @@ class Consensus:
                     nursery.start_soon(self._limited, place, root, step, report)
                 else:
                     await self._step(place, root, step, report)
-        deletes = sorted((s for s in steps if s.kind is Kind.DELETE), key=lambda s: s.path, reverse=True)
+        deletes = sorted((s for s in steps if s.kind in last), key=lambda s: s.path, reverse=True)
         for step in deletes:
             await self._step(place, root, step, report)
 
@@ -449,7 +451,7 @@ class Consensus:
             return self.index.adopt(root, step.path, held.vv, version, real=False)
         if step.kind is Kind.UNREALIZE:
             return self._give_back(place, root, step)
-        if step.kind is Kind.DELETE:
+        if step.kind in (Kind.DELETE, Kind.REPLACE):
             if held.kind == KIND_FILE:
                 done = apply.remove_file(backing, rel, (held.size, held.mtime_ns), expect)
             elif held.kind == KIND_LINK:
@@ -458,7 +460,8 @@ class Consensus:
                 done = apply.remove_dir(backing, rel, expect)
                 if not done:
                     raise FsError("it holds files the peer did not know of: kept", errno=errno.ENOTEMPTY)
-            return done and self.index.adopt(root, step.path, held.vv, version)
+            # replaced: the new kind taken on as Unreal, made Real by the full pass that follows
+            return done and self.index.adopt(root, step.path, held.vv, version, real=step.kind is Kind.DELETE)
         if not self._parents(place, root, step.path[:-1]):
             raise FsError("its directory is not in the Real", errno=errno.ENOENT)
         owner = _owner(backing)

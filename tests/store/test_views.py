@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import lmdb
@@ -378,3 +379,28 @@ def test_a_version_3_store_is_migrated_through_4_and_5(tmp_path: Path) -> None:
         assert f is not None and f.real and f.hash == H1
         assert [s.path for s in index.chunk_sources(H2)] == [(b"d", b"f")]
         assert told(index) == [("d", KIND_DIR, {ME: 1}), ("d/f", KIND_FILE, {ME: 1})]
+
+
+def test_a_file_replaced_by_a_directory_takes_on_what_was_noted_below_it(store: Store) -> None:
+    index = Index(store, ME)
+    root = index.arena_root("a")
+    index.put(root, p("x"), Record(KIND_FILE, 1, hash=H1), op="create")
+    index.following("a", A, SID)
+    # a replaced the file x by a directory with a file in it: below a Real file here, noted only
+    over = {ME: 1, A: 1}
+    outcomes = index.receive(
+        "a",
+        A,
+        SID,
+        [made("x", over, KIND_DIR, None, seq=1, origin=A), made("x/in/deep.txt", {A: 1}, seq=3, origin=A)],
+    )
+    assert [o.outcome for o in outcomes] == [Outcome.NOTED, Outcome.NOTED]
+    assert index.get(root, p("x/in"), unreal=True) is None
+    # consensus removed the file and took the directory on as Unreal: what a holds below comes with it
+    (directory,) = [r for _, r in index.survey("a")[0].offers]
+    assert index.adopt(root, p("x"), {ME: 1}, replace(directory, real=False), real=False)
+    deep = index.get(root, p("x/in/deep.txt"), unreal=True)
+    assert deep is not None and not deep.real and (deep.vv, deep.hash, deep.origin) == ({A: 1}, H1, A)
+    above = [index.get(root, p(path), unreal=True) for path in ("x", "x/in")]
+    assert [r.kind if r else None for r in above] == [KIND_DIR, KIND_DIR]
+    assert {o.path for o in index.survey("a")} >= {(b"x",), (b"x", b"in"), (b"x", b"in", b"deep.txt")}
