@@ -285,7 +285,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        self.ns.setxattr(inode, name, value)
+        await self.ns.setxattr(inode, name, value)
 
     @handler
     async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:

@@ -100,6 +100,17 @@ def names(tree: Tree, rel: bytes, kind: int) -> list[bytes]:
     return tree.xattr_names(rel)
 
 
+def stored(name: bytes) -> bool:
+    """Whether setting *name* stores it on the object itself (a pass-through ``user.*`` name or
+    an ACL): an Unreal object is made Real first, to hold it."""
+    return xattrs.is_acl(name) or (
+        name.startswith(xattrs.USER_PREFIX)
+        and name != MODE
+        and name not in COMPUTED
+        and xattrs.is_passthrough(name)
+    )
+
+
 def put(tree: Tree, rel: bytes, name: bytes, value: bytes, where: str, content_hash: ContentHash) -> None:
     if xattrs.is_acl(name):
         tree.setxattr(rel, name, value)  # the backing filesystem sets the mode to match

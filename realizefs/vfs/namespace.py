@@ -838,10 +838,14 @@ class Namespace:
         arena, rel, st = self._here(ino)
         return attributes.names(arena.tree, rel, stat.S_IFMT(st.st_mode))
 
-    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        """Set an attribute; one stored on the object (``user.*``, an ACL) makes an Unreal object
+        Real first, as a change of its attributes does (`setattr`)."""
         if self.is_virtual(ino):
             raise NotPermitted("realizefs's own files and directories have no attributes to set")
-        arena, rel, _ = self._here(ino)
+        arena, rel, st = self._here(ino)
+        if attributes.stored(name) and unreal_device(st.st_dev):
+            self._made_real(ino, await arena.tree.make_real(rel))
         attributes.put(arena.tree, rel, name, value, _where(arena, rel), self._hash_of(arena, rel))
 
     def removexattr(self, ino: int, name: bytes) -> None:

@@ -193,6 +193,9 @@ class RealTree:
             backing.utime(rel, changes.atime_ns, changes.mtime_ns)
         return backing.stat(rel)
 
+    async def make_real(self, rel: bytes) -> os.stat_result:
+        return self.backing.stat(rel)
+
     def stored_mode(self, rel: bytes) -> Mode | None:
         return xattrs.stored_mode(self.backing, rel)
 

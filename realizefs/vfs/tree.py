@@ -168,6 +168,10 @@ class Tree(Protocol):
     async def setattr(self, rel: bytes, changes: Changes) -> Stat:
         """Change the attributes of the object at *rel* (an Unreal one is made Real first)."""
 
+    async def make_real(self, rel: bytes) -> Stat:
+        """Make the object at *rel* Real if it is not (an Unreal file fetched and placed, an
+        Unreal directory made), to hold what only a Real one can; its attributes."""
+
     # ---- extended attributes
     def stored_mode(self, rel: bytes) -> Mode | None:
         """The realize mode set on exactly this path; None if unset or nowhere to hold one."""

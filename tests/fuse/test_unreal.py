@@ -479,6 +479,50 @@ def test_changing_an_unreal_files_attributes_makes_it_real_first(bases: list[Pat
             assert reading.read() == data[1000:]
 
 
+def test_setting_a_user_xattr_on_an_unreal_file_makes_it_real_first(bases: list[Path]) -> None:
+    """``setfattr -n user.x`` of a file b holds only in its Unreal failed with EIO: it is made
+    Real (fetched, placed), then set, as a chmod does; reading or listing user attributes,
+    or removing one, answers without fetching (a peer's attributes are not carried: there
+    are none to find); ``user.realize.mode`` keeps its answer."""
+    with household(bases) as pair:
+        a, b = pair.daemons
+        data = random.Random(23).randbytes(300_000)
+        (a.mnt() / "tagged").write_bytes(data)
+        (a.mnt() / "dir").mkdir()
+        (a.mnt() / "dir" / "inside").write_text("in dir\n")
+        there = b.mnt() / "tagged"
+        wait_for(lambda: listed(b.mnt() / "dir" / "inside") and listed(there), 20, "listed on b")
+        held = os.open(there, os.O_PATH)
+        inode = os.fstat(held).st_ino
+        for attempt in (
+            lambda: os.getxattr(there, "user.x"),
+            lambda: os.removexattr(there, "user.x"),
+            lambda: os.removexattr(b.mnt() / "dir", "user.x"),
+        ):
+            with pytest.raises(OSError) as nothing:
+                attempt()
+            assert nothing.value.errno == errno.ENODATA
+        assert [n for n in os.listxattr(there) if n.startswith("user.")] == []
+        with pytest.raises(OSError) as mode:  # as before: a mode on an Unreal file comes with consensus
+            os.setxattr(there, "user.realize.mode", b"real")
+        assert mode.value.errno == errno.EPERM
+        assert os.getxattr(there, "user.realize.status") == b"unreal 0% cached"  # nothing fetched
+        assert not (b.root() / "tagged").exists()
+        subprocess.run(["setfattr", "-n", "user.x", "-v", "y", there], check=True)
+        assert os.getxattr(there, "user.x") == b"y" == os.getxattr(b.root() / "tagged", "user.x")
+        assert (b.root() / "tagged").read_bytes() == data == there.read_bytes()
+        assert os.getxattr(there, "user.realize.status") == b"real"
+        assert os.stat(there).st_ino == inode == os.fstat(held).st_ino  # the same object, as after a chmod
+        os.close(held)
+        assert "user.x" in os.listxattr(there)
+        os.removexattr(there, "user.x")
+        assert "user.x" not in os.listxattr(b.root() / "tagged")
+        # an Unreal directory is made (only it: what it holds stays Unreal) to hold one
+        os.setxattr(b.mnt() / "dir", "user.d", b"1")
+        assert os.getxattr(b.root() / "dir", "user.d") == b"1" == os.getxattr(b.mnt() / "dir", "user.d")
+        assert os.listdir(b.root() / "dir") == [] and os.listdir(b.mnt() / "dir") == ["inside"]
+
+
 def test_changing_an_unreal_directorys_attributes_makes_it_real(bases: list[Path]) -> None:
     """chmod and touch -d of a directory b holds only in its Unreal failed with EIO: each
     makes the directory (and those above it) in b's Real, then changes it."""

@@ -254,6 +254,9 @@ class MemoryTree:
     async def setattr(self, rel: bytes, changes: Changes) -> MemoryStat:
         raise NotPermitted("read-only")
 
+    async def make_real(self, rel: bytes) -> MemoryStat:
+        raise NotPermitted("read-only")
+
     def stored_mode(self, rel: bytes) -> Mode | None:
         node = self.nodes.get(rel)
         return node.mode if node else None
