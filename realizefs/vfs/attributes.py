@@ -52,10 +52,16 @@ def effective_mode(tree: Tree, rel: bytes, default: Mode) -> Mode:
         rel = split(rel)[0]
 
 
+def kept(name: bytes) -> bool:
+    """Whether an object may have the attribute *name* (a ``user.*`` one, or an ACL); any other
+    is read as `NoData` whatever the object, without looking it up."""
+    return name.startswith(xattrs.USER_PREFIX) or xattrs.is_acl(name)
+
+
 def get(tree: Tree, rel: bytes, name: bytes, default: Mode, content_hash: ContentHash) -> bytes:
     if xattrs.is_acl(name):
         return tree.getxattr(rel, name)
-    if not name.startswith(xattrs.USER_PREFIX):
+    if not kept(name):
         raise NoData()
     if name == MODE:
         return effective_mode(tree, rel, default).value.encode()

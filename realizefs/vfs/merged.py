@@ -373,6 +373,14 @@ class MergedTree:
                 raise
             return UnrealPin(self, found[0], version_tag(found[1])), self.unreal_stat(*found)
 
+    def pin_listed(self, rel: bytes, st: Stat) -> tuple[RealPin | UnrealPin, Stat]:
+        """An Unreal entry the listing read from the index is pinned as listed, by its node and
+        version (`UnrealPin` checks both when used), without looking it up again: that would
+        be a failed lookup in the Real and a read of the index for each name listed."""
+        if unreal_device(st.st_dev):
+            return UnrealPin(self, st.st_ino, st.st_dev - UNREAL_DEV), st
+        return self.pin(rel)
+
     def open(self, rel: bytes, flags: int) -> RealFile | UnrealFile | RealizingFile:
         try:
             return self.real.open(rel, flags)

@@ -127,6 +127,10 @@ class Tree(Protocol):
 
     def pin(self, rel: bytes) -> tuple[Pin, Stat]: ...
 
+    def pin_listed(self, rel: bytes, st: Stat) -> tuple[Pin, Stat]:
+        """A pin of the object a listing of *rel*'s directory showed as *st*, and its attributes
+        (a readdirplus hands the kernel each entry it lists)."""
+
     def open(self, rel: bytes, flags: int) -> File:
         """Open the object at *rel* (never following a symbolic link) with ``open(2)`` *flags*."""
 

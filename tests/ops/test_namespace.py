@@ -297,7 +297,7 @@ def test_a_listing_longer_than_the_forgotten_bound_hands_out_every_entry(ns: Nam
     for index in range(ns.list_dir(fh, 0)):
         name, attr = ns.dir_entry(fh, index)
         if name not in (b".", b".."):
-            ns.listed(fh, name, attr.ino)
+            ns.listed(fh, index, attr.ino)
             seen[name] = attr.ino
     ns.releasedir(fh)
     assert sorted(seen) == sorted(b"f%d" % i for i in range(20))

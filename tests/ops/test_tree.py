@@ -19,7 +19,7 @@ from realizefs.vfs.attributes import MODE, STATUS
 from realizefs.vfs.inodes import ROOT_INODE
 from realizefs.vfs.namespace import Namespace, ident
 from realizefs.vfs.realtree import RealTree
-from realizefs.vfs.tree import Changes, Pin, Tree
+from realizefs.vfs.tree import Changes, Pin, Stat, Tree
 
 ROOT = Owner(0, 0, lambda gid: gid == 0)
 
@@ -203,6 +203,9 @@ class MemoryTree:
     def pin(self, rel: bytes) -> tuple[MemoryPin, MemoryStat]:
         node = self._node(rel)
         return MemoryPin(node), node.st
+
+    def pin_listed(self, rel: bytes, st: Stat) -> tuple[MemoryPin, MemoryStat]:
+        return self.pin(rel)
 
     def open(self, rel: bytes, flags: int) -> MemoryFile:
         return MemoryFile(self._node(rel))
