@@ -201,6 +201,9 @@ class Daemon:
     def peer_status(self) -> list[PeerStatus]:
         return self.household.status()
 
+    async def peer_lists(self) -> dict[bytes, dict[str, dict[str, Any]]]:
+        return await self.lists.report()
+
     async def reload(self) -> None:
         """Re-read the config file; an invalid one is logged and the running one kept."""
         try:

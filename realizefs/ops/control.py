@@ -57,6 +57,7 @@ class NodeView(Protocol):
     @property
     def started(self) -> float: ...  # time.time() at start
     def peer_status(self) -> list[PeerStatus]: ...
+    async def peer_lists(self) -> dict[bytes, dict[str, dict[str, Any]]]: ...  # `FileLists.report`
     def cache_stats(self) -> CacheStats: ...
     def consensus_facts(self) -> dict[str, Any]: ...  # the passes: running, last, last full
     def request_consensus(self) -> None: ...  # a full pass at once
@@ -214,7 +215,8 @@ class Control:
 
     async def peers(self, reader: Reader) -> dict[str, Any]:
         statuses = self.node.peer_status()
-        peers = [_peer_facts(p) for p in statuses]
+        lists = await self.node.peer_lists()
+        peers = [_peer_facts(p, lists.get(p.key, {}) if p.state == "connected" else {}) for p in statuses]
         connected = sum(1 for p in statuses if p.state == "connected")
         lines = [f"peers: {len(peers)} configured, {connected} connected"]
         for p in peers:
@@ -222,15 +224,28 @@ class Control:
             lines.append(
                 f"  {p['name']}  {p['key'][:20]}…  {p['address'] or 'deaf'}  {state} since {p['since']}"
             )
+            if p["state"] != "connected":
+                last = f"last connected {p['connected_at']}" if p["connected_at"] else "never connected"
+                lines.append(f"    {last}" + (f"; last error: {p['last_error']}" if p["last_error"] else ""))
+                if p["next_attempt"]:
+                    lines.append(f"    next attempt: {p['next_attempt']}")
+                continue
             rtt = f"{p['rtt_ms']:.1f} ms" if p["rtt_ms"] is not None else "-"
             lines.append(
-                f"    rtt {rtt}, received {_size(p['bytes_in'])}, sent {_size(p['bytes_out'])}; "
-                "pending history: -, transfers: none"
+                f"    rtt {rtt}; control connections since start: received {_size(p['bytes_in'])}, "
+                f"sent {_size(p['bytes_out'])}"
             )
-            if p["state"] != "connected" and p["last_error"]:
-                lines.append(f"    last error: {p['last_error']}")
-            if p["next_attempt"]:
-                lines.append(f"    next attempt: {p['next_attempt']}")
+            lines.extend(
+                f"    arena {arena}: {_following_line(f)}" for arena, f in sorted(p["lists"].items())
+            )
+            lines.extend(_transfer_lines(p["transfers"]))
+        if connected:
+            lines += [
+                "",
+                "(A peer tells its records by number. What it has that this peer has not taken is not",
+                "sent over the wire: its own .realize/peers shows it, as ours not sent yet. A peer",
+                "acknowledges what it took only when it connects, by the number it continues after.)",
+            ]
         return {"peers": peers, "_text": "\n".join(lines) + "\n"}
 
     # ------------------------------------------------------------ history
@@ -353,23 +368,63 @@ def _count(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
-def _peer_facts(p: PeerStatus) -> dict[str, Any]:
+def _peer_facts(p: PeerStatus, lists: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    transfers = None
+    if p.transfers is not None:
+        transfers = p.transfers.facts() | {"lanes": p.lanes, "lane_in_flight": p.lane_in_flight}
     return {
         "name": p.name,
         "key": format_key(p.key),
         "address": str(p.address) if p.address else None,
         "state": p.state,
         "since": _when(p.since),
+        "connected_at": _when(p.connected_at) if p.connected_at is not None else None,
         "direction": p.direction,
         "rtt_ms": round(p.rtt * 1000, 3) if p.rtt is not None else None,
         "bytes_in": p.bytes_in,
         "bytes_out": p.bytes_out,
         "last_error": p.last_error,
         "next_attempt": _when(p.next_attempt) if p.next_attempt else None,
-        # Filled in by consensus and the Unreal: history not yet sent, transfers under way.
-        "pending_history": None,
-        "transfers": [],
+        "lists": lists,  # per arena, `FileLists.report`: what we took of its records, what we sent it
+        "transfers": transfers,  # chunks since it connected (`realizefs.peers.transfers`), while it is
     }
+
+
+def _following_line(f: dict[str, Any]) -> str:
+    """One arena's following, both ways, as `FileLists.report` tells it."""
+    parts = []
+    if (taken := f["taken"]) is not None:
+        parts.append(f"took its records up to #{taken['last']} ({taken['records']} since it connected)")
+    else:
+        parts.append("not following its records (it does not serve this arena to us, or not yet)")
+    if (sent := f["sent"]) is not None:
+        behind = f"{sent['not_sent']} not sent yet" if sent["not_sent"] else "nothing more to send"
+        parts.append(
+            f"sent it ours up to #{sent['last']} of #{sent['latest']} ({sent['records']} since it connected, "
+            f"after #{sent['acknowledged']} it acknowledged), {behind}"
+        )
+    else:
+        parts.append("it does not follow ours (yet)")
+    return "; ".join(parts)
+
+
+def _transfer_lines(t: dict[str, Any] | None) -> list[str]:
+    """The chunks moved since the peer connected, on its bulk lanes and its control connection."""
+    if t is None:
+        return []
+
+    def moved(prefix: str, way: str) -> str:
+        return f"{t[f'{prefix}_chunks_{way}']} ({_size(t[f'{prefix}_bytes_{way}'])})"
+
+    lane = (
+        f"bulk lanes ({t['lanes']} open): {t['lane_in_flight']} in flight, "
+        f"received {moved('lane', 'in')}, sent {moved('lane', 'out')}"
+    )
+    control = (
+        f"control connection: {t['control_asking']} in flight, "
+        f"received {moved('control', 'in')}, sent {moved('control', 'out')}"
+    )
+    return [f"    chunks since it connected: {lane}", f"      {control}"]
 
 
 def _version_facts(v: Version | None) -> dict[str, Any] | None:

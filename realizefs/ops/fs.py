@@ -252,7 +252,7 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, name, entry(attr), index + 1):
                 break
             if name not in (b".", b".."):
-                self.ns.listed(fh, name, attr.ino)
+                self.ns.listed(fh, index, attr.ino)
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -285,7 +285,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        self.ns.setxattr(inode, name, value)
+        await self.ns.setxattr(inode, name, value)
 
     @handler
     async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:

@@ -67,6 +67,7 @@ from realizefs.peers.messages import (
     decode,
     encode,
 )
+from realizefs.peers.transfers import Transfers
 from realizefs.peers.transport import BlockingTls, Refused, dial_blocking
 from realizefs.types import Address
 
@@ -196,8 +197,11 @@ class _End:
 
     kind = "lane"
 
-    def __init__(self, reader: Reader, name: str, on_end: Callable[[], None]) -> None:
+    def __init__(
+        self, reader: Reader, name: str, on_end: Callable[[], None], counts: Transfers | None = None
+    ) -> None:
         self.reader = reader
+        self.counts = counts or Transfers()  # its connection's: this lane's thread counts its chunks
         self.stream = reader.stream
         self.name = name  # the peer's
         self._on_end = on_end  # called in the trio thread once the lane has ended
@@ -249,13 +253,20 @@ class Fetcher(_End):
 
     kind = "bulk lane (fetching)"
 
-    def __init__(self, reader: Reader, name: str, on_end: Callable[[], None]) -> None:
-        super().__init__(reader, name, on_end)
+    def __init__(
+        self, reader: Reader, name: str, on_end: Callable[[], None], counts: Transfers | None = None
+    ) -> None:
+        super().__init__(reader, name, on_end, counts)
         self._ids = itertools.count(1)
         self._queue: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
         self._wakeup: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # closed once ended
         self._waiting: dict[int, _Wait] = {}  # trio thread only
         self._dropped: set[int] = set()  # ids no longer waited for (the thread skips those unsent)
+
+    @property
+    def in_flight(self) -> int:
+        """Chunks asked for and not answered yet (trio thread)."""
+        return len(self._waiting)
 
     async def fetch(self, chunk: bytes) -> bytes:
         """The chunk's bytes; `RemoteError` if the peer has not got it, `BadChunk` if it sent
@@ -349,6 +360,8 @@ class Fetcher(_End):
                 chunk = asked.pop(call_id)
                 if type(data) is not bytes or blake3.blake3(data).digest() != chunk:
                     return call_id, None, BadChunk("the bytes do not match the chunk's hash")
+                self.counts.lane_chunks_in += 1  # (verified: what a damaged chunk carried is not counted)
+                self.counts.lane_bytes_in += len(data)
                 return call_id, data, None
             case Error(id=call_id, code=code, message=text) if call_id in asked:
                 del asked[call_id]
@@ -365,8 +378,15 @@ class Server(_End):
 
     kind = "bulk lane (serving)"
 
-    def __init__(self, reader: Reader, name: str, on_end: Callable[[], None], chunks: ChunkSource):
-        super().__init__(reader, name, on_end)
+    def __init__(
+        self,
+        reader: Reader,
+        name: str,
+        on_end: Callable[[], None],
+        chunks: ChunkSource,
+        counts: Transfers | None = None,
+    ):
+        super().__init__(reader, name, on_end, counts)
         self._chunks = chunks
 
     def _run(self) -> None:
@@ -381,7 +401,11 @@ class Server(_End):
                 if message.id <= last:
                     raise ProtocolError(f"request id {message.id} is not above the last one ({last})")
                 last = message.id
-                stream.send(encode_frame(encode(self._answer(message))))
+                answer = self._answer(message)
+                stream.send(encode_frame(encode(answer)))
+                if isinstance(answer, Response):
+                    self.counts.lane_chunks_out += 1
+                    self.counts.lane_bytes_out += len(answer.value)
 
     def _answer(self, request: Request) -> Message:
         args = request.args

@@ -45,7 +45,7 @@ from typing import Protocol
 import trio
 
 from realizefs.errors import ConnectionLost, ProtocolError, RemoteError
-from realizefs.peers.bulk import BULK_TOKEN, OPEN_LANE, Fetcher, Server
+from realizefs.peers.bulk import BULK_TOKEN, CHUNK, OPEN_LANE, Fetcher, Server
 from realizefs.peers.frames import MAX_FRAME
 from realizefs.peers.messages import (
     MAX_NAME,
@@ -65,6 +65,7 @@ from realizefs.peers.messages import (
     Unencodable,
     Value,
 )
+from realizefs.peers.transfers import Transfers
 from realizefs.peers.transport import Refused, Transport
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,7 @@ class Connection:
         self.bulk_token: bytes | None = None  # the listener's token binding lanes to this connection
         self.lane: Fetcher | None = None  # the lane this side fetches chunks on, while it lives
         self.lanes: list[Fetcher | Server] = []  # every lane bound to this connection
+        self.transfers = Transfers()  # the chunks it and its lanes moved
 
     # ------------------------------------------------------------ hellos
 
@@ -467,6 +469,10 @@ class Connection:
                     answer = Response(request.id, value)
                 try:
                     await self.transport.send(answer)
+                    value = answer.value if isinstance(answer, Response) else None
+                    if request.method == CHUNK and type(value) is bytes:
+                        self.transfers.control_chunks_out += 1
+                        self.transfers.control_bytes_out += len(value)
                 except Unencodable as exc:
                     log.error("peer %s: the answer to %r cannot be sent: %s", self.name, request.method, exc)
                     await self.transport.send(_error(request.id, "internal", f"unsendable answer: {exc}"))
@@ -492,13 +498,19 @@ class Connection:
     async def request(self, method: str, args: Value = None) -> Value:
         """Ask the peer to run *method*; its answer, or `RemoteError` / `ConnectionLost`."""
         call_id, call, _ = self._new_call(0)
+        chunk = method == CHUNK
+        self.transfers.control_asking += chunk
         try:
             await self._ask(Request(call_id, method, args))
             await call.done.wait()
         finally:
+            self.transfers.control_asking -= chunk
             await self._forget(call_id, call)
         if call.error is not None:
             raise call.error
+        if chunk and type(call.value) is bytes:
+            self.transfers.control_chunks_in += 1
+            self.transfers.control_bytes_in += len(call.value)
         return call.value
 
     @asynccontextmanager

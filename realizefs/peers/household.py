@@ -56,6 +56,7 @@ from realizefs.peers.connection import Connection, Handler, Timing
 from realizefs.peers.events import Connected, Disconnected, Publisher, Subscription
 from realizefs.peers.identity import Identity
 from realizefs.peers.messages import MAX_TEXT, Goodbye, Hello, Request, Response
+from realizefs.peers.transfers import Transfers
 from realizefs.peers.transport import Acceptor, Refused, Transport, dial
 from realizefs.types import Address
 
@@ -91,6 +92,10 @@ class PeerStatus:
     bytes_out: int
     last_error: str | None
     next_attempt: float | None  # wall-clock time of the next dial, if waiting
+    connected_at: float | None = None  # wall-clock time of the last connection (None: never)
+    transfers: Transfers | None = None  # the chunks the live connection and its lanes moved, while connected
+    lanes: int = 0  # bulk lanes open
+    lane_in_flight: int = 0  # chunks asked for on our fetching lane, not answered yet
 
 
 @dataclass(eq=False)
@@ -101,6 +106,7 @@ class _Peer:
     connection: Connection | None = None
     last_error: str | None = None
     next_attempt: float | None = None
+    connected_at: float | None = None
     bytes_in: int = 0  # of the connections that have ended
     bytes_out: int = 0
     logged: str | None = None  # the last reason logged, not to repeat it at each retry
@@ -231,6 +237,10 @@ class Household:
                     bytes_out=peer.bytes_out + (transport.bytes_out if transport else 0),
                     last_error=peer.last_error,
                     next_attempt=peer.next_attempt if peer.state != "connected" else None,
+                    connected_at=peer.connected_at,
+                    transfers=conn.transfers if conn else None,
+                    lanes=len(conn.lanes) if conn else 0,
+                    lane_in_flight=conn.lane.in_flight if conn and conn.lane else 0,
                 )
             )
         return result
@@ -367,6 +377,7 @@ class Household:
         peer.connection = conn
         peer.logged = None
         peer.set_state("connected", self.clock())
+        peer.connected_at = self.clock()
         if self._chunks is not None:
             if transport.dialed:
                 assert self._nursery is not None
@@ -445,11 +456,13 @@ class Household:
     def _start_lane(self, conn: Connection, reader: bulk.Reader, fetching: bool) -> None:
         lane: bulk.Fetcher | bulk.Server
         if fetching:
-            lane = bulk.Fetcher(reader, conn.name, lambda: self._lane_ended(conn, lane))
+            lane = bulk.Fetcher(reader, conn.name, lambda: self._lane_ended(conn, lane), conn.transfers)
             conn.lane = lane
         else:
             assert self._chunks is not None
-            lane = bulk.Server(reader, conn.name, lambda: self._lane_ended(conn, lane), self._chunks)
+            lane = bulk.Server(
+                reader, conn.name, lambda: self._lane_ended(conn, lane), self._chunks, conn.transfers
+            )
         conn.lanes.append(lane)
         lane.start()
         log.info("peer %s: bulk lane open (%s)", conn.name, "fetching" if fetching else "serving")

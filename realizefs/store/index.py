@@ -995,6 +995,25 @@ class Index:
             raw = txn.get(b"seq:" + _ID.pack(root), db=self._meta)
             return int(_ID.unpack(raw)[0]) if raw is not None else 0
 
+    def told_after(self, arena: str, after: int) -> tuple[int, int]:
+        """How many records of this peer's view of *arena* are numbered after *after* (files
+        not hashed yet included: they are told once hashed), and the last number handed out."""
+        with self._reading() as txn:
+            root = self._root_of(txn, b"arena:" + arena.encode())
+            if root is None:
+                return 0, 0
+            raw = txn.get(b"seq:" + _ID.pack(root), db=self._meta)
+            last = int(_ID.unpack(raw)[0]) if raw is not None else 0
+            count = 0
+            cursor = txn.cursor(db=self._sequence)
+            if cursor.set_range(_SEQ.pack(root, after + 1)):
+                start = _ID.pack(root)
+                for key in cursor.iternext(values=False):
+                    if bytes(key[:8]) != start:
+                        break
+                    count += 1
+            return count, last
+
     def accept(self, root: int, told: Told) -> Accepted:
         """Take a peer's record of a path into this peer's view of the arena *root*, in one
         transaction; raises StoreError if the record is malformed (nothing taken).

@@ -16,6 +16,15 @@ the index refuses, closes that peer's connection with the reason, and nothing
 of the part is taken. *on_change* hears of the paths each part changed in
 this peer's view (the mount's caches are invalidated there).
 
+`report` says, per connected peer and arena, how far each side's following
+has come (for ``.realize/peers``): what this peer took of the peer's records
+(the last number, and how many since it connected), and what it sent the
+peer of its own (the last number, how many since it connected, how many are
+numbered after it: not sent yet). The protocol acknowledges only at
+connection, by the number a follower asks to continue after; how many
+records a peer has that this peer has not taken is not carried (a peer's
+latest number is not sent): the peer's own report shows it, as not sent yet.
+
 Runs in the daemon's trio thread; one task per served stream, one per followed
 (peer, arena), ended with the connection.
 """
@@ -26,6 +35,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -56,6 +66,16 @@ FOLLOW = Method("follow", Record(Follow, {"arena": Str(MAX_ARENA_NAME, low=1), "
 Changed = Callable[[str, Sequence[Accepted]], None]
 
 
+@dataclass(eq=False)
+class _Progress:
+    """One side of the following of one arena on one connection: the last number of the
+    sequence taken (or sent), how many records since it began, and where it began."""
+
+    last: int
+    records: int = 0
+    began: int = 0  # for a stream we serve: the number the peer asked to continue after
+
+
 class FileLists:
     """Serves this peer's records and follows every connected peer's, for *arenas* (a callable:
     the arenas served now, after a reload too). *peer_id* turns a peer's key into its id in
@@ -79,6 +99,8 @@ class FileLists:
         self._token: trio.lowlevel.TrioToken | None = None
         self._followers: dict[Connection, trio.CancelScope] = {}
         self._connected: dict[bytes, tuple[PeerInfo, Connection]] = {}  # peer id -> live connection
+        self._taking: dict[tuple[bytes, str], _Progress] = {}  # (peer key, arena) -> what we took
+        self._sending: dict[tuple[bytes, str], _Progress] = {}  # (peer key, arena) -> what we sent
         index.watch(self._committed)
 
     def connected(self) -> dict[bytes, tuple[PeerInfo, Connection]]:
@@ -109,16 +131,23 @@ class FileLists:
             raise RemoteError("not-a-stream", "follow answers with a stream")
         after = args.after
         log.debug("peer %s follows %s from %d", peer.name, args.arena, after)
-        while True:
-            generation = self._generation
-            told = await trio.to_thread.run_sync(self.index.changes, args.arena, after, BATCH)
-            if not told:
-                while self._generation == generation:
-                    await self._grown.wait()
-                continue
-            for part in wire.encode(told):
-                await reply.send(part)
-            after = told[-1].seq
+        key = (peer.key, args.arena)
+        progress = self._sending[key] = _Progress(after, began=after)
+        try:
+            while True:
+                generation = self._generation
+                told = await trio.to_thread.run_sync(self.index.changes, args.arena, after, BATCH)
+                if not told:
+                    while self._generation == generation:
+                        await self._grown.wait()
+                    continue
+                for part in wire.encode(told):
+                    await reply.send(part)
+                after = progress.last = told[-1].seq
+                progress.records += len(told)
+        finally:
+            if self._sending.get(key) is progress:
+                del self._sending[key]
 
     # ------------------------------------------------------------ following
 
@@ -170,6 +199,8 @@ class FileLists:
         log.info("following %s's %s from %d", peer.name, arena, after)
         if self.on_news is not None:
             self.on_news()  # a peer back: what failed for want of it is tried again
+        key = (peer.key, arena)
+        progress = self._taking[key] = _Progress(after, began=after)
         try:
             async with connection.stream("follow", {"arena": arena, "after": after}) as parts:
                 async for part in parts:
@@ -177,7 +208,8 @@ class FileLists:
                     outcomes = await trio.to_thread.run_sync(
                         self.index.receive, arena, pid, peer.store_id, told
                     )
-                    after = told[-1].seq
+                    after = progress.last = told[-1].seq
+                    progress.records += len(told)
                     self._report(peer, arena, outcomes)
         except RemoteError as exc:
             log.warning("peer %s does not let us follow %s: %s", peer.name, arena, exc)
@@ -187,6 +219,38 @@ class FileLists:
             reason = f"a malformed file list: {exc}"
             log.warning("peer %s sent %s; disconnecting", peer.name, reason)
             await connection.close(reason)
+        finally:
+            if self._taking.get(key) is progress:
+                del self._taking[key]
+
+    async def report(self) -> dict[bytes, dict[str, dict[str, Any]]]:
+        """Per peer key, per arena followed either way on its live connection: ``taken`` (the last
+        number of its sequence taken, ``records`` taken since it connected) and ``sent`` (the
+        last of ours sent, ``records`` since, ``acknowledged``: the number it asked to continue
+        after, ``not_sent``: ours numbered after the last sent, ``last``: our latest number);
+        either is None while that way is not followed. Counting runs in a worker thread."""
+        taking, sending = dict(self._taking), dict(self._sending)
+
+        def count() -> dict[tuple[bytes, str], tuple[int, int]]:
+            return {key: self.index.told_after(key[1], p.last) for key, p in sending.items()}
+
+        counted = await trio.to_thread.run_sync(count)
+        out: dict[bytes, dict[str, dict[str, Any]]] = {}
+        for (peer, arena), p in taking.items():
+            out.setdefault(peer, {}).setdefault(arena, {"taken": None, "sent": None})["taken"] = {
+                "last": p.last,
+                "records": p.records,
+            }
+        for (peer, arena), p in sending.items():
+            not_sent, last = counted[peer, arena]
+            out.setdefault(peer, {}).setdefault(arena, {"taken": None, "sent": None})["sent"] = {
+                "last": p.last,
+                "records": p.records,
+                "acknowledged": p.began,
+                "not_sent": not_sent,
+                "latest": last,
+            }
+        return out
 
     def _report(self, peer: PeerInfo, arena: str, outcomes: list[Accepted]) -> None:
         conflicts = [o for o in outcomes if o.outcome is Outcome.CONFLICT]

@@ -52,10 +52,16 @@ def effective_mode(tree: Tree, rel: bytes, default: Mode) -> Mode:
         rel = split(rel)[0]
 
 
+def kept(name: bytes) -> bool:
+    """Whether an object may have the attribute *name* (a ``user.*`` one, or an ACL); any other
+    is read as `NoData` whatever the object, without looking it up."""
+    return name.startswith(xattrs.USER_PREFIX) or xattrs.is_acl(name)
+
+
 def get(tree: Tree, rel: bytes, name: bytes, default: Mode, content_hash: ContentHash) -> bytes:
     if xattrs.is_acl(name):
         return tree.getxattr(rel, name)
-    if not name.startswith(xattrs.USER_PREFIX):
+    if not kept(name):
         raise NoData()
     if name == MODE:
         return effective_mode(tree, rel, default).value.encode()
@@ -98,6 +104,17 @@ def names(tree: Tree, rel: bytes, kind: int) -> list[bytes]:
     if kind not in (stat.S_IFREG, stat.S_IFDIR):
         return []  # the kernel refuses user.* attributes on anything else, and ACLs on symlinks
     return tree.xattr_names(rel)
+
+
+def stored(name: bytes) -> bool:
+    """Whether setting *name* stores it on the object itself (a pass-through ``user.*`` name or
+    an ACL): an Unreal object is made Real first, to hold it."""
+    return xattrs.is_acl(name) or (
+        name.startswith(xattrs.USER_PREFIX)
+        and name != MODE
+        and name not in COMPUTED
+        and xattrs.is_passthrough(name)
+    )
 
 
 def put(tree: Tree, rel: bytes, name: bytes, value: bytes, where: str, content_hash: ContentHash) -> None:

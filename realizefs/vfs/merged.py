@@ -377,6 +377,14 @@ class MergedTree:
                 raise
             return UnrealPin(self, found[0], version_tag(found[1])), self.unreal_stat(*found)
 
+    def pin_listed(self, rel: bytes, st: Stat) -> tuple[RealPin | UnrealPin, Stat]:
+        """An Unreal entry the listing read from the index is pinned as listed, by its node and
+        version (`UnrealPin` checks both when used), without looking it up again: that would
+        be a failed lookup in the Real and a read of the index for each name listed."""
+        if unreal_device(st.st_dev):
+            return UnrealPin(self, st.st_ino, st.st_dev - UNREAL_DEV), st
+        return self.pin(rel)
+
     def open(self, rel: bytes, flags: int) -> RealFile | UnrealFile | RealizingFile:
         try:
             return self.real.open(rel, flags)
@@ -616,21 +624,31 @@ class MergedTree:
             raise NotEmpty()
 
     async def setattr(self, rel: bytes, changes: Changes) -> Stat:
-        """Change the object at *rel*; an Unreal one is made Real first (a file: fetched and
-        placed as for a write; truncated to 0: an empty one; a directory: made), then changed."""
-        if not self._is_real(rel) and (found := self._unreal(rel)) is not None:
-            node, record = found
-            path = tuple(rel.split(b"/"))
-            if record.kind == KIND_DIR:
-                self._realize_dir(rel)
-            elif record.kind != KIND_FILE:
-                log.info("%s: an Unreal symbolic link is not made Real to be changed", _show(rel))
-                raise FsError("an Unreal symbolic link cannot be changed yet", errno=errno.EIO)
-            elif changes.size == 0:  # truncated: nothing to fetch
-                self.realize_empty(path, record, os.O_RDONLY).close()
-            else:
-                (await self.realize(node, path, record, os.O_RDONLY)).close()
+        """Change the object at *rel*; an Unreal one is made Real first (`make_real`; truncated
+        to 0: an empty one, nothing fetched), then changed."""
+        await self._make_real(rel, empty=changes.size == 0)
         return await self.real.setattr(rel, changes)
+
+    async def make_real(self, rel: bytes) -> Stat:
+        """Make the Unreal object at *rel* Real (a file: fetched and placed as for a write; a
+        directory: made, with those above it); its Real attributes."""
+        await self._make_real(rel, empty=False)
+        return self.real.stat(rel)
+
+    async def _make_real(self, rel: bytes, empty: bool) -> None:
+        if self._is_real(rel) or (found := self._unreal(rel)) is None:
+            return
+        node, record = found
+        path = tuple(rel.split(b"/"))
+        if record.kind == KIND_DIR:
+            self._realize_dir(rel)
+        elif record.kind != KIND_FILE:
+            log.info("%s: an Unreal symbolic link is not made Real to be changed", _show(rel))
+            raise FsError("an Unreal symbolic link cannot be changed yet", errno=errno.EIO)
+        elif empty:  # truncated: nothing to fetch
+            self.realize_empty(path, record, os.O_RDONLY).close()
+        else:
+            (await self.realize(node, path, record, os.O_RDONLY)).close()
 
     # ---- extended attributes
 
@@ -660,12 +678,15 @@ class MergedTree:
         raise NoData()
 
     def setxattr(self, rel: bytes, name: bytes, value: bytes) -> None:
+        """Set an attribute of the Real object at *rel* (the namespace has `make_real` an
+        Unreal one first: it has no attributes of its own)."""
         if self._is_real(rel) or self._unreal(rel) is None:
             self.real.setxattr(rel, name, value)
             return
         raise _unavailable(rel, "changing")
 
     def removexattr(self, rel: bytes, name: bytes) -> None:
+        """Remove an attribute; an Unreal entry has none to remove (a peer's are not carried)."""
         if self._is_real(rel) or self._unreal(rel) is None:
             self.real.removexattr(rel, name)
             return

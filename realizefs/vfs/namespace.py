@@ -336,11 +336,12 @@ class Namespace:
         if self._shrink.due(len(self._told)):  # the tables of a namespace that shrank a lot
             self._told, self._stamps, self._pins = dict(self._told), dict(self._stamps), dict(self._pins)
 
-    def _pin(self, arena: Arena, rel: bytes) -> tuple[Pin | None, Stat]:
-        """A pin of the object at *rel* if the budget allows (else None), and its attributes."""
+    def _pin(self, arena: Arena, rel: bytes, listed: Stat | None = None) -> tuple[Pin | None, Stat]:
+        """A pin of the object at *rel* (*listed* so by a listing, if given) if the budget
+        allows (else None), and its attributes."""
         if len(self._pins) < self.max_pins:
             try:
-                return arena.tree.pin(rel)
+                return arena.tree.pin(rel) if listed is None else arena.tree.pin_listed(rel, listed)
             except FsError as exc:
                 if exc.errno not in _NO_DESCRIPTORS:
                     raise
@@ -410,15 +411,16 @@ class Namespace:
         self.inodes.forget(ino, count)
         self._settle(ino)
 
-    def listed(self, fh: int, name: bytes, ino: int) -> None:
-        """readdirplus gave the kernel *name* (inode *ino*) from the listing *fh*: one reference."""
+    def listed(self, fh: int, index: int, ino: int) -> None:
+        """readdirplus gave the kernel entry *index* (inode *ino*) of the listing *fh*: one reference."""
         handle = self._handles.get(fh)
         node = self.inodes.node(ino)
         pin = None
         if isinstance(handle, DirHandle) and node is not None and not self.is_virtual(handle.ino):
+            name, what = handle.entries[index]
             try:
                 arena, rel = self._locate(handle.ino)
-                pin, st = self._pin(arena, join(rel, name))
+                pin, st = self._pin(arena, join(rel, name), None if isinstance(what, Attr) else what)
             except FsError:
                 pass  # gone since the listing: the kernel finds out at its next call
             else:
@@ -824,8 +826,8 @@ class Namespace:
     # ------------------------------------------------------------ extended attributes
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        if self.is_virtual(ino):
-            raise NoData()
+        if self.is_virtual(ino) or not attributes.kept(name):
+            raise NoData()  # (the kernel asks for security.* at each ls -l and write: not looked up)
         pin = self._pins.get(ino) if xattrs.is_acl(name) else None
         if pin is not None:  # the kernel asks for the ACL after each readdirplus: one syscall
             return pin.acl(name)
@@ -838,10 +840,14 @@ class Namespace:
         arena, rel, st = self._here(ino)
         return attributes.names(arena.tree, rel, stat.S_IFMT(st.st_mode))
 
-    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        """Set an attribute; one stored on the object (``user.*``, an ACL) makes an Unreal object
+        Real first, as a change of its attributes does (`setattr`)."""
         if self.is_virtual(ino):
             raise NotPermitted("realizefs's own files and directories have no attributes to set")
-        arena, rel, _ = self._here(ino)
+        arena, rel, st = self._here(ino)
+        if attributes.stored(name) and unreal_device(st.st_dev):
+            self._made_real(ino, await arena.tree.make_real(rel))
         attributes.put(arena.tree, rel, name, value, _where(arena, rel), self._hash_of(arena, rel))
 
     def removexattr(self, ino: int, name: bytes) -> None:

@@ -22,7 +22,7 @@ from realizefs.errors import NotPermitted, from_oserror
 from realizefs.real import xattrs
 from realizefs.real.backing import Backing, Owner, fallocate, proc_path, reopen
 from realizefs.types import Mode
-from realizefs.vfs.tree import Changes, Pin
+from realizefs.vfs.tree import Changes, Pin, Stat
 
 
 def _fstat(fd: int) -> os.stat_result:
@@ -133,6 +133,9 @@ class RealTree:
         fd, st = self.backing.pin(rel)
         return RealPin(fd), st
 
+    def pin_listed(self, rel: bytes, st: Stat) -> tuple[RealPin, os.stat_result]:
+        return self.pin(rel)  # looked up again: the name may lead to another object since
+
     def open(self, rel: bytes, flags: int) -> RealFile:
         return RealFile(self.backing.open(rel, flags))
 
@@ -192,6 +195,9 @@ class RealTree:
         if changes.atime_ns is not None or changes.mtime_ns is not None:
             backing.utime(rel, changes.atime_ns, changes.mtime_ns)
         return backing.stat(rel)
+
+    async def make_real(self, rel: bytes) -> os.stat_result:
+        return self.backing.stat(rel)
 
     def stored_mode(self, rel: bytes) -> Mode | None:
         return xattrs.stored_mode(self.backing, rel)

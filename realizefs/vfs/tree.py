@@ -127,6 +127,10 @@ class Tree(Protocol):
 
     def pin(self, rel: bytes) -> tuple[Pin, Stat]: ...
 
+    def pin_listed(self, rel: bytes, st: Stat) -> tuple[Pin, Stat]:
+        """A pin of the object a listing of *rel*'s directory showed as *st*, and its attributes
+        (a readdirplus hands the kernel each entry it lists)."""
+
     def open(self, rel: bytes, flags: int) -> File:
         """Open the object at *rel* (never following a symbolic link) with ``open(2)`` *flags*."""
 
@@ -167,6 +171,10 @@ class Tree(Protocol):
 
     async def setattr(self, rel: bytes, changes: Changes) -> Stat:
         """Change the attributes of the object at *rel* (an Unreal one is made Real first)."""
+
+    async def make_real(self, rel: bytes) -> Stat:
+        """Make the object at *rel* Real if it is not (an Unreal file fetched and placed, an
+        Unreal directory made), to hold what only a Real one can; its attributes."""
 
     # ---- extended attributes
     def stored_mode(self, rel: bytes) -> Mode | None:

@@ -146,9 +146,10 @@ def test_two_listening_daemons_connect_once(bases: list[Path]) -> None:
         assert {seen_a["direction"], seen_b["direction"]} == {"inbound", "outbound"}
         assert seen_a["key"] == pair.keys[1] and seen_a["address"] == f"127.0.0.1:{pair.ports[1]}"
         assert seen_a["bytes_in"] > 0 and seen_a["bytes_out"] > 0
-        assert seen_a["pending_history"] is None and seen_a["transfers"] == []
+        assert seen_a["connected_at"] is not None and seen_a["transfers"]["lane_chunks_in"] == 0
         text = (a.mountpoint / ".realize" / "peers").read_text()
         assert "1 configured, 1 connected" in text and "connected (" in text and "rtt " in text
+        assert "chunks since it connected" in text and "pending history: -" not in text
         consensus = json.loads((a.mountpoint / ".realize" / "consensus.json").read_text())
         assert consensus["connected_peers"] == 1
         since = seen_a["since"]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.test_peers import Pair, connected
+from tests.fuse.test_peers import Pair, connected, peers
 from tests.support import wait_for
 
 REST = '\n[consensus]\nrest = "1h"\n'
@@ -168,6 +168,43 @@ def test_an_unreal_file_is_read_on_demand_and_again_from_the_cache(bases: list[P
         wait_for(lambda: not connected(b, "a"), 20, "b to see a gone")
         subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=True)
         assert there.read_bytes() == data  # from b's cache alone
+
+
+def test_realize_peers_shows_each_peers_following_and_transfers(bases: list[Path]) -> None:
+    """``.realize/peers`` printed "pending history: -, transfers: none" whatever happened: it
+    shows how far each side's following of the arena has come, and the chunks moved since
+    the peer connected, both ways; a peer gone is shown disconnected, with why."""
+    with household(bases) as pair:
+        a, b = pair.daemons
+        data = random.Random(5).randbytes(3 << 20)
+        (a.mnt() / "one.bin").write_bytes(data)
+        (a.mnt() / "two.txt").write_text("two")
+        there = b.mnt() / "one.bin"
+        wait_for(lambda: listed(b.mnt() / "two.txt"), 20, "listed on b")
+        wait_for(lambda: (s := listed(there)) is not None and s.st_size == len(data), 20, "listed on b")
+        assert there.read_bytes() == data  # fetched from a
+        seen = peers(b)["a"]
+        moved = seen["transfers"]
+        assert moved["lane_bytes_in"] + moved["control_bytes_in"] >= len(data)
+        assert moved["lane_chunks_in"] + moved["control_chunks_in"] >= 40
+        assert moved["lane_in_flight"] == moved["control_asking"] == 0
+        given = peers(a)["b"]["transfers"]
+        assert given["lane_bytes_out"] + given["control_bytes_out"] >= len(data)
+        assert seen["lists"]["a"]["taken"]["records"] >= 2 and seen["lists"]["a"]["taken"]["last"] >= 2
+        # a tells b everything it holds: nothing left to send, sent up to its latest number
+        wait_for(lambda: peers(a)["b"]["lists"]["a"]["sent"]["not_sent"] == 0, 20, "a to have sent all")
+        sent = peers(a)["b"]["lists"]["a"]["sent"]
+        assert sent["last"] == sent["latest"] >= seen["lists"]["a"]["taken"]["last"] and sent["records"] >= 2
+        text = (b.mountpoint / ".realize" / "peers").read_text()
+        assert "pending history" not in text and "transfers: none" not in text
+        assert "chunks since it connected: bulk lanes" in text and "arena a: took its records up to #" in text
+        a.stop()
+        wait_for(lambda: not connected(b, "a"), 20, "b to see a gone")
+        gone = peers(b)["a"]
+        assert gone["state"] == "disconnected" and gone["last_error"] and gone["connected_at"]
+        assert gone["transfers"] is None and gone["lists"] == {}
+        text = (b.mountpoint / ".realize" / "peers").read_text()
+        assert "disconnected since" in text and f"last connected {gone['connected_at']}; last error: " in text
 
 
 @pytest.mark.parametrize("others", [0, 1])
@@ -440,6 +477,50 @@ def test_changing_an_unreal_files_attributes_makes_it_real_first(bases: list[Pat
             asked = ["stat", "--cached=never", "-c", "%a %u", str(b.mnt() / "reading")]  # the daemon asked
             assert subprocess.run(asked, capture_output=True, text=True, check=True).stdout == "600 0\n"
             assert reading.read() == data[1000:]
+
+
+def test_setting_a_user_xattr_on_an_unreal_file_makes_it_real_first(bases: list[Path]) -> None:
+    """``setfattr -n user.x`` of a file b holds only in its Unreal failed with EIO: it is made
+    Real (fetched, placed), then set, as a chmod does; reading or listing user attributes,
+    or removing one, answers without fetching (a peer's attributes are not carried: there
+    are none to find); ``user.realize.mode`` keeps its answer."""
+    with household(bases) as pair:
+        a, b = pair.daemons
+        data = random.Random(23).randbytes(300_000)
+        (a.mnt() / "tagged").write_bytes(data)
+        (a.mnt() / "dir").mkdir()
+        (a.mnt() / "dir" / "inside").write_text("in dir\n")
+        there = b.mnt() / "tagged"
+        wait_for(lambda: listed(b.mnt() / "dir" / "inside") and listed(there), 20, "listed on b")
+        held = os.open(there, os.O_PATH)
+        inode = os.fstat(held).st_ino
+        for attempt in (
+            lambda: os.getxattr(there, "user.x"),
+            lambda: os.removexattr(there, "user.x"),
+            lambda: os.removexattr(b.mnt() / "dir", "user.x"),
+        ):
+            with pytest.raises(OSError) as nothing:
+                attempt()
+            assert nothing.value.errno == errno.ENODATA
+        assert [n for n in os.listxattr(there) if n.startswith("user.")] == []
+        with pytest.raises(OSError) as mode:  # as before: a mode on an Unreal file comes with consensus
+            os.setxattr(there, "user.realize.mode", b"real")
+        assert mode.value.errno == errno.EPERM
+        assert os.getxattr(there, "user.realize.status") == b"unreal 0% cached"  # nothing fetched
+        assert not (b.root() / "tagged").exists()
+        subprocess.run(["setfattr", "-n", "user.x", "-v", "y", there], check=True)
+        assert os.getxattr(there, "user.x") == b"y" == os.getxattr(b.root() / "tagged", "user.x")
+        assert (b.root() / "tagged").read_bytes() == data == there.read_bytes()
+        assert os.getxattr(there, "user.realize.status") == b"real"
+        assert os.stat(there).st_ino == inode == os.fstat(held).st_ino  # the same object, as after a chmod
+        os.close(held)
+        assert "user.x" in os.listxattr(there)
+        os.removexattr(there, "user.x")
+        assert "user.x" not in os.listxattr(b.root() / "tagged")
+        # an Unreal directory is made (only it: what it holds stays Unreal) to hold one
+        os.setxattr(b.mnt() / "dir", "user.d", b"1")
+        assert os.getxattr(b.root() / "dir", "user.d") == b"1" == os.getxattr(b.mnt() / "dir", "user.d")
+        assert os.listdir(b.root() / "dir") == [] and os.listdir(b.mnt() / "dir") == ["inside"]
 
 
 def test_changing_an_unreal_directorys_attributes_makes_it_real(bases: list[Path]) -> None:

@@ -55,7 +55,7 @@ def test_a_directory_swapped_for_a_symlink_is_never_followed(
         lambda: ns.symlink(d, b"ln", b"x", ROOT),
         lambda: ns.unlink(d, b"f"),
         lambda: ns.opendir(d),
-        lambda: ns.setxattr(d, b"user.x", b"1"),
+        lambda: trio.run(partial(ns.setxattr, d, b"user.x", b"1")),
         lambda: trio.run(partial(ns.setattr, d, None, mode=0o777)),
     ]
     for attempt in attempts:
@@ -198,7 +198,7 @@ def test_an_unpinned_node_is_never_opened_onto_the_object_that_replaced_it(
         lambda ns, ino: trio.run(partial(ns.setattr, ino, None, mode=0o600)),
         lambda ns, ino: ns.getxattr(ino, b"user.x"),
         lambda ns, ino: ns.listxattr(ino),
-        lambda ns, ino: ns.setxattr(ino, b"user.x", b"1"),
+        lambda ns, ino: trio.run(partial(ns.setxattr, ino, b"user.x", b"1")),
         lambda ns, ino: ns.removexattr(ino, b"user.x"),
     ],
 )
@@ -297,7 +297,7 @@ def test_a_listing_longer_than_the_forgotten_bound_hands_out_every_entry(ns: Nam
     for index in range(ns.list_dir(fh, 0)):
         name, attr = ns.dir_entry(fh, index)
         if name not in (b".", b".."):
-            ns.listed(fh, name, attr.ino)
+            ns.listed(fh, index, attr.ino)
             seen[name] = attr.ino
     ns.releasedir(fh)
     assert sorted(seen) == sorted(b"f%d" % i for i in range(20))

@@ -19,7 +19,7 @@ from realizefs.vfs.attributes import MODE, STATUS
 from realizefs.vfs.inodes import ROOT_INODE
 from realizefs.vfs.namespace import Namespace, ident
 from realizefs.vfs.realtree import RealTree
-from realizefs.vfs.tree import Changes, Pin, Tree
+from realizefs.vfs.tree import Changes, Pin, Stat, Tree
 
 ROOT = Owner(0, 0, lambda gid: gid == 0)
 
@@ -204,6 +204,9 @@ class MemoryTree:
         node = self._node(rel)
         return MemoryPin(node), node.st
 
+    def pin_listed(self, rel: bytes, st: Stat) -> tuple[MemoryPin, MemoryStat]:
+        return self.pin(rel)
+
     def open(self, rel: bytes, flags: int) -> MemoryFile:
         return MemoryFile(self._node(rel))
 
@@ -252,6 +255,9 @@ class MemoryTree:
         raise NotPermitted("read-only")
 
     async def setattr(self, rel: bytes, changes: Changes) -> MemoryStat:
+        raise NotPermitted("read-only")
+
+    async def make_real(self, rel: bytes) -> MemoryStat:
         raise NotPermitted("read-only")
 
     def stored_mode(self, rel: bytes) -> Mode | None:
