@@ -8,10 +8,17 @@ inodes, names and `Attr`; they raise `FsError`. Open files of both kinds are
 read and written through the namespace (`read`, `write`), which hands the call
 to the `Handle` the open made.
 
-The marker in each arena's root (`realizefs.real.marker`) and its staging
-directory (`realizefs.real.staging`) are not shown: a lookup does not find
-them, a listing leaves them out, and no name can be made, removed or renamed
-onto or from them through the mount (``EPERM``).
+The marker in each arena's root (`realizefs.real.marker`), its staging
+directory (`realizefs.real.staging`) and its conflicts area
+(`realizefs.real.conflicts`) are not shown: a lookup does not find them, a
+listing leaves them out, and no name can be made, removed or renamed onto or
+from them through the mount (``EPERM``). The conflicts area is shown instead
+as ``.realize/conflicts/<arena>/``, a *view*: a second root over the same
+tree, whose names are found and listed only for a reader who may see the
+paths they stand for (`realizefs.vfs.visibility`; the kernel keeps no entry
+there, so every lookup is checked), and where only deleting is allowed
+(`realizefs.vfs.conflicts`). ``user.realize.version`` written resolves a
+conflict (`set_version`).
 
 Node identity: an arena inode is the tree's object it was looked up as
 (`realizefs.vfs.inodes`). While the kernel holds a reference to a node, the
