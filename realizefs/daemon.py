@@ -119,6 +119,7 @@ class Daemon:
         self.watcher = Watcher()
         self.cache_sync = KernelCacheSync(self.namespace, self.watcher, self.indexer)
         self.consensus.changed = self.cache_sync.peers_changed
+        self.namespace.changed = self.cache_sync.peers_changed
         methods = Methods(*self.lists.served(), *self.content.served())
         self.household = Household(
             identity, self._hello(), config.network, config.peers, methods, chunks=self.content.lane_chunk
@@ -126,7 +127,9 @@ class Daemon:
         self._serve_arenas()
 
     def _peer_name(self, peer: bytes) -> str:
-        """A peer's name in the config, from its id in version vectors."""
+        """A peer's name in the config, from its id in version vectors (this peer's: its own)."""
+        if peer == self.index.me:
+            return self.config.node.name
         for p in self.config.peers:
             if peer_id(p.key) == peer:
                 return p.name

@@ -6,7 +6,8 @@ Contents are rendered for the user who reads them (see
 `realizefs.vfs.virtual`), from the `NodeView` the daemon provides.
 ``history`` shows a reader only the entries whose every path they may see
 (`realizefs.vfs.visibility`), and none whose directories on the way had their
-mode changed since (their permissions then are not known). ``consensus``
+mode changed since (their permissions then are not known); ``status`` lists
+the paths in conflict (`realizefs.vfs.conflicts`) the reader may see. ``consensus``
 accepts the command ``now``; any other text is refused with EINVAL.
 
 Real file and byte counts come from the content index, which keeps them with
@@ -34,6 +35,7 @@ from realizefs.real.indexer import Indexer
 from realizefs.real.marker import MARKER
 from realizefs.store.cache import CacheStats
 from realizefs.store.history import Entry, Version
+from realizefs.vfs import conflicts
 from realizefs.vfs.namespace import Namespace
 from realizefs.vfs.virtual import Command, Reader, VirtualFile
 from realizefs.vfs.visibility import Visibility
@@ -143,6 +145,8 @@ class Control:
                 "marker_missing": self.indexer.unmarked(arena.name),
                 "gone": self.indexer.gone(arena.name),
             }
+            visibility = Visibility(arena.backing, reader)
+            in_conflict = [p for p in conflicts.conflicted(arena.tree) if visibility.may_see(p)]
             arenas.append(
                 {
                     "name": arena.name,
@@ -151,6 +155,7 @@ class Control:
                     "mode": (stored or arena.config.mode).value,
                     "mode_set_on": "root" if stored is not None else "config",
                     "real": real,
+                    "conflicts": [p.decode(errors="replace") for p in in_conflict],
                 }
             )
         uptime = now - self.node.started
@@ -185,6 +190,12 @@ class Control:
                     "the directory was replaced; the counts are from before. Put it back, then reload "
                     "(SIGHUP) or restart"
                 )
+            if a["conflicts"]:
+                lines.append(
+                    f"    in conflict: {_count(len(a['conflicts']), 'path')} (versions kept in "
+                    f".realize/conflicts/{a['name']}/; user.realize.versions lists them)"
+                )
+                lines.extend(f"      {path}" for path in a["conflicts"])
         cache = self.node.cache_stats()
         asked = cache.hits + cache.misses
         hit_rate = cache.hits / asked if asked else None

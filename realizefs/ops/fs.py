@@ -19,6 +19,7 @@ import pyfuse3
 
 from realizefs.errors import FsError
 from realizefs.real.backing import Owner
+from realizefs.vfs.attributes import VERSION
 from realizefs.vfs.attrs import Attr
 from realizefs.vfs.namespace import Namespace
 from realizefs.vfs.virtual import ROOT, Reader
@@ -117,7 +118,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        attr = self.ns.lookup(parent_inode, name)
+        attr = self.ns.lookup(parent_inode, name, reader(ctx) if self.ns.in_view(parent_inode) else ROOT)
         if self.ns.is_virtual_file(attr.ino):
             attr = await self.ns.virtual_file_attr(attr.ino, reader(ctx))
         return entry(attr)
@@ -243,7 +244,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def opendir(self, inode: int, ctx: Any) -> int:
-        return self.ns.opendir(inode)
+        return self.ns.opendir(inode, reader(ctx) if self.ns.in_view(inode) else ROOT)
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -285,7 +286,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        await self.ns.setxattr(inode, name, value)
+        if name == VERSION:
+            await self.ns.set_version(inode, value)
+        else:
+            await self.ns.setxattr(inode, name, value)
 
     @handler
     async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:

@@ -24,9 +24,9 @@ of this peer's):
   is realized: a file fetched and placed, a directory or symlink made;
 - versions that say the same (alike: the same content made on two peers, a
   crash between a change and its record) only merge their vectors;
-- a conflict (concurrent unlike versions) is left as it is and reported:
-  nothing is overwritten. Keeping each losing version readable under
-  ``.realize/conflicts/`` is not built yet.
+- a conflict (concurrent unlike versions): a losing version held here is
+  moved to its conflict copy (`realizefs.real.conflicts`, shown under
+  ``.realize/conflicts/``) and the winner taken; nothing is overwritten.
 
 When: a *prompt* pass (deletes, moves, vectors, directory modes) shortly
 after news from a peer, so a delete or a rename reaches the Real within
@@ -59,6 +59,7 @@ from realizefs.consensus.versions import Order, compare
 from realizefs.errors import FsError
 from realizefs.real import apply, staging, xattrs
 from realizefs.real.backing import Backing, Owner
+from realizefs.real.conflicts import copy_path, in_conflicts
 from realizefs.store.cache import CacheFull
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Index, Offered, Record
 from realizefs.sync.content import Content
@@ -69,7 +70,6 @@ log = logging.getLogger(__name__)
 PROMPT_DELAY = 0.2  # seconds after news from a peer before a prompt pass
 FETCH_BLOCK = 8 << 20  # bytes asked of the content at a time while fetching a file
 FETCHES = 4  # files fetched at once
-CONFLICTS = b".realize-conflicts"  # in an arena's root: the losing versions of conflicts
 FAILURES_KEPT = 50  # failures listed per pass
 RETRY_FIRST = 10.0  # seconds after a full pass with failures before the next; doubled each time in a row
 CACHE_BATCH = 16 << 20  # bytes of an unrealized file's chunks put in the cache per transaction
@@ -326,7 +326,7 @@ class Consensus:
         held, place = item.record, plan.place
         plan.report.conflicts.append((place.name, _show(item.path)))
         loser = held.here and held.kind == KIND_FILE and not resolves(choice, weighed(held))
-        if loser and not held.pending and held.hash is not None and item.path[0] != CONFLICTS:
+        if loser and not held.pending and held.hash is not None and not in_conflicts(item.path):
             # this peer holds a losing version: kept aside, where every peer can read it
             real = effective_mode(plan.place, item.path, plan.modes) is Mode.REAL
             plan.steps.append(Step(Kind.KEEP, item.path, _agreed(held, offered, choice), held, real=real))
@@ -689,14 +689,10 @@ def _agreed(held: Record, offered: list[Record], choice: Choice) -> Record:
 
 
 def conflict_copy(path: tuple[bytes, ...], held: Record) -> tuple[bytes, ...]:
-    """Where a losing version of *path* is kept: ``.realize-conflicts/<path>/<origin>-<hash><ext>``
-    (the same name on every peer: made by several, they are one version)."""
-    name = path[-1]
-    dot = name.rfind(b".")
-    ext = name[dot:] if dot > 0 and len(name) - dot <= 16 else b""
-    origin = held.origin.hex()[:8] or "unknown"
+    """Where a losing version of *path* is kept (`realizefs.real.conflicts`; the same name on
+    every peer: made by several, they are one version)."""
     assert held.hash is not None
-    return (CONFLICTS, *path, f"{origin}-{held.hash.hex()[:12]}".encode() + ext)
+    return copy_path(path, held.origin, held.hash)
 
 
 def _told(path: bytes, st: os.stat_result | None) -> None:

@@ -4,8 +4,11 @@
 setting the tree holds on the path or an ancestor, else the arena default) and
 writes (or removes) the setting stored on the path; ``user.realize.status``
 (the tree's account of the path's state), ``user.realize.hash`` and
-``user.realize.peers`` (the peers holding its version in their Real) are
-computed. Computed values are readable by name but
+``user.realize.peers`` (the peers holding its version in their Real) and
+``user.realize.versions`` (of a path in conflict: its current version and
+those kept, `realizefs.vfs.conflicts`) are computed; ``user.realize.version``
+is written to resolve a conflict (by the namespace: it may fetch) and reads as
+unset. Computed values are readable by name but
 never listed: `names` lists ``user.realize.mode`` only where it is set on that
 very path, so that copy tools (``cp -a``, ``mv``, ``rsync -X``) neither copy
 nor pin them. Writing a computed attribute is refused unless the value is the
@@ -28,6 +31,7 @@ from realizefs.errors import InvalidValue, NoData, NotPermitted, NotSupported
 from realizefs.real import xattrs
 from realizefs.real.backing import split
 from realizefs.types import Mode
+from realizefs.vfs import conflicts
 from realizefs.vfs.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -36,7 +40,9 @@ MODE = xattrs.MODE_NAME
 STATUS = b"user.realize.status"
 HASH = b"user.realize.hash"
 PEERS = b"user.realize.peers"
-COMPUTED = (STATUS, HASH, PEERS)
+VERSIONS = b"user.realize.versions"  # of a path in conflict: the current one and those kept
+VERSION = b"user.realize.version"  # written (by the namespace): the version made current
+COMPUTED = (STATUS, HASH, PEERS, VERSIONS)
 
 ContentHash = Callable[[], bytes | None]
 
@@ -70,7 +76,7 @@ def get(tree: Tree, rel: bytes, name: bytes, default: Mode, content_hash: Conten
     if name in COMPUTED:
         value = _computed(tree, rel, name, content_hash)
         if value is None:
-            raise NoData("not hashed yet")  # being written, resting, or not a file
+            raise NoData("not hashed yet" if name != VERSIONS else "not in conflict")
         return value
     if not xattrs.is_passthrough(name):
         raise NoData()
@@ -94,6 +100,9 @@ def _computed(tree: Tree, rel: bytes, name: bytes, content_hash: ContentHash) ->
         return tree.status(rel)
     if name == PEERS:
         return tree.peers(rel)
+    if name == VERSIONS:
+        kept = conflicts.copies(tree, rel)
+        return conflicts.describe(conflicts.versions(tree, rel, kept)) if kept else None
     found = content_hash()
     return None if found is None else found.hex().encode()
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from realizefs.errors import FsError
 from realizefs.real.backing import join
+from realizefs.real.conflicts import CONFLICTS
 from realizefs.real.watcher import Change
 from realizefs.vfs.namespace import Arena, Namespace
 from realizefs.vfs.tree import Stat
@@ -134,8 +135,14 @@ def everything(ns: Namespace) -> Invalidation:
 
 
 def _known(ns: Namespace, arena_ino: int, rel: bytes) -> int | None:
+    """The node the kernel may hold for *rel*: the arena's conflicts area is shown in its view
+    (``.realize/conflicts/<arena>``), not in the arena."""
     ino: int | None = arena_ino
-    for part in rel.split(b"/") if rel else ():
+    parts = rel.split(b"/") if rel else []
+    if parts and parts[0] == CONFLICTS:
+        ino = ns.view(arena_ino)
+        parts = parts[1:]
+    for part in parts:
         ino = ns.inodes.child(ino, part) if ino is not None else None
     return ino
 

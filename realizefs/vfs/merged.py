@@ -67,7 +67,7 @@ from realizefs.real.backing import RENAME_EXCHANGE, RENAME_NOREPLACE, Owner, joi
 from realizefs.store.index import KIND_DIR, KIND_FILE, KIND_LINK, Index, Record
 from realizefs.types import Mode
 from realizefs.vfs.realtree import RealFile, RealPin, RealTree
-from realizefs.vfs.tree import Changes, Pin, Stat
+from realizefs.vfs.tree import Changes, Held, Pin, Stat
 
 log = logging.getLogger(__name__)
 
@@ -531,6 +531,14 @@ class MergedTree:
         content = record.hash if record.kind == KIND_FILE else None
         holders = self.index.holders(self.arena, rel.split(b"/"), record.vv, content, real=True)
         return ", ".join(self.peer_name(peer) for peer in holders).encode()
+
+    def held(self, rel: bytes) -> Held | None:
+        found = self.index.entry(self.root, rel.split(b"/")) if rel else None
+        if found is None or found[1].kind != KIND_FILE:
+            return None
+        record = found[1]
+        origin = self.peer_name(record.origin) if record.origin else ""
+        return Held(record.settled_hash, origin, record.mtime_ns, record.size)
 
     # ---- creating, removing, changing
 

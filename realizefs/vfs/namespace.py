@@ -8,10 +8,17 @@ inodes, names and `Attr`; they raise `FsError`. Open files of both kinds are
 read and written through the namespace (`read`, `write`), which hands the call
 to the `Handle` the open made.
 
-The marker in each arena's root (`realizefs.real.marker`) and its staging
-directory (`realizefs.real.staging`) are not shown: a lookup does not find
-them, a listing leaves them out, and no name can be made, removed or renamed
-onto or from them through the mount (``EPERM``).
+The marker in each arena's root (`realizefs.real.marker`), its staging
+directory (`realizefs.real.staging`) and its conflicts area
+(`realizefs.real.conflicts`) are not shown: a lookup does not find them, a
+listing leaves them out, and no name can be made, removed or renamed onto or
+from them through the mount (``EPERM``). The conflicts area is shown instead
+as ``.realize/conflicts/<arena>/``, a *view*: a second root over the same
+tree, whose names are found and listed only for a reader who may see the
+paths they stand for (`realizefs.vfs.visibility`; the kernel keeps no entry
+there, so every lookup is checked), and where only deleting is allowed
+(`realizefs.vfs.conflicts`). ``user.realize.version`` written resolves a
+conflict (`set_version`).
 
 Node identity: an arena inode is the tree's object it was looked up as
 (`realizefs.vfs.inodes`). While the kernel holds a reference to a node, the
@@ -52,19 +59,21 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from realizefs.config import ArenaConfig
-from realizefs.errors import AccessDenied, FsError, NoData, NotFound, NotPermitted, Stale
+from realizefs.errors import AccessDenied, FsError, InvalidValue, NoData, NotFound, NotPermitted, Stale
 from realizefs.real import xattrs
-from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join
+from realizefs.real.backing import RENAME_EXCHANGE, Backing, Owner, join, split
+from realizefs.real.conflicts import CONFLICTS
 from realizefs.real.marker import MARKER
 from realizefs.real.staging import STAGING
 from realizefs.shrink import Shrink
-from realizefs.vfs import attributes
+from realizefs.vfs import attributes, conflicts
 from realizefs.vfs.attrs import Attr, FsStats
 from realizefs.vfs.inodes import ROOT_INODE, Ident, InodeTable
 from realizefs.vfs.merged import fixed_inode, unreal_device
 from realizefs.vfs.realtree import RealTree
 from realizefs.vfs.tree import Changes, File, Pin, Stat, Tree
-from realizefs.vfs.virtual import Reader, Snapshots, VirtualDir, VirtualFile, VirtualOpen
+from realizefs.vfs.virtual import ROOT, Reader, Snapshots, VirtualDir, VirtualFile, VirtualOpen
+from realizefs.vfs.visibility import Visibility
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +92,8 @@ MAX_PINS = 1 << 16
 PINS_GIVEN_BACK = 1024  # descriptors freed for other uses when the process runs out
 _NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 CONTROL_DIR = b".realize"
-_OWN = (MARKER, STAGING)  # names in an arena's root that are the daemon's, not shown
+CONFLICTS_DIR = b"conflicts"  # in .realize/: each arena's conflicts area (see the module doc)
+_OWN = (MARKER, STAGING, CONFLICTS)  # names in an arena's root that are the daemon's, not shown
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # The kernel orders appends and handles O_DIRECT alignment itself: the backing
 # descriptor is written at the offsets the kernel gives.
@@ -114,6 +124,7 @@ class DirHandle:
     # the listing: an arena entry's attributes as listed, numbered when handed to the kernel
     entries: list[tuple[bytes, Attr | Stat]] = field(default_factory=list)
     listed: bool = False
+    reader: Reader = ROOT  # who opened it: in a conflicts view, what they may see is listed
 
 
 Stamp = tuple[int, int, int]  # size, mtime_ns, ctime_ns
@@ -153,12 +164,17 @@ class Namespace:
         self._virtual_files: dict[int, VirtualFile] = {}
         self._snapshots = Snapshots()
         self._arenas: dict[int, Arena] = {}
+        self._views: dict[int, Arena] = {}  # .realize/conflicts/<arena> -> the arena it shows
+        # paths of an arena changed by the namespace itself, not by a request of the kernel's
+        # (resolving a conflict): the kernel's caches drop them (set by the daemon)
+        self.changed: Callable[[str, list[tuple[bytes, ...]]], None] = lambda arena, paths: None
         self._handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = 1
         self._open: dict[int, list[File]] = {}  # inode -> its files open through the mount
         self._stamps: dict[int, Stamp] = {}
         self._born_ns = time.time_ns()
         control_ino = self._add_virtual_dir(ROOT_INODE, CONTROL_DIR)
+        self._conflicts_ino = self._add_virtual_dir(control_ino, CONFLICTS_DIR)
         for vfile in control:
             ino = self.inodes.add(control_ino, vfile.name, stat.S_IFREG, keep=True)
             self._virtual_files[ino] = vfile
@@ -187,7 +203,9 @@ class Namespace:
             else:
                 del self._arenas[ino]
                 arena.backing.close()
-                removed.append(self._unlink_virtual_path(arena.name))
+                removed.append(self._unlink_virtual_path(ROOT_INODE, arena.name))
+                removed.append(self._unlink_virtual_path(self._conflicts_ino, arena.name))
+                self._views = {i: a for i, a in self._views.items() if a is not arena}
         present = {a.name for a in self._arenas.values()}
         for name, config in wanted.items():
             if name in present:
@@ -199,7 +217,13 @@ class Namespace:
                 parent = self._add_virtual_dir(parent, part)
             ino = self.inodes.add(parent, last, stat.S_IFDIR, keep=True)
             self._virtual_dirs[parent].children[last] = ino
-            self._arenas[ino] = Arena(config, backing, self._tree(config, backing), ino)
+            self._arenas[ino] = arena = Arena(config, backing, self._tree(config, backing), ino)
+            parent = self._conflicts_ino
+            for part in parents:
+                parent = self._add_virtual_dir(parent, part)
+            shown = self.inodes.add(parent, last, stat.S_IFDIR, keep=True)
+            self._virtual_dirs[parent].children[last] = shown
+            self._views[shown] = arena
         return removed
 
     def _add_virtual_dir(self, parent: int, name: bytes) -> int:
@@ -211,10 +235,11 @@ class Namespace:
         self._virtual_dirs[ino] = VirtualDir()
         return ino
 
-    def _unlink_virtual_path(self, arena_name: str) -> tuple[int, bytes]:
-        """Remove an arena's entry and its emptied virtual parents; the topmost entry removed."""
+    def _unlink_virtual_path(self, top: int, arena_name: str) -> tuple[int, bytes]:
+        """Remove an arena's entry in *top* (the root, or .realize/conflicts) and its emptied
+        virtual parents; the topmost entry removed."""
         parts = arena_name.encode().split(b"/")
-        chain = [ROOT_INODE]
+        chain = [top]
         for part in parts[:-1]:
             chain.append(self._virtual_dirs[chain[-1]].children[part])
         for depth in range(len(parts) - 1, -1, -1):
@@ -223,7 +248,7 @@ class Namespace:
             ino = children.pop(parts[depth])
             self.inodes.detach(parent, parts[depth])
             self._virtual_dirs.pop(ino, None)
-            if children or parent == ROOT_INODE:
+            if children or parent == top:
                 return parent, parts[depth]
         raise AssertionError("unreachable: the root always stops the walk")
 
@@ -246,6 +271,10 @@ class Namespace:
         names: list[bytes] = []
         cur = ino
         while (arena := self._arenas.get(cur)) is None:
+            arena = self._views.get(cur)
+            if arena is not None:  # .realize/conflicts/<arena>: its conflicts area
+                names.append(CONFLICTS)
+                break
             if cur in self._virtual_dirs:
                 raise NotPermitted()
             node = self.inodes.node(cur)
@@ -258,6 +287,26 @@ class Namespace:
 
     def is_virtual(self, ino: int) -> bool:
         return ino in self._virtual_dirs or ino in self._virtual_files
+
+    def in_view(self, ino: int) -> bool:
+        """Whether *ino* is a directory of a conflicts view (``.realize/conflicts/<arena>`` or
+        below), whose names are shown to those who may see the paths they are of."""
+        if ino in self._views:
+            return True
+        if self.is_virtual(ino):
+            return False
+        try:
+            return conflicts.in_area(self._locate(ino)[1])
+        except FsError:
+            return False
+
+    def _may_see(self, arena: Arena, rel: bytes, kind: int, reader: Reader) -> bool:
+        """Whether *reader* may see the name *rel* of the conflicts area: a directory if they
+        may see the path it is of, a kept version if they may see the path it is a version of."""
+        if reader.uid == 0:
+            return True
+        of = rel[len(CONFLICTS) + 1 :] if kind == stat.S_IFDIR else split(rel)[0][len(CONFLICTS) + 1 :]
+        return Visibility(arena.backing, reader).may_see(of)
 
     def is_virtual_file(self, ino: int) -> bool:
         return ino in self._virtual_files
@@ -276,9 +325,11 @@ class Namespace:
         """Attributes of a virtual file with the size of the snapshot *reader* would read (see `virtual`)."""
         return self._virtual_attr(ino, await self._snapshots.size(ino, self._virtual_files[ino], reader))
 
-    def _attr(self, ino: int, st: Stat) -> Attr:
+    def _attr(self, ino: int, st: Stat, entry_ttl: float | None = None) -> Attr:
         self._told[ino] = st.st_ctime_ns
-        return Attr.from_stat(ino, st, self.ttl, VIRTUAL_TTL if ino in self._arenas else self.ttl)
+        if entry_ttl is None:
+            entry_ttl = VIRTUAL_TTL if ino in self._arenas else self.ttl
+        return Attr.from_stat(ino, st, self.ttl, entry_ttl)
 
     def _here(self, ino: int) -> tuple[Arena, bytes, Stat]:
         """Arena, path and attributes of the object *ino* names; `Stale` if the path leads elsewhere."""
@@ -370,8 +421,10 @@ class Namespace:
 
     # ------------------------------------------------------------ lookups
 
-    def lookup(self, parent: int, name: bytes) -> Attr:
-        """Attributes of *name* in *parent*; counts one kernel reference on success."""
+    def lookup(self, parent: int, name: bytes, reader: Reader = ROOT) -> Attr:
+        """Attributes of *name* in *parent*; counts one kernel reference on success. In a
+        conflicts view, only a name *reader* may see is found, and the kernel keeps no entry
+        (the next lookup, maybe another reader's, asks again)."""
         vdir = self._virtual_dirs.get(parent)
         if vdir is not None:
             ino = vdir.children.get(name)
@@ -387,9 +440,14 @@ class Namespace:
         except NotFound:
             self._detach(parent, name)
             raise
+        viewed = conflicts.in_area(rel)
+        if viewed and not self._may_see(arena, join(rel, name), stat.S_IFMT(st.st_mode), reader):
+            if pin is not None:
+                pin.close()
+            raise NotFound()
         ino = self._add(parent, name, st)
         self._referenced(ino, pin)
-        return self._attr(ino, st)
+        return self._attr(ino, st, 0.0 if viewed else None)
 
     def _add(self, parent: int, name: bytes, st: Stat) -> int:
         """The node of *name* in *parent*, which holds the object *st* describes."""
@@ -430,7 +488,7 @@ class Namespace:
         self._referenced(ino, pin)
 
     def getattr(self, ino: int) -> Attr:
-        if self.is_virtual(ino):
+        if self.is_virtual(ino) or ino in self._views:
             return self._virtual_attr(ino)
         files = self._open.get(ino)
         if files and not self._read_as_unreal(ino, st := files[0].stat()):
@@ -464,7 +522,7 @@ class Namespace:
             if size == 0 and vfile.command is not None and mode is uid is gid is None:
                 return self._virtual_attr(ino)  # O_TRUNC before a command is written
             raise NotPermitted()
-        if ino in self._virtual_dirs:
+        if ino in self._virtual_dirs or self.in_view(ino):
             raise NotPermitted()
         changes = Changes(size, mode, uid, gid, atime_ns, mtime_ns)
         file = self._file_for(ino, fh)
@@ -514,13 +572,16 @@ class Namespace:
 
     # ------------------------------------------------------------ creating and removing
 
-    def _arena_dir(self, parent: int, name: bytes) -> tuple[Arena, bytes]:
-        """The arena and directory where *name* is made, removed or renamed."""
+    def _arena_dir(self, parent: int, name: bytes, removing: bool = False) -> tuple[Arena, bytes]:
+        """The arena and directory where *name* is made, removed or renamed. In a conflicts
+        view names are only removed (*removing*)."""
         if parent in self._virtual_dirs:
             raise NotPermitted("only arenas hold files")
         arena, rel = self._locate(parent)
         if not rel and name in _OWN:
             raise NotPermitted(f"{name.decode()} in the arena's root is realizefs's own")
+        if conflicts.in_area(rel) and not removing:
+            raise NotPermitted("the conflicts view only lets what it shows be deleted")
         return arena, rel
 
     def _wrote(self, ino: int, file: File) -> None:
@@ -566,6 +627,8 @@ class Namespace:
         name renamed over meanwhile links the object the kernel asked about, never another."""
         if self.is_virtual(ino):
             raise NotPermitted("realizefs's own files cannot be linked")
+        if self.in_view(ino):
+            raise FsError("out of a conflicts view", errno=errno.EXDEV)
         arena, rel = self._arena_dir(new_parent, new_name)
         source_arena, source_rel = self._locate(ino)
         if source_arena is not arena:
@@ -604,18 +667,30 @@ class Namespace:
         return self._opened(attr.ino, file), attr
 
     def unlink(self, parent: int, name: bytes) -> None:
-        arena, rel = self._arena_dir(parent, name)
+        arena, rel = self._arena_dir(parent, name, removing=True)
         arena.tree.unlink(rel, name)
         self._detach(parent, name)
+        self._pruned(arena, rel)
 
     def rmdir(self, parent: int, name: bytes) -> None:
         if self._virtual_dirs.get(parent, VirtualDir()).children.get(name):
             raise NotPermitted("arenas are removed in the config")
-        arena, rel = self._arena_dir(parent, name)
+        arena, rel = self._arena_dir(parent, name, removing=True)
         arena.tree.rmdir(rel, name)
         self._detach(parent, name)
+        self._pruned(arena, rel)
+
+    def _pruned(self, arena: Arena, rel: bytes) -> None:
+        """After a delete in a conflicts view: its directories left empty go too (a path with
+        no version kept is no longer in conflict), and the kernel forgets them."""
+        if conflicts.in_area(rel):
+            gone = conflicts.prune(arena.tree, rel)
+            if gone:
+                self.changed(arena.name, [tuple(path.split(b"/")) for path in gone])
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
+        if self.in_view(old_parent) or self.in_view(new_parent):  # mv copies, then deletes
+            raise FsError("into or out of a conflicts view", errno=errno.EXDEV)
         arena_a, rel_a = self._arena_dir(old_parent, old_name)
         arena_b, rel_b = self._arena_dir(new_parent, new_name)
         if arena_a is not arena_b:
@@ -664,6 +739,8 @@ class Namespace:
 
     def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open an arena's file: (handle, whether the kernel may keep its cached pages)."""
+        if flags & _WRITE_FLAGS and self.in_view(ino):
+            raise NotPermitted("the conflicts view is read-only (but for deleting)")
         file, st = self._open_node(ino, flags & ~_NOT_PASSED)
         stamp = _stamp(st)
         keep = self._stamps.get(ino) == stamp
@@ -729,11 +806,12 @@ class Namespace:
 
     # ------------------------------------------------------------ directories
 
-    def opendir(self, ino: int) -> int:
-        """A directory handle; it is listed at its first read from the start, and again at each rewind."""
-        if not self.is_virtual(ino):
+    def opendir(self, ino: int, reader: Reader = ROOT) -> int:
+        """A directory handle; it is listed at its first read from the start, and again at each
+        rewind (in a conflicts view, with the names *reader* may see)."""
+        if not self.is_virtual(ino) and ino not in self._views:
             self._here(ino)  # still the directory the kernel holds
-        return self._new_fh(DirHandle(ino))
+        return self._new_fh(DirHandle(ino, reader=reader))
 
     def list_dir(self, fh: int, start: int) -> int:
         """How many entries the listing of *fh* has, listing it anew when read from its start.
@@ -745,13 +823,13 @@ class Namespace:
             raise FsError("bad directory handle", errno=9)
         if start == 0 or not handle.listed:
             try:
-                handle.entries = self._listing(handle.ino)
+                handle.entries = self._listing(handle.ino, handle.reader)
             except Stale:  # gone or replaced since it was opened: it reads as a deleted directory, empty
                 handle.entries = []
             handle.listed = True
         return len(handle.entries)
 
-    def _listing(self, ino: int) -> list[tuple[bytes, Attr | Stat]]:
+    def _listing(self, ino: int, reader: Reader) -> list[tuple[bytes, Attr | Stat]]:
         entries: list[tuple[bytes, Attr | Stat]] = [(b".", self.getattr(ino))]
         node = self.inodes.node(ino)
         parent = node.parent if node is not None and node.parent else ROOT_INODE
@@ -759,9 +837,22 @@ class Namespace:
         vdir = self._virtual_dirs.get(ino)
         if vdir is not None:
             entries.extend((name, self.getattr(child)) for name, child in sorted(vdir.children.items()))
+        elif ino in self._views:  # the conflicts area, if there is one yet
+            arena = self._views[ino]
+            with contextlib.suppress(NotFound):
+                listed = arena.tree.listdir(CONFLICTS)
+                entries.extend(
+                    e for e in listed if self._may_see(arena, join(CONFLICTS, e[0]), _kind(e[1]), reader)
+                )
         else:
             arena, rel, _ = self._here(ino)
-            entries.extend(e for e in arena.tree.listdir(rel) if rel or e[0] not in _OWN)
+            listed = arena.tree.listdir(rel)
+            if conflicts.in_area(rel):
+                entries.extend(
+                    e for e in listed if self._may_see(arena, join(rel, e[0]), _kind(e[1]), reader)
+                )
+            else:
+                entries.extend(e for e in listed if rel or e[0] not in _OWN)
         return entries
 
     def dir_entry(self, fh: int, index: int) -> tuple[bytes, Attr]:
@@ -771,7 +862,8 @@ class Namespace:
         name, what = handle.entries[index]
         if isinstance(what, Attr):
             return name, what
-        return name, self._attr(self._add(handle.ino, name, what), what)
+        viewed = self.in_view(handle.ino)
+        return name, self._attr(self._add(handle.ino, name, what), what, 0.0 if viewed else None)
 
     def _dotdot(self, ino: int) -> Attr:
         node = self.inodes.node(ino)
@@ -826,7 +918,7 @@ class Namespace:
     # ------------------------------------------------------------ extended attributes
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        if self.is_virtual(ino) or not attributes.kept(name):
+        if self.is_virtual(ino) or ino in self._views or not attributes.kept(name):
             raise NoData()  # (the kernel asks for security.* at each ls -l and write: not looked up)
         pin = self._pins.get(ino) if xattrs.is_acl(name) else None
         if pin is not None:  # the kernel asks for the ACL after each readdirplus: one syscall
@@ -835,7 +927,7 @@ class Namespace:
         return attributes.get(arena.tree, rel, name, arena.config.mode, self._hash_of(arena, rel))
 
     def listxattr(self, ino: int) -> list[bytes]:
-        if self.is_virtual(ino):
+        if self.is_virtual(ino) or ino in self._views:
             return []
         arena, rel, st = self._here(ino)
         return attributes.names(arena.tree, rel, stat.S_IFMT(st.st_mode))
@@ -843,15 +935,52 @@ class Namespace:
     async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         """Set an attribute; one stored on the object (``user.*``, an ACL) makes an Unreal object
         Real first, as a change of its attributes does (`setattr`)."""
-        if self.is_virtual(ino):
+        if self.is_virtual(ino) or self.in_view(ino):
             raise NotPermitted("realizefs's own files and directories have no attributes to set")
         arena, rel, st = self._here(ino)
+        if name == attributes.VERSION:
+            raise NotPermitted("resolving a conflict is asynchronous: see set_version")
         if attributes.stored(name) and unreal_device(st.st_dev):
             self._made_real(ino, await arena.tree.make_real(rel))
         attributes.put(arena.tree, rel, name, value, _where(arena, rel), self._hash_of(arena, rel))
 
+    async def set_version(self, ino: int, value: bytes) -> None:
+        """``user.realize.version`` written: the version *value* names made current at the
+        path in conflict (`realizefs.vfs.conflicts.resolve`); `InvalidValue` if it names none."""
+        if self.is_virtual(ino) or self.in_view(ino):
+            raise InvalidValue("not a path in conflict")
+        arena, rel, _ = self._here(ino)
+        chosen, changed = await conflicts.resolve(arena.tree, rel, value)
+        log.info(
+            "%s: conflict resolved: %s (%s) made current",
+            _where(arena, rel),
+            chosen.hash.hex()[:12],
+            chosen.where.decode(errors="replace"),
+        )
+        for path in changed:
+            self._replaced(arena, path)
+        self.changed(arena.name, [tuple(path.split(b"/")) for path in changed])
+
+    def _replaced(self, arena: Arena, rel: bytes) -> None:
+        """The object the node at *rel* was is gone from its path (a change the kernel did not
+        ask for): the node is made an orphan and lets go of its pin, so the kernel's next
+        open or stat of it finds it stale and looks the name up again (the invalidation that
+        follows drops its entry)."""
+        parts = rel.split(b"/")
+        ino: int | None = arena.ino
+        if parts[0] == CONFLICTS:
+            ino, parts = self.view(arena.ino), parts[1:]
+        for part in parts:
+            ino = self.inodes.child(ino, part) if ino is not None else None
+        if ino is None:
+            return
+        pin = self._pins.pop(ino, None)
+        if pin is not None:
+            pin.close()
+        self._stale(ino)
+
     def removexattr(self, ino: int, name: bytes) -> None:
-        if self.is_virtual(ino):
+        if self.is_virtual(ino) or self.in_view(ino):
             raise NotPermitted()
         arena, rel, _ = self._here(ino)
         attributes.remove(arena.tree, rel, name, _where(arena, rel))
@@ -864,6 +993,11 @@ class Namespace:
     def arena(self, ino: int) -> Arena | None:
         """The arena whose root is *ino*."""
         return self._arenas.get(ino)
+
+    def view(self, arena_ino: int) -> int | None:
+        """The conflicts view (``.realize/conflicts/<arena>``) of the arena whose root is *arena_ino*."""
+        arena = self._arenas.get(arena_ino)
+        return next((ino for ino, shown in self._views.items() if shown is arena), None)
 
     def arena_path(self, arena_ino: int, ino: int) -> bytes | None:
         """The path of the directory *ino* in the arena whose root is *arena_ino*; None elsewhere."""
@@ -885,6 +1019,10 @@ class Namespace:
     def take_stale(self, parent: int, name: bytes) -> int | None:
         """The node *name* led the kernel to, if found stale since (the kernel must forget it)."""
         return self._stale_entries.pop((parent, name), None)
+
+
+def _kind(st: Stat | Attr) -> int:
+    return stat.S_IFMT(st.st_mode) if not isinstance(st, Attr) else st.kind
 
 
 def _where(arena: Arena, rel: bytes) -> str:

@@ -22,7 +22,7 @@ from realizefs.errors import NotPermitted, from_oserror
 from realizefs.real import xattrs
 from realizefs.real.backing import Backing, Owner, fallocate, proc_path, reopen
 from realizefs.types import Mode
-from realizefs.vfs.tree import Changes, Pin, Stat
+from realizefs.vfs.tree import Changes, Held, Pin, Stat
 
 
 def _fstat(fd: int) -> os.stat_result:
@@ -154,6 +154,9 @@ class RealTree:
 
     def peers(self, rel: bytes) -> bytes | None:
         return None  # the Real alone knows nothing of peers
+
+    def held(self, rel: bytes) -> Held | None:
+        return None  # nor of versions
 
     def create(
         self, parent: bytes, name: bytes, flags: int, mode: int, owner: Owner

@@ -68,6 +68,16 @@ class Stat(Protocol):
 
 
 @dataclass(frozen=True)
+class Held:
+    """The version of a file the tree's index holds (`Tree.held`)."""
+
+    hash: bytes | None  # its content hash; None: not hashed yet
+    origin: str  # the name of the peer that made it ("" if not known)
+    mtime_ns: int
+    size: int
+
+
+@dataclass(frozen=True)
 class Changes:
     """Attributes to set; None leaves one as it is."""
 
@@ -147,6 +157,10 @@ class Tree(Protocol):
     def peers(self, rel: bytes) -> bytes | None:
         """The value of ``user.realize.peers``: the peers holding the version of *rel* in their
         Real, by name, comma-separated; None where the tree knows of no peers."""
+
+    def held(self, rel: bytes) -> Held | None:
+        """The version of the file at *rel* the tree's index holds (Real or Unreal); None if
+        it holds none (not indexed yet, not a file, or no index)."""
 
     # ---- creating, removing, changing
     def create(self, parent: bytes, name: bytes, flags: int, mode: int, owner: Owner) -> tuple[File, Stat]:

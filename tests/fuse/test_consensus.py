@@ -168,7 +168,7 @@ def test_concurrent_edits_converge_and_the_losing_version_is_kept(bases: list[Pa
         for d in (a, b):
             wait_for(lambda d=d: (asked(d), real_on(d, "f.txt", b"a's edit"))[1], 20, "the winner")  # type: ignore[misc]
         for d in (a, b):
-            kept = d.mnt() / ".realize-conflicts" / "f.txt"
+            kept = d.mountpoint / ".realize" / "conflicts" / "a" / "f.txt"
             wait_for(lambda kept=kept: kept.is_dir() and len(os.listdir(kept)) == 1, 20, "the copy listed")  # type: ignore[misc]
             (name,) = os.listdir(kept)
             assert name.endswith(".txt") and name.startswith(short_id(pair.keys[1]) + "-"), name

@@ -19,7 +19,7 @@ from realizefs.vfs.attributes import MODE, STATUS
 from realizefs.vfs.inodes import ROOT_INODE
 from realizefs.vfs.namespace import Namespace, ident
 from realizefs.vfs.realtree import RealTree
-from realizefs.vfs.tree import Changes, Pin, Stat, Tree
+from realizefs.vfs.tree import Changes, Held, Pin, Stat, Tree
 
 ROOT = Owner(0, 0, lambda gid: gid == 0)
 
@@ -226,6 +226,9 @@ class MemoryTree:
         return b"in memory"
 
     def peers(self, rel: bytes) -> bytes | None:
+        return None
+
+    def held(self, rel: bytes) -> Held | None:
         return None
 
     def create(
