@@ -1320,8 +1320,8 @@ class Index:
             newer = None if live else self._newer_offered(txn, root, path, version.vv)
             if newer is not None:  # noted while the path was Real: the path is that version now
                 self._place(txn, root, path, replace(newer, real=False, changed=False), dict(newer.vv))
-            if version.kind == KIND_DIR:
-                self._take_noted_below(txn, root, path)
+            if version.kind == KIND_DIR and value is not None and value[1] in (KIND_FILE, KIND_LINK):
+                self._take_noted_below(txn, root, path)  # a directory where a file was Real here
             return True
 
     def _take_noted_below(self, txn: Any, root: int, path: Sequence[bytes]) -> None:

@@ -338,6 +338,9 @@ class Content:
         sequential = self._ends.get(record.hash) == offset
         self._ends[record.hash] = end
         found: dict[bytes, bytes] = {}
+        for _, _, chunk in wanted:  # fetched lately (read ahead, mostly): taken without a task
+            if (data := self._recent.get(chunk) or self._unwritten.get(chunk)) is not None:
+                found[chunk] = data
         failed: list[FsError] = []
         async with trio.open_nursery() as nursery:
             for _, _, chunk in wanted:
@@ -354,7 +357,7 @@ class Content:
         if failed:
             log.info("%s/%s: a read failed: %s", arena, b"/".join(path).decode(errors="replace"), failed[0])
             raise failed[0]
-        data = b"".join(found[chunk] for _, _, chunk in wanted)
+        data = found[wanted[0][2]] if len(wanted) == 1 else b"".join(found[chunk] for _, _, chunk in wanted)
         skip = offset - wanted[0][0]
         return data[skip : skip + end - offset]
 
