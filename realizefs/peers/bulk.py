@@ -248,8 +248,9 @@ class Fetcher(_End):
     """The asking end of a lane: `fetch` a chunk by its hash, verified in the lane's thread.
 
     Its thread waits for the socket and for new requests at once (an eventfd the trio side
-    writes with each): a request queued while answers are awaited goes out at once, not
-    after the next answer, so `DEPTH` requests stay unanswered while there are that many."""
+    writes once per loop turn that queued some): a request queued while answers are awaited
+    goes out at once, not after the next answer, so `DEPTH` requests stay unanswered while
+    there are that many."""
 
     kind = "bulk lane (fetching)"
 
