@@ -103,6 +103,28 @@ def resolves(choice: Choice, held: Version) -> bool:
     return held.alike(choice.winner)
 
 
+def loses(choice: Choice, held: Version) -> bool:
+    """Whether *held* is a losing version of *choice* (alike one): its holder keeps it aside. A
+    version neither alike the winner nor a loser is behind (another dominates it): there is
+    nothing of it to keep, and its holder takes the agreed version once it dominates it."""
+    return any(held.alike(loser) for loser in choice.losers)
+
+
+def keeping(versions: Iterable[Version], choice: Choice, held: Version) -> dict[bytes, int]:
+    """The vector the holder of losing version *held* takes the winner with, once it kept *held*
+    aside: the vectors of *held*, of the winner and the tombstones among the frontier, and of
+    every version one of them (or one alike *held*) dominates, merged; not the other losers'.
+    Their holders must still find the winner in conflict with their version, and keep it: a
+    vector merged from every version told them the winner knew theirs, so they took it over
+    their version, which was lost."""
+    given = list(versions)
+    covering = [f for f in frontier(given) if f.alike(choice.winner) or not f.live or f.alike(held)]
+    covered = (
+        v.vv for v in given if any(compare(f.vv, v.vv) in (Order.EQUAL, Order.DOMINATES) for f in covering)
+    )
+    return merge(held.vv, *covered)
+
+
 def _vkey(vv: Mapping[bytes, int]) -> tuple[tuple[bytes, int], ...]:
     return tuple(sorted(normal(vv).items()))
 
