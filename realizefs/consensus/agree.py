@@ -15,9 +15,12 @@ the versions known for one path and returns the agreed one:
 - more than one unlike version is a *conflict*. Every peer picks the same
   winner from the same set: a live version over a tombstone (delete against
   edit keeps the edit), then the later mtime, then the greater origin key.
-  The other live ones are the losers, each a version someone may want back;
-  a delete that lost to an edit leaves nothing to keep, so that alone is no
-  conflict: the edit wins, with a vector that dominates the delete.
+  The other live ones are the losers, each a version someone may want back:
+  its holders keep it aside (`loses`; a version behind is no loser) and take
+  the winner with a vector that knows theirs, not the other losers'
+  (`keeping`), so those losers' holders still see the conflict and keep
+  theirs. A delete that lost to an edit leaves nothing to keep, so that alone
+  is no conflict: the edit wins, with a vector that dominates the delete.
 
 The result does not depend on the order the versions are given in, on
 duplicates, or on dominated versions being there or not (tested by property).
