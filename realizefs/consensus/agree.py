@@ -15,9 +15,12 @@ the versions known for one path and returns the agreed one:
 - more than one unlike version is a *conflict*. Every peer picks the same
   winner from the same set: a live version over a tombstone (delete against
   edit keeps the edit), then the later mtime, then the greater origin key.
-  The other live ones are the losers, each a version someone may want back;
-  a delete that lost to an edit leaves nothing to keep, so that alone is no
-  conflict: the edit wins, with a vector that dominates the delete.
+  The other live ones are the losers, each a version someone may want back:
+  its holders keep it aside (`loses`; a version behind is no loser) and take
+  the winner with a vector that knows theirs, not the other losers'
+  (`keeping`), so those losers' holders still see the conflict and keep
+  theirs. A delete that lost to an edit leaves nothing to keep, so that alone
+  is no conflict: the edit wins, with a vector that dominates the delete.
 
 The result does not depend on the order the versions are given in, on
 duplicates, or on dominated versions being there or not (tested by property).
@@ -101,6 +104,28 @@ def resolves(choice: Choice, held: Version) -> bool:
     """Whether *held* already says what *choice* agreed on (nothing to apply, at most the
     vector to take on)."""
     return held.alike(choice.winner)
+
+
+def loses(choice: Choice, held: Version) -> bool:
+    """Whether *held* is a losing version of *choice* (alike one): its holder keeps it aside. A
+    version neither alike the winner nor a loser is behind (another dominates it): there is
+    nothing of it to keep, and its holder takes the agreed version once it dominates it."""
+    return any(held.alike(loser) for loser in choice.losers)
+
+
+def keeping(versions: Iterable[Version], choice: Choice, held: Version) -> dict[bytes, int]:
+    """The vector the holder of losing version *held* takes the winner with, once it kept *held*
+    aside: the vectors of *held*, of the winner and the tombstones among the frontier, and of
+    every version one of them (or one alike *held*) dominates, merged; not the other losers'.
+    Their holders must still find the winner in conflict with their version, and keep it: a
+    vector merged from every version told them the winner knew theirs, so they took it over
+    their version, which was lost."""
+    given = list(versions)
+    covering = [f for f in frontier(given) if f.alike(choice.winner) or not f.live or f.alike(held)]
+    covered = (
+        v.vv for v in given if any(compare(f.vv, v.vv) in (Order.EQUAL, Order.DOMINATES) for f in covering)
+    )
+    return merge(held.vv, *covered)
 
 
 def _vkey(vv: Mapping[bytes, int]) -> tuple[tuple[bytes, int], ...]:

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from realizefs.consensus.agree import Choice, Version, choose, resolves
+from realizefs.consensus.agree import Choice, Version, choose, keeping, loses, resolves
 from realizefs.consensus.versions import Order, compare
 from realizefs.errors import FsError
 from realizefs.real import apply, staging, xattrs
@@ -325,11 +325,13 @@ class Consensus:
     def _plan_conflict(self, plan: _Plan, item: Offered, offered: list[Record], choice: Choice) -> None:
         held, place = item.record, plan.place
         plan.report.conflicts.append((place.name, _show(item.path)))
-        loser = held.here and held.kind == KIND_FILE and not resolves(choice, weighed(held))
+        loser = held.here and held.kind == KIND_FILE and loses(choice, weighed(held))
         if loser and not held.pending and held.hash is not None and not in_conflicts(item.path):
             # this peer holds a losing version: kept aside, where every peer can read it
             real = effective_mode(plan.place, item.path, plan.modes) is Mode.REAL
-            plan.steps.append(Step(Kind.KEEP, item.path, _agreed(held, offered, choice), held, real=real))
+            vv = keeping([weighed(held), *map(weighed, offered)], choice, weighed(held))  # not others' losers
+            agreed = replace(_agreed(held, offered, choice), vv=vv)
+            plan.steps.append(Step(Kind.KEEP, item.path, agreed, held, real=real))
         else:  # the winner's holders wait for the losers' to keep theirs and take it
             log.info("consensus: %s/%s: concurrent versions, kept as is", place.name, _show(item.path))
 

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from realizefs.consensus.agree import Version, choose, frontier, resolves
+from realizefs.consensus.agree import Version, choose, frontier, keeping, loses, resolves
 from realizefs.consensus.versions import Order, compare
 
-A, B, C = b"a", b"b", b"c"
+A, B, C, D = b"a", b"b", b"c", b"d"
 
 
 def v(vv: dict[bytes, int], what: str = "x", mtime: int = 0, origin: bytes = A, live: bool = True) -> Version:
@@ -128,3 +128,33 @@ def test_the_agreed_vector_dominates_every_version(versions: list[Version]) -> N
     choice = choose(versions)
     for x in versions:
         assert compare(choice.vv, x.vv) in (Order.EQUAL, Order.DOMINATES)
+
+
+# ------------------------------------------------------------ found by test_agree_model.py
+
+
+def test_a_version_behind_the_conflict_is_no_loser() -> None:
+    # A made v1, then v2; B edited v1 into v3 meanwhile. C, still at v1, holds no losing version:
+    # it keeps no copy of v1 (it did: a conflict copy of a version both sides had replaced)
+    v1 = v({A: 1}, "v1", origin=A)
+    mine, theirs = v({A: 2}, "v2", origin=A), v({A: 1, B: 1}, "v3", mtime=1, origin=B)
+    choice = choose([v1, mine, theirs])
+    assert choice.winner == theirs
+    assert not loses(choice, v1)
+    assert loses(choice, mine) and loses(choice, v({A: 1, C: 1}, "v2", origin=C))  # alike: kept too
+    assert not loses(choice, theirs)
+
+
+def test_a_losers_holder_claims_no_other_loser() -> None:
+    # three concurrent edits of v1; A, holding l1, heard of l2 and w, keeps l1 aside and takes w:
+    # with a vector that dominates l2 too, B took w over l2 without keeping it: l2 was lost
+    l1 = v({A: 2}, "l1", mtime=0, origin=A)
+    l2 = v({A: 1, B: 1}, "l2", mtime=1, origin=B)
+    w = v({A: 1, C: 1}, "w", mtime=2, origin=C)
+    gone = v({A: 1, D: 1}, GONE, mtime=3, origin=D, live=False)
+    choice = choose([l1, l2, w, gone])
+    assert choice.winner == w and set(choice.losers) == {l1, l2}
+    taken = keeping([l1, l2, w, gone], choice, l1)
+    for x in (l1, w, gone):  # kept aside, taken, or a delete that lost: all known
+        assert compare(taken, x.vv) in (Order.EQUAL, Order.DOMINATES)
+    assert compare(taken, l2.vv) is Order.CONCURRENT  # B still finds it in conflict, and keeps l2
