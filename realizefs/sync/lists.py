@@ -10,7 +10,17 @@ and every arena both serve (its hello lists its arenas), it asks the peer to
 new or its store id changed) and takes each part in one transaction
 (`Index.receive`), which keeps the peer's view, updates this peer's view by
 version vector, and numbers what it applied so that peers following this one
-take it too (a star's hub relays). Transactions run in worker threads; the
+take it too (a star's hub relays).
+
+Acknowledgements (for `realizefs.store.pruning`): the *after* a peer follows
+from says it took everything numbered up to it, and after each part it took a
+follower says so with ``ack {arena, seq}`` (one request at a time, the last
+number only: acks merge while one is on its way); this peer keeps the highest
+per peer and arena (`Index.acknowledge`). A peer that asks to follow from more
+than the bound (*bound*, ``consensus.history_bound``) behind the arena's last
+number is answered ``behind``: it forgets its view of this peer and follows
+from 0, a full index (which still holds every tombstone it did not
+acknowledge: those are never pruned before). Transactions run in worker threads; the
 trio thread only moves bytes. A part that is not a valid batch, or a record
 the index refuses, closes that peer's connection with the reason, and nothing
 of the part is taken. *on_change* hears of the paths each part changed in
@@ -26,6 +36,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -53,6 +64,15 @@ class Follow:
 
 FOLLOW = Method("follow", Record(Follow, {"arena": Str(MAX_ARENA_NAME, low=1), "after": Int(0)}))
 
+
+@dataclass(frozen=True)
+class Ack:
+    arena: str
+    seq: int
+
+
+ACK = Method("ack", Record(Ack, {"arena": Str(MAX_ARENA_NAME, low=1), "seq": Int(0)}))
+
 Changed = Callable[[str, Sequence[Accepted]], None]
 
 
@@ -68,8 +88,10 @@ class FileLists:
         peer_id: Callable[[bytes], bytes],
         on_change: Changed | None = None,
         on_news: Callable[[], None] | None = None,
+        bound: Callable[[], int] = lambda: 1 << 62,
     ) -> None:
         self.index = index
+        self.bound = bound  # how far behind a follower may resume; beyond, a full index
         self.arenas = arenas
         self.peer_id = peer_id
         self.on_change = on_change
@@ -85,8 +107,8 @@ class FileLists:
         """The peers connected now, by their id in version vectors."""
         return self._connected
 
-    def served(self) -> list[Served[Follow]]:
-        return [Served(FOLLOW, self._serve)]
+    def served(self) -> list[Served[Any]]:
+        return [Served(FOLLOW, self._serve), Served(ACK, self._serve_ack)]
 
     # ------------------------------------------------------------ being followed
 
@@ -109,6 +131,10 @@ class FileLists:
             raise RemoteError("not-a-stream", "follow answers with a stream")
         after = args.after
         log.debug("peer %s follows %s from %d", peer.name, args.arena, after)
+        last = await trio.to_thread.run_sync(self._acknowledge, args.arena, peer, after)
+        if after and last - after > self.bound():
+            log.info("peer %s is %d behind in %s: it takes a full index", peer.name, last - after, args.arena)
+            raise RemoteError("behind", f"{last - after} records behind in {args.arena!r}: follow from 0")
         while True:
             generation = self._generation
             told = await trio.to_thread.run_sync(self.index.changes, args.arena, after, BATCH)
@@ -119,6 +145,22 @@ class FileLists:
             for part in wire.encode(told):
                 await reply.send(part)
             after = told[-1].seq
+
+    async def _serve_ack(self, peer: PeerInfo, args: Ack, reply: Reply) -> Value:
+        if args.arena not in self.arenas():
+            raise RemoteError("no-such-arena", f"this peer serves no arena {args.arena!r}")
+        last = await trio.to_thread.run_sync(self._acknowledge, args.arena, peer, args.seq)
+        if args.seq > last:
+            raise RemoteError("bad-ack", f"{args.arena!r} has no record {args.seq} yet (last {last})")
+        return None
+
+    def _acknowledge(self, arena: str, peer: PeerInfo, seq: int) -> int:
+        """Keep *peer*'s acknowledgement of *arena* up to *seq* (if any such record was numbered);
+        the arena's last number. In a worker thread."""
+        last = self.index.last_told(self.index.arena_root(arena))
+        if 0 < seq <= last:
+            self.index.acknowledge(arena, self.peer_id(peer.key), seq)
+        return last
 
     # ------------------------------------------------------------ following
 
@@ -171,14 +213,14 @@ class FileLists:
         if self.on_news is not None:
             self.on_news()  # a peer back: what failed for want of it is tried again
         try:
-            async with connection.stream("follow", {"arena": arena, "after": after}) as parts:
-                async for part in parts:
-                    told = wire.decode(part, after)
-                    outcomes = await trio.to_thread.run_sync(
-                        self.index.receive, arena, pid, peer.store_id, told
-                    )
-                    after = told[-1].seq
-                    self._report(peer, arena, outcomes)
+            try:
+                await self._take(peer, connection, arena, after)
+            except RemoteError as exc:
+                if exc.code != "behind":
+                    raise
+                log.info("%s's %s: too far behind (%s); taking a full index", peer.name, arena, exc.message)
+                after = await trio.to_thread.run_sync(self.index.following, arena, pid, peer.store_id, True)
+                await self._take(peer, connection, arena, after)
         except RemoteError as exc:
             log.warning("peer %s does not let us follow %s: %s", peer.name, arena, exc)
         except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -187,6 +229,47 @@ class FileLists:
             reason = f"a malformed file list: {exc}"
             log.warning("peer %s sent %s; disconnecting", peer.name, reason)
             await connection.close(reason)
+
+    async def _take(self, peer: PeerInfo, connection: Connection, arena: str, after: int) -> None:
+        """Follow *peer*'s *arena* from *after*, taking each part, and acknowledge what was taken."""
+        pid = self.peer_id(peer.key)
+        taken = trio.Event()
+        acked = [after, after]  # [taken, acknowledged]
+
+        async def acknowledge() -> None:
+            nonlocal taken
+            while True:
+                await taken.wait()
+                taken = trio.Event()
+                if acked[0] > acked[1]:
+                    seq = acked[0]
+                    try:
+                        await connection.request("ack", {"arena": arena, "seq": seq})
+                    except RemoteError as exc:
+                        log.info("peer %s takes no acknowledgement of %s: %s", peer.name, arena, exc)
+                        return
+                    except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the stream ends too
+                    acked[1] = seq
+
+        failed: Exception | None = None  # raised as itself, not in the nursery's group
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(acknowledge)
+            try:
+                async with connection.stream("follow", {"arena": arena, "after": after}) as parts:
+                    async for part in parts:
+                        told = wire.decode(part, after)
+                        outcomes = await trio.to_thread.run_sync(
+                            self.index.receive, arena, pid, peer.store_id, told
+                        )
+                        after = acked[0] = told[-1].seq
+                        taken.set()
+                        self._report(peer, arena, outcomes)
+            except Exception as exc:
+                failed = exc
+            nursery.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     def _report(self, peer: PeerInfo, arena: str, outcomes: list[Accepted]) -> None:
         conflicts = [o for o in outcomes if o.outcome is Outcome.CONFLICT]
