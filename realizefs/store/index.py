@@ -1135,14 +1135,18 @@ class Index:
 
     def following(self, arena: str, peer: bytes, store_id: bytes, full: bool = False) -> int:
         """Where to follow *peer*'s sequence of *arena* from: the last number taken, or 0 (its
-        view forgotten first) when it is new here, its store is not the one followed, or
-        *full* (the peer asks for a full index: this peer fell too far behind)."""
+        view forgotten first) when it is new here or its store is not the one followed. With
+        *full* (the peer asks for a full index: this peer fell too far behind), 0 with the view
+        kept: the full index refreshes it, and a version it held that this peer's Real has not
+        taken yet (a delete consensus is to apply) is not forgotten."""
         with self._writing() as txn:
             state = self._sync(txn, arena, peer)
-            if state is not None and state.store_id == store_id and not full:
-                return state.last_seq
-            view = self._root(txn, _view_key(arena, peer))
-            self._forget_below(txn, view, view, view=True)
+            if state is not None and state.store_id == store_id:
+                if not full:
+                    return state.last_seq
+            else:
+                view = self._root(txn, _view_key(arena, peer))
+                self._forget_below(txn, view, view, view=True)
             txn.put(_sync_key(arena, peer), _SYNC.pack(store_id, 0), db=self._meta)
             return 0
 

@@ -18,9 +18,9 @@ follower says so with ``ack {arena, seq}`` (one request at a time, the last
 number only: acks merge while one is on its way); this peer keeps the highest
 per peer and arena (`Index.acknowledge`). A peer that asks to follow from more
 than the bound (*bound*, ``consensus.history_bound``) behind the arena's last
-number is answered ``behind``: it forgets its view of this peer and follows
-from 0, a full index (which still holds every tombstone it did not
-acknowledge: those are never pruned before). Transactions run in worker threads; the
+number is answered ``behind``: it follows from 0, a full index (which still holds
+every tombstone it did not acknowledge: those are never pruned before), its
+view of this peer kept and refreshed by it. Transactions run in worker threads; the
 trio thread only moves bytes. A part that is not a valid batch, or a record
 the index refuses, closes that peer's connection with the reason, and nothing
 of the part is taken. *on_change* hears of the paths each part changed in

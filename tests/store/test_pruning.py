@@ -314,3 +314,20 @@ def _check_consistent(path: Path) -> None:
         assert seqs == list(range(seqs[0], 181))
         with store.env.begin() as txn:
             assert history.first_seq(txn, store.dbs[b"history"], root) == seqs[0]
+
+
+def test_a_full_index_asked_for_being_behind_keeps_the_view_it_refreshes(peers: tuple[Peer, Peer]) -> None:
+    a, b = peers
+    b.put("f")  # Real on b; a takes it, and b takes a's delete of it: for b's consensus to apply
+    follow(a, b, B, SID_B)
+    assert a.index.delete(a.root, _p("f"), unreal=True)
+    assert follow(b, a, A, SID_A) == [Outcome.NOTED]
+    assert a.prune([B]).tombstones == 1  # b took it
+    view = b.index.view_root("a", A)
+    assert view is not None
+    b.index.following("a", A, SID_A, full=True)
+    assert follow(b, a, A, SID_A) == []  # the full index no longer tells it
+    held = b.index.children(view, [], tombstones=True).get(b"f")
+    assert held is not None and held.kind == KIND_DELETED  # still there for b's consensus
+    b.index.following("a", A, b"another store id")  # a store made anew: a view starts over
+    assert b.index.children(view, [], tombstones=True) == {}
