@@ -4,7 +4,8 @@ become prunable (a commit of the index: an acknowledgement, a change), a step at
 Each round prunes every served arena step by step (one transaction of at most `BATCH`
 deletions each) until a step finds nothing, then waits for the next commit, at most one round
 per `PACE` seconds so a busy index is not slowed by rounds that find little. Unreferenced
-manifests are swept every `SWEEP_EVERY` seconds (the sweep reads every record once).
+manifests are swept every `SWEEP_EVERY` seconds, the first that long after start (the sweep
+reads every record once, and holds every content hash in memory meanwhile).
 
 Runs in the daemon's trio thread; the store work is in worker threads, never on a request's
 path. *clock* is trio's (tests drive it with `trio.testing.MockClock`).
@@ -59,7 +60,7 @@ class Pruner:
 
     async def run(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        swept = -SWEEP_EVERY
+        swept = trio.current_time()  # not at start: the startup walk has the disk and the store
         while True:
             pruned = await self.round()
             if trio.current_time() - swept >= SWEEP_EVERY:
@@ -74,7 +75,8 @@ class Pruner:
                     pruned.manifests,
                 )
             await trio.sleep(PACE)
-            await self._wanted.wait()
+            with trio.move_on_at(swept + SWEEP_EVERY):  # a sweep is due then, commits or not
+                await self._wanted.wait()
             self._wanted = trio.Event()
 
     async def round(self) -> Pruned:
@@ -100,6 +102,7 @@ class Pruner:
             while start is not None:
                 gone, start = await trio.to_thread.run_sync(self.pruning.sweep, keep, touched, start, BATCH)
                 dropped += gone
+        self.total = _add(self.total, Pruned(manifests=dropped))
         return Pruned(manifests=dropped)
 
 

@@ -19,7 +19,7 @@ from realizefs.store import history
 from realizefs.store.index import KIND_DELETED, KIND_DIR, KIND_FILE, Index, Outcome, Record
 from realizefs.store.pruning import KEEP, Pruned, Pruning
 from realizefs.store.schema import Store
-from realizefs.sync.pruner import Pruner
+from realizefs.sync.pruner import SWEEP_EVERY, Pruner
 
 A, B, C = b"peer-a..", b"peer-b..", b"peer-c.."
 SID_A, SID_B = b"a" * 16, b"b" * 16
@@ -246,11 +246,33 @@ def test_the_pruner_runs_when_an_acknowledgement_commits(peers: tuple[Peer, Peer
             assert a.record("f") is not None  # not acknowledged: kept
             await trio.to_thread.run_sync(a.index.acknowledge, "a", B, 2)
             while pruner.total.tombstones < 1:
+                assert trio.current_time() < 1e6, "not pruned"  # (the clock jumps while threads work)
                 await trio.sleep(1)  # the clock is the mock's: this is the pacing, not a wait for work
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert a.record("f") is None
+
+
+def test_the_pruner_sweeps_manifests_on_its_schedule(peers: tuple[Peer, Peer]) -> None:
+    a, _ = peers
+    a.put("f", H1)
+    a.put("f", H2, op="overwrite")
+
+    async def main() -> None:
+        pruner = Pruner(a.index, a.pruning, lambda: ["a"], lambda: [B], lambda: BIG)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pruner.run)
+            await trio.sleep(SWEEP_EVERY - 1)
+            assert pruner.total.manifests == 0  # not at start
+            while pruner.total.manifests < 1:
+                assert trio.current_time() < 1e6, "no sweep"
+                await trio.sleep(1)
+            assert trio.current_time() >= SWEEP_EVERY  # with no commit to wake it
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert a.index.manifest(H1) is None and a.index.manifest(H2) is not None
 
 
 _KILLED = textwrap.dedent(
