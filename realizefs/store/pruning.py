@@ -176,18 +176,23 @@ class Pruning:
 
     def _drop_in_view(self, txn: Any, view: int, node: int) -> int:
         """Drop a view's tombstone *node* if nothing is below it, then each tombstone above it
-        with nothing left below; how many."""
+        made only to hold others (no vector) with nothing left below; how many. A tombstone
+        above with a vector is the peer's delete of that directory, which this peer's Real
+        may not have taken yet: it goes with this peer's own tombstone there."""
         dropped = 0
+        first = True
         while node != view and not _has_children(txn, self._nodes, node):
             where = txn.get(_ID.pack(node), db=self._parents)
             if where is None:
                 break
             where = bytes(where)
             raw = txn.get(where, db=self._nodes)
-            if raw is None or unpack(raw)[1] != KIND_DELETED:
+            value = unpack(raw) if raw is not None else None
+            if value is None or value[1] != KIND_DELETED or (value[8] and not first):
                 break
             _drop(txn, self._nodes, self._parents, where, node)
             dropped += 1
+            first = False
             node = int(_ID.unpack(where[:8])[0])
         return dropped
 

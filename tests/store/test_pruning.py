@@ -353,3 +353,21 @@ def test_a_full_index_asked_for_being_behind_keeps_the_view_it_refreshes(peers: 
     assert held is not None and held.kind == KIND_DELETED  # still there for b's consensus
     b.index.following("a", A, b"another store id")  # a store made anew: a view starts over
     assert b.index.children(view, [], tombstones=True) == {}
+
+
+def test_a_views_directory_delete_waiting_for_consensus_stays_when_what_was_below_goes(
+    peers: tuple[Peer, Peer],
+) -> None:
+    a, b = peers
+    assert b.index.put(b.root, _p("d"), Record(KIND_DIR, 0, 7, 0o755), op="mkdir")
+    b.put("d/g")
+    follow(a, b, B, SID_B)
+    assert a.index.put(a.root, _p("d"), Record(KIND_DIR, 0, 7, 0o755))  # realized on a
+    assert b.index.delete(b.root, _p("d"))  # g, then d
+    assert follow(a, b, B, SID_B) == [Outcome.APPLIED, Outcome.NOTED]  # d is Real on a: consensus
+    follow(b, a, A, SID_A)  # b took a's tombstone of g
+    assert a.prune([B]) == Pruned(tombstones=1, views=1)  # g's, here and in a's view of b
+    view = a.index.view_root("a", B)
+    assert view is not None
+    held = a.index.children(view, [], tombstones=True).get(b"d")
+    assert held is not None and held.kind == KIND_DELETED  # for a's consensus to apply
