@@ -73,6 +73,7 @@ class CacheConfig:
 class ConsensusConfig:
     interval: float
     rest: float
+    history_bound: int = 100_000  # records a peer may fall behind before history goes anyway
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,14 @@ def parse_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"expected a positive duration, got {value!r}")
     return seconds
+
+
+def parse_count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number of changes such as 100000, got {_kind(value)}")
+    if value < 1:
+        raise ValueError(f"expected a positive number of changes, got {value}")
+    return value
 
 
 def parse_address(value: object) -> Address:
@@ -333,10 +342,11 @@ def parse(path: Path, raw: Mapping[str, Any]) -> Config:
         max_size=cache_t.get("max_size", parse_size, Size(percent=10)),
         min_free=cache_t.get("min_free", parse_size, Size(percent=5)),
     )
-    cons_t = _Section(path, "consensus", raw.get("consensus", {}), ("interval", "rest"))
+    cons_t = _Section(path, "consensus", raw.get("consensus", {}), ("interval", "rest", "history_bound"))
     consensus = ConsensusConfig(
         interval=cons_t.get("interval", parse_duration, 15 * 60.0),
         rest=cons_t.get("rest", parse_duration, 30.0),
+        history_bound=cons_t.get("history_bound", parse_count, 100_000),
     )
     net_t = _Section(
         path,

@@ -43,10 +43,12 @@ from realizefs.real.indexer import Indexer
 from realizefs.real.watcher import Watcher
 from realizefs.store.cache import CacheStats, ChunkCache
 from realizefs.store.index import Index
+from realizefs.store.pruning import Pruning
 from realizefs.store.schema import Store
 from realizefs.sync.consensus import Consensus, Place
 from realizefs.sync.content import Content
 from realizefs.sync.lists import FileLists
+from realizefs.sync.pruner import Pruner
 from realizefs.vfs.merged import MergedTree
 from realizefs.vfs.namespace import Namespace
 from realizefs.vfs.realtree import RealTree
@@ -83,6 +85,14 @@ class Daemon:
             lambda: [a.name for a in self.config.arenas],
             peer_id,
             lambda arena, changed: self.cache_sync.peers_changed(arena, (c.told.path for c in changed)),
+            bound=lambda: self.config.consensus.history_bound,
+        )
+        self.pruner = Pruner(
+            self.index,
+            Pruning(store, self.index),
+            lambda: [a.name for a in self.config.arenas],
+            lambda: [peer_id(p.key) for p in self.config.peers],
+            lambda: self.config.consensus.history_bound,
         )
         self.content = Content(
             self.index,
@@ -389,6 +399,7 @@ async def _serve(daemon: Daemon) -> None:
                     services.start_soon(daemon.lists.run, daemon.household)
                     services.start_soon(daemon.content.run)
                     services.start_soon(daemon.consensus.run)
+                    services.start_soon(daemon.pruner.run)
                     services.start_soon(memory.give_back_freed_memory)
                     await _until_stopped(daemon, signals)
                     services.cancel_scope.cancel()

@@ -255,7 +255,7 @@ class Control:
                 "",
                 "(A peer tells its records by number. What it has that this peer has not taken is not",
                 "sent over the wire: its own .realize/peers shows it, as ours not sent yet. A peer",
-                "acknowledges what it took only when it connects, by the number it continues after.)",
+                "acknowledges what it took after each batch; history it acknowledged may be pruned.)",
             ]
         return {"peers": peers, "_text": "\n".join(lines) + "\n"}
 

@@ -1,12 +1,12 @@
 """The local history: an append-only, sequence-numbered log of each arena's changes.
 
-Layout (schema version 5, see `realizefs.store.schema`):
+Layout (schema version 6, see `realizefs.store.schema`):
 
 ``history``
     key: the arena root's node id (8 bytes) + sequence number (8 bytes), both
     big-endian, so an arena's entries are one ordered key range and pruning
     what every peer acknowledged is deleting a prefix of it.
-    value: msgpack array ``[op, path, old_path, old, new, vv, time_ns, origin, kind]``:
+    value: msgpack array ``[op, path, old_path, old, new, vv, time_ns, origin, kind, mark]``:
     *op* one of `OPS`; *path* the path (bytes, names joined by ``/``);
     *old_path* the previous path of a rename, or the other path of an
     ``exchange`` (``RENAME_EXCHANGE``: what was at *old_path* is now at *path*
@@ -27,10 +27,15 @@ Layout (schema version 5, see `realizefs.store.schema`):
     path's kind (`realizefs.store.records` ``KIND_*``) after the change, or
     before it for a delete; 0 when unknown (entries migrated from schema 4
     whose path was gone). Entries written before schema 5 are migrated
-    (`migrate_value`).
+    (`migrate_value`). *mark* (schema 6; absent before): the last number the
+    arena's ``sequence`` had handed out when the entry was appended, so every
+    record its change numbered is after it and at or before the next entry's
+    mark: a peer that acknowledged that far took the change (`prunable`).
 
 Entries are appended by `realizefs.store.index` in the same transaction as
 the index change they describe, so a crash never leaves one without the other.
+`realizefs.store.pruning` deletes the oldest ones (a key prefix), never the
+last, so numbers keep growing.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class Entry:
     time_ns: int
     origin: bytes = b""
     kind: int = 0
+    mark: int | None = None  # the arena's last record number when appended (None: before schema 6)
 
 
 def append(txn: Any, db: Any, root: int, entry: Entry) -> int:
@@ -82,6 +88,7 @@ def append(txn: Any, db: Any, root: int, entry: Entry) -> int:
         entry.time_ns,
         entry.origin,
         entry.kind,
+        entry.mark,
     ]
     txn.put(_KEY.pack(root, seq), msgpack.packb(value), db=db)
     return seq
@@ -109,10 +116,55 @@ def recent(txn: Any, db: Any, root: int, limit: int) -> list[Entry]:
     return out
 
 
+def first_seq(txn: Any, db: Any, root: int) -> int:
+    """The number of the arena's oldest entry kept (0: none)."""
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(_KEY.pack(root, 0)):
+        return 0
+    found, seq = _KEY.unpack(bytes(cursor.key()))
+    return int(seq) if found == root else 0
+
+
+def prunable(txn: Any, db: Any, root: int, upto: int, keep: int, limit: int) -> list[bytes]:
+    """The keys of the arena's oldest entries whose change is numbered at or before *upto* in
+    its sequence (the next entry's mark is; an entry without a mark counts as marked 0), at
+    most *limit*, never one of the last *keep* (at least the last: numbers keep growing)."""
+    last = last_seq(txn, db, root)
+    keys: list[bytes] = []
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(_KEY.pack(root, 0)):
+        return keys
+    previous: bytes | None = None
+    for key, raw in cursor:
+        found, seq = _KEY.unpack(bytes(key))
+        if found != root or seq > last - max(keep, 1) + 1 or len(keys) >= limit:
+            break
+        if previous is not None:
+            value = msgpack.unpackb(raw, strict_map_key=False)
+            mark = value[9] if len(value) > 9 and value[9] is not None else 0
+            if mark > upto:
+                break
+            keys.append(previous)
+        previous = bytes(key)
+    return keys
+
+
 def _entry(seq: int, raw: bytes) -> Entry:
-    op, path, old_path, old, new, vv, time_ns, origin, kind = msgpack.unpackb(raw, strict_map_key=False)
+    value = msgpack.unpackb(raw, strict_map_key=False)
+    op, path, old_path, old, new, vv, time_ns, origin, kind = value[:9]
+    mark = value[9] if len(value) > 9 else None
     return Entry(
-        seq, _RENAMED.get(op, op), path, old_path, _unversion(old), _unversion(new), vv, time_ns, origin, kind
+        seq,
+        _RENAMED.get(op, op),
+        path,
+        old_path,
+        _unversion(old),
+        _unversion(new),
+        vv,
+        time_ns,
+        origin,
+        kind,
+        mark,
     )
 
 

@@ -1,7 +1,7 @@
 """The content index: this peer's view of each arena (its Real, what peers told of, tombstones),
 and each peer's view as it announced it, as trees of nodes in LMDB.
 
-Layout (schema version 5, see `realizefs.store.schema`):
+Layout (schema version 6, see `realizefs.store.schema`):
 
 ``nodes``
     key: parent node id (8 bytes, big-endian) + entry name (bytes, at most 255)
@@ -31,8 +31,8 @@ Layout (schema version 5, see `realizefs.store.schema`):
 ``manifests``
     key: a content hash (32 bytes) -> value: msgpack array of
     ``[offset, length, chunk hash]`` triples. Shared by every file with that
-    content; kept when the last such file goes (pruning comes with peers'
-    acknowledgements).
+    content; kept when the last such file goes, until the pruner's sweep
+    (`realizefs.store.pruning`) finds no record holding it.
 ``chunks``
     See `realizefs.store.chunks`: chunk hash + source -> where the chunk's
     bytes are. Every write below that changes which file node holds which
@@ -59,7 +59,12 @@ Layout (schema version 5, see `realizefs.store.schema`):
     the arena; ``sync:<peer key hex>:<arena>`` -> the peer's store id (16
     bytes) + the last sequence number of its records taken (8 bytes,
     big-endian), written in the transaction that applied them;
-    ``seq:<root id>`` -> the last sequence number the root handed out.
+    ``seq:<root id>`` -> the last sequence number the root handed out;
+    ``ack:<peer key hex>:<arena>`` -> the highest number of this peer's
+    sequence of the arena that peer acknowledged taking (8 bytes; `acknowledge`);
+    ``horizon:<root id>`` -> msgpack map, the merge of the vectors of every
+    tombstone pruned from the tree: a change made where no record is counts
+    from it (`put`, `rename`), so it dominates the tombstone a peer may still hold.
 ``history``
     See `realizefs.store.history`: every change recorded with an *op* is
     appended there in the same transaction, with the path's version vector
@@ -77,7 +82,8 @@ directory made again keeps its old children's tombstones, unlisted), so the
 new version dominates the delete. A record leaving without news (an unlogged
 delete, a file never hashed) becomes a tombstone with its vector unchanged if
 that vector is not empty (it continued from a version peers know), else it is
-forgotten. Tombstones are kept until the history pruning of issue 11.
+forgotten. A tombstone is kept until every configured peer acknowledged it
+(`realizefs.store.pruning`).
 
 Keys are per directory entry, not per path, so path length is unbounded (LMDB
 keys are at most 511 bytes; a name at most 255).
@@ -96,6 +102,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
+
+import msgpack
 
 from realizefs.consensus import versions
 from realizefs.consensus.versions import Order
@@ -140,6 +148,7 @@ __all__ = [
 
 _ID = struct.Struct(">Q")
 _SEQ = struct.Struct(">QQ")
+HORIZON = b"horizon:"  # + root id: see `Index._horizon`
 _SYNC = struct.Struct(">16sQ")
 _SET_OPS = {"create": KIND_FILE, "edit": KIND_FILE, "overwrite": KIND_FILE, "mkdir": KIND_DIR}
 _SET_OPS |= {"symlink": KIND_LINK, "chmod": 0}
@@ -213,6 +222,7 @@ class Index:
         self._meta = store.dbs[b"meta"]
         self._sequence = store.dbs[b"sequence"]
         self._watchers: list[Callable[[], None]] = []
+        self._touched: set[bytes] | None = None  # contents referenced meanwhile (`track_contents`)
 
     def watch(self, callback: Callable[[], None]) -> None:
         """Call *callback* after each write transaction commits, in the thread that wrote (it
@@ -328,6 +338,9 @@ class Index:
             txn.put(b"seq:" + _ID.pack(root), _ID.pack(seq), db=self._meta)
             txn.put(_SEQ.pack(root, seq), _ID.pack(node), db=self._sequence)
         txn.put(key, pack(node, record, vv, seq), db=self._nodes)
+        touched = self._touched  # read once: another thread may end the tracking meanwhile
+        if touched is not None and record.hash is not None:
+            touched.add(record.hash)
 
     def _unseq(self, txn: Any, root: int, value: list[Any]) -> None:
         if value[SEQ]:
@@ -459,6 +472,27 @@ class Index:
     def _child_items(self, txn: Any, node: int) -> list[tuple[bytes, list[Any]]]:
         return records.children(txn, self._nodes, node)
 
+    def _write_manifest(
+        self, txn: Any, content_hash: bytes, chunks: Sequence[tuple[int, int, bytes]]
+    ) -> None:
+        chunk_index.write_manifest(txn, self._manifests, content_hash, chunks)
+        touched = self._touched
+        if touched is not None:
+            touched.add(content_hash)
+
+    @contextmanager
+    def track_contents(self) -> Iterator[set[bytes]]:
+        """Inside the block, the set of every content hash a record was written with or a
+        manifest written for (by any thread) since it began: what a sweep of unreferenced
+        manifests must keep besides what it read (`realizefs.store.pruning`, whose snapshot
+        waits for the write transaction in progress when the block began)."""
+        touched: set[bytes] = set()
+        self._touched = touched
+        try:
+            yield touched
+        finally:
+            self._touched = None
+
     def manifest(self, content_hash: bytes) -> list[tuple[int, int, bytes]] | None:
         with self._reading() as txn:
             return chunk_index.read_manifest(txn, self._manifests, content_hash)
@@ -473,7 +507,7 @@ class Index:
 
         No file becomes a chunk source by it: sources are the Real files recorded with it."""
         with self._writing() as txn:
-            chunk_index.write_manifest(txn, self._manifests, content_hash, chunks)
+            self._write_manifest(txn, content_hash, chunks)
 
     def chunk_sources(self, chunk_hash: bytes) -> list[ChunkSource]:
         """Where this peer holds *chunk_hash*: each indexed file whose settled content has
@@ -547,6 +581,8 @@ class Index:
                     self._forget_below(txn, root, old[0])
             vv = dict(old[8]) if old is not None else {}
             if op is not None:
+                if old is None:  # over a pruned tombstone, maybe: dominate every one pruned
+                    vv = self._horizon(txn, root)
                 vv = versions.increment(vv, self.me)
                 before = to_record(old).base() if old is not None and old[1] != KIND_DELETED else None
                 self._log(txn, root, op, path, None, before, record.version(), vv, when, record.kind)
@@ -556,7 +592,7 @@ class Index:
             self._put(txn, root, key, node, record, vv, old)
             records.add_counts(txn, self._meta, root, delta)
             if record.hash is not None and chunks is not None:
-                chunk_index.write_manifest(txn, self._manifests, record.hash, chunks)
+                self._write_manifest(txn, record.hash, chunks)
             after = chunk_index.held(node, record)
             self._hold(txn, chunk_index.held_value(old), after, again=chunks is not None)
             return True
@@ -596,6 +632,7 @@ class Index:
             when if when is not None else self.clock(),
             self.me,
             kind,
+            self._last_told(txn, root),
         )
         history.append(txn, self._history, root, entry)
 
@@ -779,6 +816,9 @@ class Index:
                 vv = versions.merge(vv, replaced_vv)
             if current is not None and record.pending:
                 record = replace(record, size=current[0], mtime_ns=current[1])
+            horizon = self._horizon(txn, root) if logged else {}
+            if replaced is None:  # over a pruned tombstone, maybe: dominate every one pruned
+                vv = versions.merge(vv, horizon)
             if logged:
                 vv = versions.increment(vv, self.me)
             if base and record.kind == KIND_FILE and not record.hash:
@@ -793,7 +833,7 @@ class Index:
             txn.delete(old_key, db=self._nodes)
             txn.put(_ID.pack(value[0]), new_key, db=self._parents)
             self._put(txn, root, new_key, value[0], record, vv, value, tell=bool(vv))
-            self._renumber_below(txn, root, value[0], replaced_below, logged)
+            self._renumber_below(txn, root, value[0], replaced_below, logged, horizon)
             stone = vv if logged else moved_vv
             if stone or moved_below:
                 # told after what was below it, so a peer never sees a directory deleted while
@@ -821,10 +861,17 @@ class Index:
         return found
 
     def _renumber_below(
-        self, txn: Any, root: int, node: int, before: dict[tuple[bytes, ...], dict[bytes, int]], logged: bool
+        self,
+        txn: Any,
+        root: int,
+        node: int,
+        before: dict[tuple[bytes, ...], dict[bytes, int]],
+        logged: bool,
+        horizon: dict[bytes, int] | None = None,
     ) -> None:
         """What is below *node* is at new paths, where *before* held records with those vectors
-        (by path from *node*): each live record with a vector is told at its new path, its
+        (by path from *node*; where it held none, the *horizon* of pruned tombstones stands in):
+        each live record with a vector is told at its new path, its
         vector merged with the one before there and (*logged*) counted once more by this peer,
         parents first; then each tombstone, and each path of *before* with no record now (made
         a tombstone), the same, deepest first, so a directory's comes after its entries'."""
@@ -839,7 +886,7 @@ class Index:
                 todo.append((value[0], path))
                 if value[1] == KIND_DELETED:
                     continue
-                vv = versions.merge(value[8], before.get(path, {}))
+                vv = versions.merge(value[8], before.get(path, horizon or {}))
                 if vv and logged:
                     vv = versions.increment(vv, self.me)
                 if vv:
@@ -992,7 +1039,35 @@ class Index:
     def last_told(self, root: int) -> int:
         """The last number the tree *root*'s sequence handed out (0: none yet)."""
         with self._reading() as txn:
-            raw = txn.get(b"seq:" + _ID.pack(root), db=self._meta)
+            return self._last_told(txn, root)
+
+    def _horizon(self, txn: Any, root: int) -> dict[bytes, int]:
+        """The merge of the vectors of every tombstone pruned from the tree *root*
+        (`realizefs.store.pruning`): a change made where no record is counts from it, so it
+        dominates a tombstone a peer may still hold there."""
+        raw = txn.get(HORIZON + _ID.pack(root), db=self._meta)
+        return dict(msgpack.unpackb(raw, strict_map_key=False)) if raw is not None else {}
+
+    def _last_told(self, txn: Any, root: int) -> int:
+        raw = txn.get(b"seq:" + _ID.pack(root), db=self._meta)
+        return int(_ID.unpack(raw)[0]) if raw is not None else 0
+
+    # ------------------------------------------------------------ acknowledgements
+
+    def acknowledge(self, arena: str, peer: bytes, seq: int) -> int:
+        """*peer* took this peer's records of *arena* up to *seq* (what it follows from, or
+        said it took): kept if more than known before (never less). What is kept now."""
+        with self._writing() as txn:
+            raw = txn.get(_ack_key(arena, peer), db=self._meta)
+            known = int(_ID.unpack(raw)[0]) if raw is not None else 0
+            if seq > known:
+                txn.put(_ack_key(arena, peer), _ID.pack(seq), db=self._meta)
+            return max(seq, known)
+
+    def acknowledged(self, arena: str, peer: bytes) -> int:
+        """How far *peer* acknowledged this peer's records of *arena* (0: not at all)."""
+        with self._reading() as txn:
+            raw = txn.get(_ack_key(arena, peer), db=self._meta)
             return int(_ID.unpack(raw)[0]) if raw is not None else 0
 
     def told_after(self, arena: str, after: int) -> tuple[int, int]:
@@ -1082,15 +1157,20 @@ class Index:
                     return bytes(key[6:]).decode()
         return None
 
-    def following(self, arena: str, peer: bytes, store_id: bytes) -> int:
+    def following(self, arena: str, peer: bytes, store_id: bytes, full: bool = False) -> int:
         """Where to follow *peer*'s sequence of *arena* from: the last number taken, or 0 (its
-        view forgotten first) when it is new here or its store is not the one followed."""
+        view forgotten first) when it is new here or its store is not the one followed. With
+        *full* (the peer asks for a full index: this peer fell too far behind), 0 with the view
+        kept: the full index refreshes it, and a version it held that this peer's Real has not
+        taken yet (a delete consensus is to apply) is not forgotten."""
         with self._writing() as txn:
             state = self._sync(txn, arena, peer)
             if state is not None and state.store_id == store_id:
-                return state.last_seq
-            view = self._root(txn, _view_key(arena, peer))
-            self._forget_below(txn, view, view, view=True)
+                if not full:
+                    return state.last_seq
+            else:
+                view = self._root(txn, _view_key(arena, peer))
+                self._forget_below(txn, view, view, view=True)
             txn.put(_sync_key(arena, peer), _SYNC.pack(store_id, 0), db=self._meta)
             return 0
 
@@ -1313,7 +1393,7 @@ class Index:
                 return False
             live = version.kind != KIND_DELETED
             if version.hash is not None and chunks is not None:  # its chunks' sources: this file now
-                chunk_index.write_manifest(txn, self._manifests, version.hash, chunks)
+                self._write_manifest(txn, version.hash, chunks)
             self._place(
                 txn, root, path, replace(version, real=live and real, changed=False), dict(version.vv)
             )
@@ -1385,3 +1465,7 @@ def _view_key(arena: str, peer: bytes) -> bytes:
 
 def _sync_key(arena: str, peer: bytes) -> bytes:
     return b"sync:" + peer.hex().encode() + b":" + arena.encode()
+
+
+def _ack_key(arena: str, peer: bytes) -> bytes:
+    return b"ack:" + peer.hex().encode() + b":" + arena.encode()

@@ -3,13 +3,16 @@
 This module owns every named database, its key layout and value format, and
 the schema version checked at start. Keep this docstring the reference.
 
-Schema version 5 (version 1 had ``meta`` only; the upgrade to 2 adds the
+Schema version 6 (version 1 had ``meta`` only; the upgrade to 2 adds the
 empty databases of the content index; the upgrade to 3 counts each arena's
 index once into its kept ``counts:`` key; the upgrade to 4 adds ``chunks`` and
 fills it from the index; the upgrade to 5 gives every ``nodes`` value its
 *real* flag (all Real then), *seq* and *origin*, numbers each arena's records
 in ``sequence``, and gives every history entry its *origin* and *kind*: for
-the entries known from peers, tombstones, peers' views and following a peer):
+the entries known from peers, tombstones, peers' views and following a peer;
+the upgrade to 6 changes nothing stored: history entries written from then on
+carry a *mark*, and ``meta`` gains peers' acknowledgements and what pruning
+keeps, all absent at first, which reads as nothing acknowledged or pruned):
 
 ``meta``
     Small facts about the store, keys are ASCII names:
@@ -19,7 +22,9 @@ the entries known from peers, tombstones, peers' views and following a peer):
       that this store was recreated and needs a full index.
     - ``created_ns``: 8-byte big-endian unsigned int, creation time (ns since epoch).
     - ``arena:<name>``, ``next_id``, ``marked:``, ``view:<peer>:<arena>``,
-      ``sync:<peer>:<arena>``, ``seq:<root id>``: see `realizefs.store.index`.
+      ``sync:<peer>:<arena>``, ``seq:<root id>``, ``ack:<peer>:<arena>``,
+      ``horizon:<root id>``: see `realizefs.store.index`.
+    - ``pruned:<root id>``: see `realizefs.store.pruning`.
     - ``counts:<root id>``: see `realizefs.store.records`.
 
 ``nodes``, ``parents``, ``manifests``, ``sequence``
@@ -65,7 +70,7 @@ from realizefs.store import chunks, history, records
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DATABASES = (b"meta", b"nodes", b"parents", b"manifests", b"history", b"chunks", b"sequence")
 MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 
@@ -140,12 +145,18 @@ def _views(txn: Any, dbs: dict[bytes, Any]) -> None:
         txn.put(key, history.migrate_value(raw, lambda path, root=root: kind_at(root, path)), db=db)
 
 
+def _marks(txn: Any, dbs: dict[bytes, Any]) -> None:
+    """5 -> 6: nothing to rewrite (an entry without a mark reads as marked 0; no key for
+    acknowledgements or pruning reads as none yet); older code must not read the new entries."""
+
+
 # from-version -> function upgrading a write transaction by one version
 _MIGRATIONS: dict[int, Callable[[Any, dict[bytes, Any]], None]] = {
     1: _add_index,
     2: _keep_counts,
     3: _index_chunks,
     4: _views,
+    5: _marks,
 }
 
 

@@ -10,7 +10,17 @@ and every arena both serve (its hello lists its arenas), it asks the peer to
 new or its store id changed) and takes each part in one transaction
 (`Index.receive`), which keeps the peer's view, updates this peer's view by
 version vector, and numbers what it applied so that peers following this one
-take it too (a star's hub relays). Transactions run in worker threads; the
+take it too (a star's hub relays).
+
+Acknowledgements (for `realizefs.store.pruning`): the *after* a peer follows
+from says it took everything numbered up to it, and after each part it took a
+follower says so with ``ack {arena, seq}`` (one request at a time, the last
+number only: acks merge while one is on its way); this peer keeps the highest
+per peer and arena (`Index.acknowledge`). A peer that asks to follow from more
+than the bound (*bound*, ``consensus.history_bound``) behind the arena's last
+number is answered ``behind``: it follows from 0, a full index (which still holds
+every tombstone it did not acknowledge: those are never pruned before), its
+view of this peer kept and refreshed by it. Transactions run in worker threads; the
 trio thread only moves bytes. A part that is not a valid batch, or a record
 the index refuses, closes that peer's connection with the reason, and nothing
 of the part is taken. *on_change* hears of the paths each part changed in
@@ -63,6 +73,15 @@ class Follow:
 
 FOLLOW = Method("follow", Record(Follow, {"arena": Str(MAX_ARENA_NAME, low=1), "after": Int(0)}))
 
+
+@dataclass(frozen=True)
+class Ack:
+    arena: str
+    seq: int
+
+
+ACK = Method("ack", Record(Ack, {"arena": Str(MAX_ARENA_NAME, low=1), "seq": Int(0)}))
+
 Changed = Callable[[str, Sequence[Accepted]], None]
 
 
@@ -73,7 +92,8 @@ class _Progress:
 
     last: int
     records: int = 0
-    began: int = 0  # for a stream we serve: the number the peer asked to continue after
+    began: int = 0  # where it began: the number asked to continue after
+    acknowledged: int = 0  # for a stream we serve: the last number the peer acknowledged taking
 
 
 class FileLists:
@@ -88,8 +108,10 @@ class FileLists:
         peer_id: Callable[[bytes], bytes],
         on_change: Changed | None = None,
         on_news: Callable[[], None] | None = None,
+        bound: Callable[[], int] = lambda: 1 << 62,
     ) -> None:
         self.index = index
+        self.bound = bound  # how far behind a follower may resume; beyond, a full index
         self.arenas = arenas
         self.peer_id = peer_id
         self.on_change = on_change
@@ -107,8 +129,8 @@ class FileLists:
         """The peers connected now, by their id in version vectors."""
         return self._connected
 
-    def served(self) -> list[Served[Follow]]:
-        return [Served(FOLLOW, self._serve)]
+    def served(self) -> list[Served[Any]]:
+        return [Served(FOLLOW, self._serve), Served(ACK, self._serve_ack)]
 
     # ------------------------------------------------------------ being followed
 
@@ -131,8 +153,12 @@ class FileLists:
             raise RemoteError("not-a-stream", "follow answers with a stream")
         after = args.after
         log.debug("peer %s follows %s from %d", peer.name, args.arena, after)
+        last = await trio.to_thread.run_sync(self._acknowledge, args.arena, peer, after)
+        if after and last - after > self.bound():
+            log.info("peer %s is %d behind in %s: it takes a full index", peer.name, last - after, args.arena)
+            raise RemoteError("behind", f"{last - after} records behind in {args.arena!r}: follow from 0")
         key = (peer.key, args.arena)
-        progress = self._sending[key] = _Progress(after, began=after)
+        progress = self._sending[key] = _Progress(after, began=after, acknowledged=after)
         try:
             while True:
                 generation = self._generation
@@ -148,6 +174,24 @@ class FileLists:
         finally:
             if self._sending.get(key) is progress:
                 del self._sending[key]
+
+    async def _serve_ack(self, peer: PeerInfo, args: Ack, reply: Reply) -> Value:
+        if args.arena not in self.arenas():
+            raise RemoteError("no-such-arena", f"this peer serves no arena {args.arena!r}")
+        last = await trio.to_thread.run_sync(self._acknowledge, args.arena, peer, args.seq)
+        if args.seq > last:
+            raise RemoteError("bad-ack", f"{args.arena!r} has no record {args.seq} yet (last {last})")
+        if (progress := self._sending.get((peer.key, args.arena))) is not None:
+            progress.acknowledged = max(progress.acknowledged, args.seq)
+        return None
+
+    def _acknowledge(self, arena: str, peer: PeerInfo, seq: int) -> int:
+        """Keep *peer*'s acknowledgement of *arena* up to *seq* (if any such record was numbered);
+        the arena's last number. In a worker thread."""
+        last = self.index.last_told(self.index.arena_root(arena))
+        if 0 < seq <= last:
+            self.index.acknowledge(arena, self.peer_id(peer.key), seq)
+        return last
 
     # ------------------------------------------------------------ following
 
@@ -202,15 +246,15 @@ class FileLists:
         key = (peer.key, arena)
         progress = self._taking[key] = _Progress(after, began=after)
         try:
-            async with connection.stream("follow", {"arena": arena, "after": after}) as parts:
-                async for part in parts:
-                    told = wire.decode(part, after)
-                    outcomes = await trio.to_thread.run_sync(
-                        self.index.receive, arena, pid, peer.store_id, told
-                    )
-                    after = progress.last = told[-1].seq
-                    progress.records += len(told)
-                    self._report(peer, arena, outcomes)
+            try:
+                await self._take(peer, connection, arena, progress)
+            except RemoteError as exc:
+                if exc.code != "behind":
+                    raise
+                log.info("%s's %s: too far behind (%s); taking a full index", peer.name, arena, exc.message)
+                after = await trio.to_thread.run_sync(self.index.following, arena, pid, peer.store_id, True)
+                progress.last = progress.began = after
+                await self._take(peer, connection, arena, progress)
         except RemoteError as exc:
             log.warning("peer %s does not let us follow %s: %s", peer.name, arena, exc)
         except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -226,8 +270,8 @@ class FileLists:
     async def report(self) -> dict[bytes, dict[str, dict[str, Any]]]:
         """Per peer key, per arena followed either way on its live connection: ``taken`` (the last
         number of its sequence taken, ``records`` taken since it connected) and ``sent`` (the
-        last of ours sent, ``records`` since, ``acknowledged``: the number it asked to continue
-        after, ``not_sent``: ours numbered after the last sent, ``last``: our latest number);
+        last of ours sent, ``records`` since, ``acknowledged``: the last number it acknowledged
+        taking, ``not_sent``: ours numbered after the last sent, ``last``: our latest number);
         either is None while that way is not followed. Counting runs in a worker thread."""
         taking, sending = dict(self._taking), dict(self._sending)
 
@@ -246,11 +290,55 @@ class FileLists:
             out.setdefault(peer, {}).setdefault(arena, {"taken": None, "sent": None})["sent"] = {
                 "last": p.last,
                 "records": p.records,
-                "acknowledged": p.began,
+                "acknowledged": p.acknowledged,
                 "not_sent": not_sent,
                 "latest": last,
             }
         return out
+
+    async def _take(self, peer: PeerInfo, connection: Connection, arena: str, progress: _Progress) -> None:
+        """Follow *peer*'s *arena* from *progress*'s last number, taking each part (counted in
+        *progress*), and acknowledge what was taken."""
+        pid = self.peer_id(peer.key)
+        after = progress.last
+        taken = trio.Event()
+        acked = [after, after]  # [taken, acknowledged]
+
+        async def acknowledge() -> None:
+            nonlocal taken
+            while True:
+                await taken.wait()
+                taken = trio.Event()
+                if acked[0] > acked[1]:
+                    seq = acked[0]
+                    try:
+                        await connection.request("ack", {"arena": arena, "seq": seq})
+                    except RemoteError as exc:
+                        log.info("peer %s takes no acknowledgement of %s: %s", peer.name, arena, exc)
+                        return
+                    except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the stream ends too
+                    acked[1] = seq
+
+        failed: Exception | None = None  # raised as itself, not in the nursery's group
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(acknowledge)
+            try:
+                async with connection.stream("follow", {"arena": arena, "after": after}) as parts:
+                    async for part in parts:
+                        told = wire.decode(part, after)
+                        outcomes = await trio.to_thread.run_sync(
+                            self.index.receive, arena, pid, peer.store_id, told
+                        )
+                        after = acked[0] = progress.last = told[-1].seq
+                        progress.records += len(told)
+                        taken.set()
+                        self._report(peer, arena, outcomes)
+            except Exception as exc:
+                failed = exc
+            nursery.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     def _report(self, peer: PeerInfo, arena: str, outcomes: list[Accepted]) -> None:
         conflicts = [o for o in outcomes if o.outcome is Outcome.CONFLICT]

@@ -202,7 +202,8 @@ def test_kills_during_busy_passes_lose_nothing_and_converge(
         b.stop()
     held, seqs = indexed(b)
     assert held == w.expected()  # b's index holds what its disk holds
-    assert seqs == list(range(1, len(seqs) + 1))  # no gap, no duplicate
+    first = seqs[0] if seqs else 1  # pruning may have taken what a acknowledged
+    assert seqs == list(range(first, first + len(seqs)))  # no gap, no duplicate
     print(f"{KILLS} kills of b, {staged} with a fetch under way; converged, nothing lost")
 
 

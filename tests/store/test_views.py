@@ -319,7 +319,7 @@ def test_a_version_4_store_is_migrated(tmp_path: Path) -> None:
             txn.put(key, msgpack.packb(msgpack.unpackb(raw, strict_map_key=False)[:7]), db=hist)
     env.close()
     with Store(tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         index = Index(store, ME)
         root = index.arena_root("a")
         g = index.get(root, p("d/g"))

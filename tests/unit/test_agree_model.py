@@ -53,8 +53,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from realizefs.consensus.agree import choose, keeping, loses, resolves
 from realizefs.consensus.versions import Order, compare, increment, merge, normal
+from realizefs.real.conflicts import CONFLICTS
 from realizefs.store.records import KIND_DELETED, KIND_FILE, Record
-from realizefs.sync.consensus import CONFLICTS, _agreed, conflict_copy, weighed
+from realizefs.sync.consensus import _agreed, conflict_copy, weighed
 
 Path = tuple[bytes, ...]
 PEERS = (b"\xaa", b"\xbb", b"\xcc")

@@ -90,6 +90,7 @@ def test_defaults(home: Path) -> None:
     c = config.load(write(home, f'[node]\nmountpoint = "{home}/mnt"\ndata_dir = "{home}/d"\n'))
     assert c.node.listen is None and c.arenas == () and c.peers == ()
     assert c.cache.max_size == Size(percent=10) and c.consensus.rest == 30.0
+    assert c.consensus.history_bound == 100_000
     assert c.network == config.NetworkConfig(
         keepalive=15.0, timeout=45.0, handshake_timeout=10.0, reconnect_max=60.0
     )
@@ -160,6 +161,9 @@ def test_each_mistake_names_the_file_and_key(home: Path, extra: str, key: str, w
         ("consensus", "rest", '"30 parsecs"', "a duration"),
         ("consensus", "interval", '"0s"', "positive"),
         ("consensus", "interval", "[1]", "a duration"),
+        ("consensus", "history_bound", "0", "a positive number of changes"),
+        ("consensus", "history_bound", '"100k"', "a whole number of changes"),
+        ("consensus", "history_bound", "true", "a whole number of changes"),
         ("network", "keepalive", '"soon"', "a duration"),
         ("network", "timeout", '"5s"', "more than network.keepalive"),
         ("network", "reconnect_max", "60", "with a unit"),
