@@ -84,6 +84,16 @@ def get(tree: Tree, rel: bytes, name: bytes, default: Mode, content_hash: Conten
 
 
 def _status(tree: Tree, rel: bytes, default: Mode) -> bytes:
+    """`_state`, and how many other versions of *rel* are kept if it is in conflict."""
+    status = _state(tree, rel, default)
+    kept = len(conflicts.copies(tree, rel))
+    if kept:
+        other = "1 other version" if kept == 1 else f"{kept} other versions"
+        return status + f"; conflict: {other} kept (user.realize.versions)".encode()
+    return status
+
+
+def _state(tree: Tree, rel: bytes, default: Mode) -> bytes:
     """The tree's status of *rel*; for a Real file marked unreal, why it is still Real."""
     status = tree.status(rel)
     if status != b"real" or effective_mode(tree, rel, default) is not Mode.UNREAL:

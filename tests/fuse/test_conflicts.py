@@ -88,6 +88,8 @@ def test_a_losing_version_is_shown_and_made_current_by_its_hash(bases: list[Path
                 (theirs, str(len(B_EDIT)), "b", name),
             ]
             assert "user.realize.versions" not in os.listxattr(d.mnt() / "f.txt")  # computed
+            status = os.getxattr(d.mnt() / "f.txt", "user.realize.status")
+            assert status.endswith(b"; conflict: 1 other version kept (user.realize.versions)"), status
             # another user who may see the path lists and reads the kept version too
             seen = run_as(["cat", str(view(d, "f.txt") / name)])
             assert seen.stdout == B_EDIT.decode()
@@ -112,6 +114,7 @@ def test_a_losing_version_is_shown_and_made_current_by_its_hash(bases: list[Path
             with pytest.raises(OSError) as caught:
                 os.getxattr(d.mnt() / "f.txt", "user.realize.versions")
             assert caught.value.errno == errno.ENODATA
+            assert b"conflict" not in os.getxattr(d.mnt() / "f.txt", "user.realize.status")
             wait_for(lambda d=d: asked(d) == [], 20, "no conflict reported")  # type: ignore[misc]
         assert all(real_on(d, "f.txt", B_EDIT) for d in (a, b))
 
